@@ -1,0 +1,31 @@
+"""Random pad-crop and horizontal flip for a whole batch at once, drawn from an explicit generator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PadCropFlip:
+    """Pad, crop back to the original size at a random offset, flip half the images.
+
+    The standard CIFAR recipe (pad 4, crop 32, flip). Works on a batch with one gather instead of a
+    Python loop per image, and draws only from the generator it is given.
+    """
+
+    pad: int
+    mode: str = "constant"  # zeros, as torchvision's RandomCrop(padding=...); "reflect" for CIFAR
+
+    def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, c, h, w = images.shape
+        padded = F.pad(images, [self.pad] * 4, mode=self.mode)
+        dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+        crops = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        flip = (torch.rand(n, generator=g) < 0.5)[:, None, None, None]
+        return torch.where(flip, crops.flip(-1), crops)

@@ -1,0 +1,109 @@
+"""ImageNet-style trees (root/train/<class>/*, root/val/<class>/*), decoded by DataLoader workers.
+
+Each image is transformed under its own (seed, epoch, index) seed inside a forked RNG, so the
+augmentation of a sample does not depend on which worker loads it, on the number of workers, or on
+torch's global RNG; the order comes from a generator seeded by (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from okd_ray.data.base import DataInfo, check_batching
+from okd_ray.seeding import derive_seed, generator
+from okd_ray.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LAYOUT = "<root>/train/<class>/<image> and <root>/val/<class>/<image>"
+
+
+class _SeededView(torch.utils.data.Dataset):
+    """The first `length` samples of a folder, each transformed with its own seed."""
+
+    def __init__(self, folder: Any, length: int, transform: Callable, seed: int, epoch: int):
+        self.folder, self.length, self.transform = folder, length, transform
+        self.seed, self.epoch = seed, epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.folder[index]
+        # torchvision's transforms draw from the global RNG; fork it so the caller's stream is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed("image", self.seed, self.epoch, index))
+            return self.transform(image), label
+
+
+def _open(split: Path) -> Any:
+    from torchvision.datasets import ImageFolder  # imported here: torchvision costs seconds to import
+
+    try:
+        return ImageFolder(str(split))
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"imagefolder: cannot read {split}: {e}. Expected {LAYOUT}") from e
+
+
+class ImageFolderDataset:
+    """A `Dataset` over an ImageNet-style tree; DataLoader workers decode and augment the images."""
+
+    def __init__(self, root: str | None, *, batch_size: int = 128, test_batch_size: int | None = None,
+                 seed: int = 0, augment: bool = True, train_limit: int | None = None,
+                 test_limit: int | None = None, num_workers: int = 0, image_size: int | None = None):
+        from torchvision import transforms as T
+
+        check_batching(batch_size, test_batch_size, train_limit, test_limit)
+        if root is None:
+            raise DataError(f"imagefolder needs data.root=... pointing at a tree laid out as {LAYOUT}")
+        base = Path(root).expanduser()
+        for split in ("train", "val"):
+            if not (base / split).is_dir():
+                raise DataError(f"imagefolder: {base / split} is not a folder. Expected {LAYOUT}")
+        self._train, self._test = _open(base / "train"), _open(base / "val")
+        if self._test.class_to_idx != self._train.class_to_idx:
+            raise DataError(f"imagefolder: {base / 'val'} and {base / 'train'} must hold the same class "
+                            f"folders, found {self._test.classes} and {self._train.classes}")
+        if image_size is not None and (isinstance(image_size, bool) or image_size < 1):
+            raise DataError(f"data.image_size must be a positive integer, got {image_size!r}")
+        size = image_size or 224
+        self.info = DataInfo("imagefolder", in_channels=3, num_classes=len(self._train.classes), image_size=size)
+        self.batch_size, self.test_batch_size = batch_size, test_batch_size or batch_size
+        self.seed, self.num_workers = seed, num_workers
+        self._train_len = min(len(self._train), train_limit or len(self._train))
+        self._test_len = min(len(self._test), test_limit or len(self._test))
+        normalise = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        self._test_transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *normalise])
+        self._train_transform = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *normalise])
+                                 if augment else self._test_transform)
+
+    def num_train_batches(self) -> int:
+        return math.ceil(self._train_len / self.batch_size)
+
+    def num_test_batches(self) -> int:
+        return math.ceil(self._test_len / self.test_batch_size)
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(self._train_len, generator=generator("order", self.seed, epoch)).tolist()
+        view = _SeededView(self._train, self._train_len, self._train_transform, self.seed, epoch)
+        yield from self._loader(view, self.batch_size, order)
+
+    def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        view = _SeededView(self._test, self._test_len, self._test_transform, self.seed, 0)
+        yield from self._loader(view, self.test_batch_size, range(self._test_len))
+
+    def _loader(self, view: _SeededView, batch_size: int, order: Any) -> DataLoader:
+        # An explicit generator: otherwise DataLoader draws its workers' base seed from the global RNG.
+        return DataLoader(view, batch_size=batch_size, sampler=order, num_workers=self.num_workers,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+
+def build(*, root: str | None = None, download: bool = False, **batching: Any) -> ImageFolderDataset:
+    """There is nothing to download for a local tree: download is accepted for a uniform signature."""
+    return ImageFolderDataset(root, **batching)

@@ -1,0 +1,90 @@
+"""Small data sets held whole in memory: order and augmentation per batch from (seed, epoch) generators.
+
+No DataLoader and no worker processes: a batch is an index into a uint8 tensor, so it costs
+microseconds and is bit-identical in every process that builds the same data set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from okd_ray.data.augment import PadCropFlip
+from okd_ray.data.base import DataInfo, check_batching
+from okd_ray.seeding import generator
+from okd_ray.errors import DataError
+
+
+@dataclass(frozen=True)
+class InMemory:
+    """A whole data set as a reader hands it over: integer pixels, labels and how to normalise them."""
+
+    info: DataInfo
+    train_images: torch.Tensor  # uint8, N x C x H x W
+    train_labels: torch.Tensor  # int64, N
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    max_value: float  # the pixel value that means 1.0: 255, or 16 for the digits
+    mean: tuple[float, ...]  # per channel, in [0, 1] units
+    std: tuple[float, ...]
+    augmentation: PadCropFlip | None = None
+
+
+class TensorDataset:
+    """A `Dataset` over an `InMemory` data set."""
+
+    def __init__(self, data: InMemory, *, batch_size: int = 128, test_batch_size: int | None = None,
+                 seed: int = 0, augment: bool = True, train_limit: int | None = None,
+                 test_limit: int | None = None, num_workers: int = 0, image_size: int | None = None):
+        # num_workers is accepted so every builder takes the same keywords; slicing needs no workers.
+        check_batching(batch_size, test_batch_size, train_limit, test_limit)
+        if image_size is not None and image_size != data.info.image_size:
+            size = data.info.image_size
+            raise DataError(f"{data.info.name} images are {size}x{size}; data.image_size={image_size} "
+                            "can only be changed for imagefolder (leave it unset)")
+        for labels in (data.train_labels, data.test_labels):
+            if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < data.info.num_classes:
+                raise DataError(f"{data.info.name} labels must lie in 0..{data.info.num_classes - 1}, "
+                                f"found {int(labels.min())}..{int(labels.max())}")
+        self.info = data.info
+        self.batch_size = batch_size
+        self.test_batch_size = test_batch_size or batch_size
+        self.seed = seed
+        self.augmentation = data.augmentation if augment else None
+        self._train = (data.train_images[:train_limit], data.train_labels[:train_limit])
+        self._test = (data.test_images[:test_limit], data.test_labels[:test_limit])
+        self._max_value = data.max_value
+        self._mean = torch.tensor(data.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self._std = torch.tensor(data.std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def num_train_batches(self) -> int:
+        return math.ceil(len(self._train[1]) / self.batch_size)
+
+    def num_test_batches(self) -> int:
+        return math.ceil(len(self._test[1]) / self.test_batch_size)
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        images, labels = self._train
+        order = torch.randperm(len(labels), generator=generator("order", self.seed, epoch))
+        for batch, start in enumerate(range(0, len(labels), self.batch_size)):
+            index = order[start:start + self.batch_size]
+            x = self._to_unit(images[index])
+            if self.augmentation is not None:
+                # One generator per batch: batch b is the same whatever was drawn before it.
+                x = self.augmentation(x, generator("augment", self.seed, epoch, batch))
+            yield self._normalise(x), labels[index]
+
+    def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        images, labels = self._test
+        for start in range(0, len(labels), self.test_batch_size):
+            stop = start + self.test_batch_size
+            yield self._normalise(self._to_unit(images[start:stop])), labels[start:stop]
+
+    def _to_unit(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.to(torch.float32) / self._max_value
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._mean) / self._std

@@ -1,0 +1,114 @@
+"""One population run, whatever the engine: epochs, evaluation, metrics, checkpoints, resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from okd_ray.config import TrainConfig, dump_config, parse_config
+from okd_ray.errors import ConfigError, TrainingDiverged
+from okd_ray.metrics import complete, to_table
+from okd_ray.population import PopulationPlan, plan_population
+from okd_ray.progress import RunDisplay
+from okd_ray.storage import RunStore
+
+CHECKPOINT = "checkpoints/last.pt"
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    rows: list[dict]  # every epoch's rows, as in metrics.parquet
+    seconds: float
+
+    def final(self) -> dict[str, dict]:
+        """The last epoch's row of each part (member, ensemble, fused)."""
+        last = max(r["epoch"] for r in self.rows)
+        return {r["part"]: r for r in self.rows if r["epoch"] == last}
+
+
+def make_engine(config: TrainConfig, plan: PopulationPlan):
+    if config.engine == "ray":
+        from okd_ray.engines.ray_engine import RayEngine
+
+        return RayEngine(config, plan)
+    from okd_ray.engines.local import LocalEngine
+
+    return LocalEngine(config, plan)
+
+
+def new_run_dir(config: TrainConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return f"{config.output_dir.rstrip('/')}/{config.name}-{stamp}"
+
+
+def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False) -> RunResult:
+    """Run ``config`` into ``run_dir`` (a new folder under ``output_dir`` by default), resuming if it holds a checkpoint."""
+    plan = plan_population(config)  # every config error surfaces here, before any work
+    store = RunStore(run_dir or new_run_dir(config))
+    display = RunDisplay(quiet)
+    start_epoch, rows, elapsed = 0, [], 0.0
+    if store.exists(CHECKPOINT):
+        saved = store.load_torch(CHECKPOINT)
+        start_epoch, elapsed = saved["epoch"], saved["elapsed"]
+        if store.exists("metrics.parquet"):
+            rows = [r for r in store.read_table("metrics.parquet").to_pylist() if r["epoch"] < start_epoch]
+        display.message(f"resuming {store.uri} at epoch {start_epoch + 1}")
+    store.write_text("config.yaml", dump_config(config))
+    engine = make_engine(config, plan)
+    try:
+        if start_epoch:
+            engine.load_state_dict(saved["population"])
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            display.begin_epoch(epoch, config.epochs, plan.num_train_batches)
+            lrs = engine.begin_epoch(epoch)
+            try:
+                train_stats = engine.train_epoch(plan.num_train_batches, display.advance)
+            except TrainingDiverged as e:
+                kept = f"the last good checkpoint (epoch {start_epoch}) is kept in {store.path(CHECKPOINT)}" \
+                    if store.exists(CHECKPOINT) else "no checkpoint had been written yet"
+                raise TrainingDiverged(f"{e}; {kept}") from None
+            test_stats = engine.evaluate()
+            seconds = time.perf_counter() - started
+            elapsed += seconds
+            epoch_rows = make_rows(config, epoch, lrs, train_stats, test_stats, seconds, elapsed)
+            rows += epoch_rows
+            store.write_table("metrics.parquet", to_table(rows))
+            done = epoch + 1
+            if done % config.checkpoint_every == 0 or done == config.epochs:
+                store.save_torch(CHECKPOINT, {"epoch": done, "elapsed": elapsed, "population": engine.state_dict()})
+                start_epoch = done
+            display.end_epoch(epoch, config.epochs, epoch_rows, seconds)
+    finally:
+        engine.close()
+    display.message(f"run folder: {store.uri}")
+    return RunResult(store.uri, rows, elapsed)
+
+
+def resume(run_dir: str, overrides: list[str] = (), quiet: bool = False) -> RunResult:
+    """Continue the run in ``run_dir`` from its last checkpoint (``epochs=N`` extends it)."""
+    store = RunStore(run_dir)
+    if not store.exists("config.yaml"):
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; give the folder of an earlier okd-ray run")
+    config = parse_config(store.read_text("config.yaml"), overrides, source=f"{run_dir}/config.yaml")
+    return train(config, run_dir, quiet)
+
+
+def make_rows(config, epoch, lrs, train_stats, test_stats, seconds, elapsed) -> list[dict]:
+    """One row per member, plus the ensemble's and the fused classifier's."""
+    rows = []
+    parts = list(train_stats) + [p for p in test_stats if p not in train_stats]
+    for part in parts:
+        kind = "member" if part.startswith("m") and ":" in part else part
+        row = {
+            "run": config.name, "method": config.method.name, "epoch": epoch, "part": part, "kind": kind,
+            "arch": part.split(":", 1)[1] if kind == "member" else None,
+            "epoch_seconds": seconds, "elapsed_seconds": elapsed,
+        }
+        row.update(train_stats.get(part, {}))
+        row.update(test_stats.get(part, {}))
+        row.update(lrs.get(part, {}))
+        rows.append(complete(row))
+    return rows

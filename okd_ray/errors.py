@@ -1,0 +1,21 @@
+"""Errors a user can act on: each message says what was wrong and how to fix it."""
+
+
+class OkdRayError(Exception):
+    """Base class: the CLI prints these without a traceback."""
+
+
+class ConfigError(OkdRayError, ValueError):
+    """A config key or value is wrong; the message names the key and the fix."""
+
+
+class DataError(OkdRayError, ValueError):
+    """A data set is unknown or its files are missing; the message says where we looked."""
+
+
+class ModelError(OkdRayError, ValueError):
+    """A model name is unknown or a model does not fit the population."""
+
+
+class TrainingDiverged(OkdRayError, RuntimeError):
+    """A loss became NaN or infinite; the message names member, term, epoch and step."""

@@ -1,0 +1,43 @@
+"""AFD's least-squares GAN on feature maps (Chung et al., ICML 2020).
+
+D_k learns to call the ring predecessor's map real (target 1) and network k's own map fake (target 0);
+network k learns to make D_k call its own map real, and so takes on the peer's feature distribution.
+"""
+
+import torch
+from torch import nn
+
+
+class Discriminator(nn.Module):
+    """A small convolutional critic over (C, H, W) feature maps; one score per sample, no sigmoid (LSGAN).
+
+    The paper's exact discriminator is not published: two 3×3 convs with LeakyReLU, global pooling and
+    a linear score is our choice. No BatchNorm, so real and fake batches never share statistics.
+    """
+
+    def __init__(self, channels: int, height: int):
+        super().__init__()
+        width = max(channels // 2, 16)
+        stride = 2 if height >= 4 else 1
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(width, 1),
+        )
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.body(feature_map).squeeze(1)
+
+
+def discriminator_loss(score_peer: torch.Tensor, score_own: torch.Tensor) -> torch.Tensor:
+    """L_D = (1 − D(peer))² + D(own)²: the peer's map is real, the network's own map is fake."""
+    return ((1 - score_peer) ** 2).mean() + (score_own**2).mean()
+
+
+def generator_loss(score_own: torch.Tensor) -> torch.Tensor:
+    """L_G = (1 − D(own))²: the network wants its own map judged real, i.e. like the peer's."""
+    return ((1 - score_own) ** 2).mean()

@@ -1,0 +1,79 @@
+"""Model registry: a plain dict from name to builder, plus any torchvision classifier as `tv:NAME`.
+
+Every model is a FeatureNet: `forward(x)` returns (last feature map before pooling, logits).
+Builders take `in_channels` and `num_classes` as keywords and draw their initial weights from
+torch's global RNG, so `torch.manual_seed(s)` before building gives identical weights.
+"""
+
+import difflib
+import inspect
+from collections.abc import Callable
+from functools import partial
+
+from okd_ray.errors import ModelError
+from okd_ray.models.base import FeatureNet, feature_shape
+from okd_ray.models.cnn import SmallCNN
+from okd_ray.models.resnet import CifarResNet
+from okd_ray.models.tv import torchvision_model
+from okd_ray.models.wrn import WideResNet
+
+__all__ = ["MODELS", "FeatureNet", "build_model", "feature_shape"]
+
+TORCHVISION_PREFIX = "tv:"
+
+MODELS: dict[str, Callable[..., FeatureNet]] = {
+    # CIFAR ResNets (stem and stage widths default to 16, 16, 32, 64)
+    "resnet8": partial(CifarResNet, depth=8),
+    "resnet14": partial(CifarResNet, depth=14),
+    "resnet20": partial(CifarResNet, depth=20),
+    "resnet32": partial(CifarResNet, depth=32),
+    "resnet44": partial(CifarResNet, depth=44),
+    "resnet56": partial(CifarResNet, depth=56),
+    "resnet110": partial(CifarResNet, depth=110),
+    "resnet8x4": partial(CifarResNet, depth=8, widths=(32, 64, 128, 256)),
+    "resnet32x4": partial(CifarResNet, depth=32, widths=(32, 64, 128, 256)),
+    # Wide ResNets: wrn-depth-width
+    "wrn-16-1": partial(WideResNet, depth=16, width=1),
+    "wrn-16-2": partial(WideResNet, depth=16, width=2),
+    "wrn-16-4": partial(WideResNet, depth=16, width=4),
+    "wrn-16-8": partial(WideResNet, depth=16, width=8),
+    "wrn-28-4": partial(WideResNet, depth=28, width=4),
+    "wrn-28-10": partial(WideResNet, depth=28, width=10),
+    "wrn-40-1": partial(WideResNet, depth=40, width=1),
+    "wrn-40-2": partial(WideResNet, depth=40, width=2),
+    "wrn-40-4": partial(WideResNet, depth=40, width=4),
+    # Small CNNs for tiny images: cnnW has widths W, 2W, 4W
+    "cnn16": partial(SmallCNN, width=16),
+    "cnn32": partial(SmallCNN, width=32),
+    "cnn64": partial(SmallCNN, width=64),
+}
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, **kwargs) -> FeatureNet:
+    """Build a model from MODELS, or torchvision's NAME for `tv:NAME`.
+
+    `kwargs` go to the builder: e.g. `dropout` for Wide ResNets; `feature_node`, `logits_node`
+    and torchvision's own options for `tv:` models.
+    """
+    for key, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ModelError(f"`{key}` must be a positive integer, not {value!r}")
+    if name.startswith(TORCHVISION_PREFIX):
+        return torchvision_model(
+            name.removeprefix(TORCHVISION_PREFIX), in_channels=in_channels, num_classes=num_classes, **kwargs
+        )
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ModelError(
+            f"unknown model {name!r}; {hint}choose one of {', '.join(MODELS)}, "
+            f"or any torchvision classification model as {TORCHVISION_PREFIX}NAME "
+            "(e.g. tv:resnet18, tv:mobilenet_v3_small, tv:densenet121; "
+            "torchvision.models.list_models(module=torchvision.models) lists them)"
+        )
+    builder = MODELS[name]
+    try:
+        inspect.signature(builder).bind(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise ModelError(f"model {name!r} does not take {sorted(kwargs)}: {err}") from err
+    return builder(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -1,0 +1,55 @@
+"""The contract every network in a population keeps: forward returns (feature map, logits)."""
+
+import torch
+from torch import Tensor, nn
+
+from okd_ray.errors import ModelError
+
+
+class FeatureNet(nn.Module):
+    """A classifier whose forward returns its last feature map with its logits.
+
+    `forward(x) -> (f, z)`: `f` is the output of the last stage before global pooling
+    (N x C x H x W) and `z` the logits (N x num_classes). Losses read `f` and `z`;
+    they never reach into a network.
+    """
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+def feature_shape(model: FeatureNet, in_channels: int, image_size: int) -> tuple[int, int, int]:
+    """(C, H, W) of `model`'s feature map for square inputs of `image_size`, by a dry run.
+
+    Runs a zero batch of 2 in eval mode without gradients, so BN statistics do not move;
+    every submodule gets its own train/eval mode back afterwards.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    first = next(model.parameters(), None)
+    x = torch.zeros(
+        2,
+        in_channels,
+        image_size,
+        image_size,
+        device=first.device if first is not None else None,
+        dtype=first.dtype if first is not None else None,
+    )
+    model.eval()
+    try:
+        with torch.no_grad():
+            f, _ = model(x)
+    except RuntimeError as err:
+        raise ModelError(
+            f"{type(model).__name__} does not accept {in_channels}-channel "
+            f"{image_size}x{image_size} images: {err}"
+        ) from err
+    finally:
+        for m, training in modes:
+            m.training = training
+    if f.dim() != 4:
+        raise ModelError(
+            f"{type(model).__name__} returns a feature of shape {tuple(f.shape)}, not N x C x H x W; "
+            "for a torchvision model pick a 4-D node with the `feature_node` option"
+        )
+    c, h, w = f.shape[1:]
+    return c, h, w

@@ -1,0 +1,44 @@
+"""A small three-conv CNN for tiny images (8x8 digits, 28x28 Fashion-MNIST): fast on a CPU."""
+
+from torch import Tensor, nn
+
+from okd_ray.models.base import FeatureNet
+
+
+def _conv_bn_relu(in_planes: int, planes: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(planes),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(FeatureNet):
+    """conv(w) -> conv(2w, stride 2) -> conv(4w, stride 2), each with BN and ReLU.
+
+    The feature map is the third conv's output: 4w x H/4 x W/4 (128 x 2 x 2 for width 32 on 8x8).
+    """
+
+    def __init__(self, width: int, *, in_channels: int, num_classes: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv_bn_relu(in_channels, width, 1),
+            _conv_bn_relu(width, 2 * width, 2),
+            _conv_bn_relu(2 * width, 4 * width, 2),
+        )
+        self.fc = nn.Linear(4 * width, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        f = self.body(x)
+        return f, self.head(f)
+
+    def head(self, f: Tensor) -> Tensor:
+        """Logits from the feature map: global average pool, then the linear classifier."""
+        return self.fc(f.mean((2, 3)))

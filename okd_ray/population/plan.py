@@ -1,0 +1,75 @@
+"""Everything about a population that can be checked before any work starts."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+
+import torch
+
+from okd_ray.config import DataConfig, TrainConfig
+from okd_ray.data import DataInfo, Dataset, build_dataset
+from okd_ray.errors import ConfigError, ModelError
+from okd_ray.methods import common_shape
+from okd_ray.models import build_model, feature_shape
+
+Shape = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class PopulationPlan:
+    """Shapes every part is built from: the data set's, each member's feature map, the ring's public map."""
+
+    data: DataInfo
+    shapes: list[Shape]
+    common: Shape | None  # None when the method exchanges no feature maps
+    num_train_batches: int
+    num_test_batches: int
+
+
+def load_dataset(data: DataConfig, seed: int) -> Dataset:
+    """The run's data set; cached, so members that share a process share one copy in memory."""
+    return _cached_dataset(json.dumps(data.model_dump(mode="json"), sort_keys=True), seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_dataset(data_json: str, seed: int) -> Dataset:
+    d = DataConfig.model_validate(json.loads(data_json))
+    return build_dataset(
+        d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, seed=seed,
+        download=d.download, augment=d.augment, train_limit=d.train_limit, test_limit=d.test_limit,
+        num_workers=d.num_workers,
+    )
+
+
+def plan_population(config: TrainConfig) -> PopulationPlan:
+    """Build each model once (on the CPU, RNG untouched) to learn its feature map, and check the ring fits."""
+    dataset = load_dataset(config.data, config.seed)
+    info = dataset.info
+    shapes = []
+    for k, member in enumerate(config.members):
+        with torch.random.fork_rng(devices=[]):
+            try:
+                net = build_model(member.arch, in_channels=info.in_channels, num_classes=info.num_classes)
+            except ModelError as e:
+                raise ConfigError(f"members.{k}.arch: {e}") from None
+            shape = feature_shape(net, info.in_channels, info.image_size)
+        if len(shape) != 3:
+            raise ConfigError(
+                f"members.{k}.arch: {member.arch} yields a feature map of shape {shape}, not (C, H, W); "
+                "pick a convolutional model, or one whose last feature map is 4-D"
+            )
+        shapes.append(tuple(shape))
+    common = None
+    if config.method.spec.needs_ring_maps:
+        afd = config.method.afd
+        common = common_shape(shapes, afd.transfer_channels)
+        mismatched = [k for k, s in enumerate(shapes) if s != common]
+        if mismatched and not afd.transfer:
+            raise ConfigError(
+                f"method.afd.transfer: members {mismatched} have feature maps {[shapes[k] for k in mismatched]} "
+                f"that differ from the ring's common shape {common}; set method.afd.transfer=true to learn transfer "
+                "layers, or choose members whose last feature maps agree"
+            )
+    return PopulationPlan(info, shapes, common, dataset.num_train_batches(), dataset.num_test_batches())

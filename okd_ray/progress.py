@@ -1,0 +1,64 @@
+"""What a run shows in the terminal: a rich progress bar per epoch and a table per member."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+SHOWN = ["ce", "kl_peer", "kl_fused", "adv_g", "align", "disc", "fused_ce", "fused_kl", "train_top1", "test_top1", "test_top5"]
+
+
+HEADERS = {"train_top1": "train@1", "test_top1": "test@1", "test_top5": "test@5"}
+
+
+class RunDisplay:
+    """Progress bars only on an interactive terminal; the per-epoch table always (unless quiet)."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None):
+        self.console = console or Console()
+        self.quiet = quiet
+        self.progress: Progress | None = None
+        self.task = None
+
+    def begin_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        if self.quiet or not self.console.is_terminal:
+            return
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=self.console, transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task, steps)
+
+    def end_epoch(self, epoch: int, epochs: int, rows: list[dict], seconds: float) -> None:
+        """One line per epoch (test top-1 of every part); the full table after the last epoch."""
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if self.quiet:
+            return
+        accuracies = "  ".join(f"{r['part']} {r['test_top1']:.2f}" for r in rows)
+        self.console.print(f"epoch {epoch + 1}/{epochs} ({seconds:.1f} s)  test top-1: {accuracies}", highlight=False)
+        if epoch + 1 == epochs:
+            self.console.print(epoch_table(rows, f"after epoch {epoch + 1}"))
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text)
+
+
+def epoch_table(rows: list[dict], title: str) -> Table:
+    columns = [c for c in SHOWN if any(r.get(c) is not None for r in rows)]
+    table = Table(title=title, title_justify="left")
+    table.add_column("part")
+    for c in columns:
+        table.add_column(HEADERS.get(c, c), justify="right")
+    for row in rows:
+        table.add_row(row["part"], *("" if row.get(c) is None else f"{row[c]:.3f}" if "top" not in c
+                                     else f"{row[c]:.2f}" for c in columns))
+    return table

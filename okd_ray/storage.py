@@ -1,0 +1,64 @@
+"""A run's folder, local or remote: pyarrow.fs makes ``runs/x`` and ``s3://bucket/runs/x`` the same."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+
+class RunStore:
+    def __init__(self, uri: str):
+        if "://" in uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(uri).resolve())
+        self.uri = uri
+        self.fs.create_dir(self.root, recursive=True)
+
+    def path(self, name: str) -> str:
+        return posixpath.join(self.root, name)
+
+    def exists(self, name: str) -> bool:
+        return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write to a temporary name, then move: a crash mid-write never spoils the last good file."""
+        parent = posixpath.dirname(self.path(name))
+        self.fs.create_dir(parent, recursive=True)
+        tmp = self.path(name + ".tmp")
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self.fs.move(tmp, self.path(name))
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.fs.open_input_stream(self.path(name)) as f:
+            return f.read()
+
+    def write_text(self, name: str, text: str) -> None:
+        self.write_bytes(name, text.encode())
+
+    def read_text(self, name: str) -> str:
+        return self.read_bytes(name).decode()
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        self.write_bytes(name, buffer.getvalue())
+
+    def read_table(self, name: str) -> pa.Table:
+        return pq.read_table(self.path(name), filesystem=self.fs)
+
+    def save_torch(self, name: str, obj: object) -> None:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        self.write_bytes(name, buffer.getvalue())
+
+    def load_torch(self, name: str) -> object:
+        """State dicts only, loaded with ``weights_only=True``: a checkpoint cannot run code."""
+        return torch.load(io.BytesIO(self.read_bytes(name)), weights_only=True, map_location="cpu")
