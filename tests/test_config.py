@@ -1,5 +1,7 @@
 """Config loading, overrides and the errors that name the key."""
 
+from pathlib import Path
+
 import pytest
 
 from okd_ray.config import dump_config, load_config, parse_config
@@ -43,3 +45,20 @@ def test_bad_values_name_the_key(override, expected):
 def test_ffl_with_one_member_is_refused():
     with pytest.raises(ConfigError, match="method 'ffl' needs at least 2 members"):
         load_config(None, ["method.name=ffl", "members=[{arch: cnn16}]"])
+
+
+SHIPPED = sorted((Path(__file__).parents[1] / "experiments" / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_are_valid(path):
+    config = load_config(path)
+    assert config.members and config.method.name in path.read_text()
+
+
+def test_fashion_mnist_set_differs_only_in_the_method():
+    configs = [load_config(p) for p in SHIPPED if p.parent.name == "fashion-mnist"]
+    assert sorted(c.method.name for c in configs) == sorted(["vanilla", "dml", "l1", "l2", "afd", "ffl", "afd+ffl"])
+    stripped = {c.model_copy(update={"name": "", "method": c.method.model_copy(update={"name": "afd"})}).model_dump_json()
+                for c in configs}
+    assert len(stripped) == 1
