@@ -98,11 +98,14 @@ class MethodConfig(Strict):
 
 
 class RayConfig(Strict):
-    address: str | None = None  # None: start a local cluster
+    address: str | None = None  # None: start a local cluster (or use the one this process is connected to)
     transport: Literal["auto", "object_store", "compiled"] = "auto"
-    num_cpus_per_member: float = Field(0.5, gt=0)
-    num_gpus_per_member: float = Field(0, ge=0)
-    max_restarts: int = Field(2, ge=0)
+    num_cpus_per_member: float | None = Field(None, gt=0)  # None: up to 1, sharing the cluster's CPUs
+    num_gpus_per_member: float | None = Field(None, ge=0)  # None: one GPU each when the cluster has GPUs
+    num_cpus_fusion: float | None = Field(None, gt=0)  # None: as a member
+    num_gpus_fusion: float = Field(0, ge=0)
+    placement_timeout_s: float = Field(60, gt=0)  # how long to wait for a joined cluster to find room
+    max_restarts: int = Field(2, ge=0)  # rebuilds from the last checkpoint after an actor dies
 
 
 class TrainConfig(Strict):

@@ -19,3 +19,7 @@ class ModelError(OkdRayError, ValueError):
 
 class TrainingDiverged(OkdRayError, RuntimeError):
     """A loss became NaN or infinite; the message names member, term, epoch and step."""
+
+
+class PopulationLost(OkdRayError, RuntimeError):
+    """An actor of the population died; the run restarts from its last checkpoint (ray.max_restarts)."""

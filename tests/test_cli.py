@@ -39,4 +39,4 @@ def test_train_runs_and_writes_its_folder(capsys, tmp_path):
     assert code == 0, err
     (run_dir,) = list(tmp_path.iterdir())
     assert {"config.yaml", "metrics.parquet", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
-    assert "m0:cnn16" in out and "test_top1" in out
+    assert "m0:cnn16" in out and "test@1" in out

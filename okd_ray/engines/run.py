@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from okd_ray.config import TrainConfig, dump_config, parse_config
-from okd_ray.errors import ConfigError, TrainingDiverged
+from okd_ray.errors import ConfigError, PopulationLost, TrainingDiverged
 from okd_ray.metrics import complete, to_table
 from okd_ray.population import PopulationPlan, plan_population
 from okd_ray.progress import RunDisplay
@@ -21,6 +21,7 @@ class RunResult:
     run_dir: str
     rows: list[dict]  # every epoch's rows, as in metrics.parquet
     seconds: float
+    restarts: int = 0  # population rebuilds after a lost actor
 
     def final(self) -> dict[str, dict]:
         """The last epoch's row of each part (member, ensemble, fused)."""
@@ -44,21 +45,42 @@ def new_run_dir(config: TrainConfig) -> str:
 
 
 def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False) -> RunResult:
-    """Run ``config`` into ``run_dir`` (a new folder under ``output_dir`` by default), resuming if it holds a checkpoint."""
+    """Run ``config`` into ``run_dir`` (a new folder under ``output_dir`` by default), resuming if it holds a
+    checkpoint. If an actor dies, the population is rebuilt from the last checkpoint, ``ray.max_restarts`` times."""
     plan = plan_population(config)  # every config error surfaces here, before any work
     store = RunStore(run_dir or new_run_dir(config))
     display = RunDisplay(quiet)
-    start_epoch, rows, elapsed = 0, [], 0.0
+    store.write_text("config.yaml", dump_config(config))
+    restarts = 0
+    while True:
+        try:
+            result = run_epochs(config, plan, store, display)
+        except PopulationLost as e:
+            if restarts >= config.ray.max_restarts:
+                raise PopulationLost(
+                    f"{e}; gave up after {restarts} restarts (ray.max_restarts={config.ray.max_restarts}). "
+                    f"Finished epochs are kept in {store.uri}: continue with okd-ray train --resume {store.uri}"
+                ) from None
+            restarts += 1
+            display.message(f"{e}\nrestart {restarts}/{config.ray.max_restarts} from the last checkpoint")
+            continue
+        result.restarts = restarts
+        display.message(f"run folder: {store.uri}")
+        return result
+
+
+def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay) -> RunResult:
+    """Train from the last checkpoint in ``store`` (or from scratch) to ``config.epochs``."""
+    start_epoch, rows, elapsed, saved = 0, [], 0.0, None
     if store.exists(CHECKPOINT):
         saved = store.load_torch(CHECKPOINT)
         start_epoch, elapsed = saved["epoch"], saved["elapsed"]
         if store.exists("metrics.parquet"):
             rows = [r for r in store.read_table("metrics.parquet").to_pylist() if r["epoch"] < start_epoch]
-        display.message(f"resuming {store.uri} at epoch {start_epoch + 1}")
-    store.write_text("config.yaml", dump_config(config))
+        display.message(f"resuming {store.uri} after epoch {start_epoch}")
     engine = make_engine(config, plan)
     try:
-        if start_epoch:
+        if saved is not None:
             engine.load_state_dict(saved["population"])
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
@@ -83,7 +105,6 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False) 
             display.end_epoch(epoch, config.epochs, epoch_rows, seconds)
     finally:
         engine.close()
-    display.message(f"run folder: {store.uri}")
     return RunResult(store.uri, rows, elapsed)
 
 

@@ -1,0 +1,115 @@
+"""Where the population's actors run: joining or starting a cluster, and reserving their resources.
+
+All parts are reserved at once in a placement group, so a population never starts half-placed; a request
+the cluster can never meet is an error that says what was asked and what the cluster has.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import ray
+from ray.util.placement_group import PlacementGroup, get_current_placement_group, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from okd_ray.config import TrainConfig
+from okd_ray.errors import ConfigError
+
+
+def connect(address: str | None) -> None:
+    """Join ``address`` (``auto``, ``ray://host:10001``), or start a local cluster; reuse a live connection."""
+    if ray.is_initialized():
+        return
+    ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+
+def part_bundles(config: TrainConfig, count: int) -> list[dict[str, float]]:
+    """One resource bundle per member, then one for the fusion (FFL)."""
+    r = config.ray
+    parts = count + int(config.method.spec.fusion)
+    totals = _totals()
+    cpus = r.num_cpus_per_member
+    if cpus is None:  # auto: a whole CPU each where there are enough, else an equal share
+        cpus = min(1.0, math.floor(100 * totals.get("CPU", 1) / parts) / 100)
+    gpus = r.num_gpus_per_member
+    if gpus is None:  # auto: a GPU per member when the cluster has GPUs
+        gpus = 1.0 if totals.get("GPU", 0) >= 1 else 0.0
+    bundles = [{"CPU": cpus, **({"GPU": gpus} if gpus else {})} for _ in range(count)]
+    if config.method.spec.fusion:
+        fusion_cpus = r.num_cpus_fusion if r.num_cpus_fusion is not None else cpus
+        bundles.append({"CPU": fusion_cpus, **({"GPU": r.num_gpus_fusion} if r.num_gpus_fusion else {})})
+    return bundles
+
+
+@dataclass
+class PartResources:
+    group: PlacementGroup
+    bundles: list[dict[str, float]]
+    first_bundle: int  # 0 for our own group; 1 inside a Tune trial, whose bundle 0 is the trainable's
+    owned: bool
+
+    def options(self, part: int) -> tuple[dict, int]:
+        """Actor options for part ``part`` (members 0..K-1, then the fusion) and its torch thread count."""
+        bundle = self.bundles[part]
+        opts = {
+            "num_cpus": bundle["CPU"],
+            "num_gpus": bundle.get("GPU", 0),
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                self.group, placement_group_bundle_index=self.first_bundle + part
+            ),
+        }
+        return opts, max(1, math.floor(bundle["CPU"]))
+
+    def release(self) -> None:
+        if self.owned:
+            ray.util.remove_placement_group(self.group)
+
+
+def reserve(config: TrainConfig, count: int) -> PartResources:
+    """Reserve the population's bundles: in the current Tune trial's placement group, or a new one."""
+    bundles = part_bundles(config, count)
+    current = get_current_placement_group()
+    if current is not None and len(current.bundle_specs) >= len(bundles) + 1:
+        return PartResources(current, bundles, first_bundle=1, owned=False)
+    if config.ray.address is None:  # a cluster we started has no autoscaler: what it lacks now, it always will
+        check_feasible(bundles)
+    group = placement_group(bundles, strategy="PACK")
+    deadline = time.monotonic() + config.ray.placement_timeout_s
+    while not _ready(group, timeout=1.0):
+        if time.monotonic() > deadline:
+            ray.util.remove_placement_group(group)
+            raise ConfigError(
+                f"the cluster could not place the population's parts {bundles} within "
+                f"ray.placement_timeout_s={config.ray.placement_timeout_s} s (it has {_totals()}, "
+                f"{_available()} free); free resources, add nodes, or lower ray.num_cpus_per_member / "
+                "ray.num_gpus_per_member"
+            )
+    return PartResources(group, bundles, first_bundle=0, owned=True)
+
+
+def check_feasible(bundles: list[dict[str, float]]) -> None:
+    """Refuse at once what the cluster's nodes together could never hold."""
+    totals = _totals()
+    for key in ("CPU", "GPU"):
+        need = sum(b.get(key, 0) for b in bundles)
+        if need > totals.get(key, 0) + 1e-9:
+            fix = "ray.num_gpus_per_member=0" if key == "GPU" else "a smaller ray.num_cpus_per_member"
+            raise ConfigError(
+                f"the population needs {need:g} {key} ({len(bundles)} parts: {bundles}) but the cluster has "
+                f"{totals.get(key, 0):g}; set {fix}, or join a bigger cluster with --address"
+            )
+
+
+def _ready(group: PlacementGroup, timeout: float) -> bool:
+    ready, _ = ray.wait([group.ready()], timeout=timeout)
+    return bool(ready)
+
+
+def _totals() -> dict:
+    return {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+
+
+def _available() -> dict:
+    return {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
