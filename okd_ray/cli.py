@@ -40,6 +40,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.rows else 1
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from okd_ray.tune import SweepOptions, load_sweep_files, prepare, run_sweep
+
+    path, overrides = split_config_and_overrides(args.items)
+    raw_config, raw_space = load_sweep_files(path, overrides, args.space)
+    options = SweepOptions(
+        num_samples=args.num_samples, max_concurrent=args.max_concurrent, scheduler=args.scheduler,
+        metrics=args.metric.split(","), modes=args.mode.split(","), storage_path=args.storage_path,
+        name=args.name, cpus_per_trial=args.cpus_per_trial, resume=args.resume, quiet=args.quiet,
+    )
+    rows = run_sweep(prepare(raw_config, raw_space, options), address=args.address)
+    return 0 if rows else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="okd-ray", description="Online knowledge distillation on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,11 +67,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--address", help="the Ray cluster to join (engine=ray); default: start a local one")
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
     train.set_defaults(func=cmd_train)
+
+    tune = sub.add_parser(
+        "tune", help="search a population run's weights with Ray Tune and Optuna",
+        description="Each trial is one population run. The config's top-level 'search:' mapping (or --space FILE) "
+        "maps dotted keys to {uniform|loguniform|int: [low, high]} or {choice: [...]}.",
+    )
+    tune.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help="a YAML config and dotted overrides")
+    tune.add_argument("--space", help="a YAML file with the search space (instead of the config's search:)")
+    tune.add_argument("--num-samples", type=int, default=8, help="trials to run (default 8)")
+    tune.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
+    tune.add_argument("--scheduler", default="asha", choices=["asha", "pbt", "none"])
+    tune.add_argument("--metric", default="mean_test_top1",
+                      help="m0_test_top1, mean_test_top1, best_test_top1, fused_test_top1, ...; "
+                      "comma-separated for a multi-objective search (with --scheduler none)")
+    tune.add_argument("--mode", default="max", help="max or min (comma-separated, one per metric)")
+    tune.add_argument("--storage-path", default="runs/tune", help="local folder or s3:// / gs:// URI")
+    tune.add_argument("--name", default=None, help="the sweep's folder under --storage-path (default: config name)")
+    tune.add_argument("--address", help="the Ray cluster to join; default: start a local one")
+    tune.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs of a trial with engine=local")
+    tune.add_argument("--resume", action="store_true", help="continue the interrupted sweep --storage-path/--name")
+    tune.add_argument("--quiet", action="store_true", help="print nothing but errors and the final table")
+    tune.set_defaults(func=cmd_tune)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # key=value items may come after options too
+    unknown = [item for item in extra if item.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.items = args.items + extra
     try:
         return args.func(args)
     except OkdRayError as e:

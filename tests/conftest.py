@@ -1,6 +1,7 @@
 """Shared fixtures: small configs on the embedded digits data set."""
 
 import pytest
+import torch
 
 from okd_ray.config import load_config
 
@@ -17,3 +18,31 @@ def tiny_config(tmp_path):
         return load_config(None, base + list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster (2 CPUs) for the whole test session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def flatten(obj, prefix=""):
+    """A nested state dict as {dotted key: tensor}, for exact or tolerant comparison."""
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, value in enumerate(obj) for k, v in flatten(value, f"{prefix}{i}.").items()}
+    return {prefix: torch.as_tensor(obj)} if obj is not None else {}
+
+
+@pytest.fixture
+def population_state():
+    """Reads a run's final checkpoint as a flat {key: tensor} of the whole population."""
+    from okd_ray.engines.run import CHECKPOINT
+    from okd_ray.storage import RunStore
+
+    return lambda run_dir: flatten(RunStore(run_dir).load_torch(CHECKPOINT)["population"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from okd_ray.data import cifar, digits, fashion_mnist, imagefolder
+from okd_ray.data import cifar, digits, fashion_mnist, imagefolder, synthetic
 from okd_ray.data.base import Dataset
 from okd_ray.errors import DataError
 
@@ -14,6 +14,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "cifar10": cifar.build_cifar10,
     "cifar100": cifar.build_cifar100,
     "imagefolder": imagefolder.build,
+    "synthetic-cifar100": synthetic.build,
 }
 
 

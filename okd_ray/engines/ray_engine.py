@@ -12,13 +12,16 @@ gradients go actor to actor. Two transports carry them:
 from __future__ import annotations
 
 import collections
+import contextlib
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import ray
 import torch
 from ray.dag import InputNode, MultiOutputNode
-from ray.exceptions import RayActorError, RayChannelError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayChannelError, RayChannelTimeoutError, RayTaskError
 
 from okd_ray.config import TrainConfig
 from okd_ray.errors import OkdRayError, PopulationLost
@@ -28,6 +31,7 @@ from okd_ray.population import Fusion, Member, PopulationPlan, population_eval, 
 from .resources import PartResources, connect, reserve
 
 STEPS_IN_FLIGHT = 2  # the driver submits this many steps ahead before it reads a step's metrics
+LIVENESS_CHECK_S = 5.0  # how often a wait on a compiled step checks that its actors are alive
 
 
 @ray.remote
@@ -37,20 +41,37 @@ class PartActor:
     def __init__(self, config: dict, plan: PopulationPlan, index: int | None, threads: int):
         torch.set_num_threads(threads)
         config = TrainConfig.model_validate(config)
-        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        self.part = Fusion(config, plan, device) if index is None else Member(config, index, plan, device)
+        self.device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+        self.part = Fusion(config, plan, self.device) if index is None else Member(config, index, plan, self.device)
+        self.busy: dict[str, list[float]] = collections.defaultdict(list)
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        """Seconds spent computing (not waiting for inputs), per call: the benchmarks' compute time."""
+        started = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.busy[name].append(time.perf_counter() - started)
+
+    def compute_seconds(self) -> dict[str, list[float]]:
+        busy, self.busy = dict(self.busy), collections.defaultdict(list)
+        return busy
 
     def ready(self) -> bool:
         return True
 
     def forward(self, _tick: Any = None):
-        return contiguous(self.part.forward())
+        with self.timed("forward"):
+            return contiguous(self.part.forward())
 
     def update(self, *args):
-        return self.part.update(*args)
+        with self.timed("update"):
+            return self.part.update(*args)
 
     def step(self, *args):
-        return contiguous(self.part.step(*args))
+        with self.timed("step"):
+            return contiguous(self.part.step(*args))
 
     def eval_next(self):
         return contiguous(self.part.eval_next())
@@ -133,6 +154,7 @@ class CompiledSteps:
             self.count = len(member_metrics)
             self.has_fusion = fusion_metrics is not None
             graph = MultiOutputNode(outputs + leaves)
+        self.actors = actors + ([fusion_actor] if fusion_actor is not None else [])
         self.graph = graph.experimental_compile(_max_inflight_executions=STEPS_IN_FLIGHT + 1)
         self.ticks = 0
 
@@ -141,7 +163,17 @@ class CompiledSteps:
         return self.graph.execute(self.ticks)
 
     def result(self, future) -> tuple[list[dict], dict | None]:
-        values = ray.get(future)
+        """Wait for a step however long it takes, checking every few seconds that no actor has died
+        (a dead actor's channel would otherwise only show as a timeout)."""
+        while True:
+            try:
+                values = ray.get(future, timeout=LIVENESS_CHECK_S)
+                break
+            except RayChannelTimeoutError:
+                try:  # a dead actor raises RayActorError here; a busy one merely times out
+                    ray.get([a.ready.remote() for a in self.actors], timeout=LIVENESS_CHECK_S)
+                except GetTimeoutError:
+                    pass
         return values[: self.count], (values[self.count] if self.has_fusion else None)
 
     def close(self) -> None:
@@ -176,9 +208,12 @@ class RayEngine:
         self.resources: PartResources = reserve(config, count)
         raw = config.model_dump(mode="json")
 
+        run_id = uuid.uuid4().hex[:8]
+
         def start(part: int, index: int | None):
             options, threads = self.resources.options(part)
-            return PartActor.options(**options).remote(raw, plan, index, threads)
+            name = f"okd-{run_id}-{'fusion' if index is None else f'm{index}'}"  # findable: ray.get_actor(name)
+            return PartActor.options(name=name, **options).remote(raw, plan, index, threads)
 
         self.actors = [start(k, k) for k in range(count)]
         self.fusion_actor = start(count, None) if self.spec.fusion else None

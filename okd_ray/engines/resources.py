@@ -32,15 +32,19 @@ def part_bundles(config: TrainConfig, count: int) -> list[dict[str, float]]:
     totals = _totals()
     cpus = r.num_cpus_per_member
     if cpus is None:  # auto: a whole CPU each where there are enough, else an equal share
-        cpus = min(1.0, math.floor(100 * totals.get("CPU", 1) / parts) / 100)
+        cpus = _share(totals.get("CPU", 1), parts)
     gpus = r.num_gpus_per_member
-    if gpus is None:  # auto: a GPU per member when the cluster has GPUs
-        gpus = 1.0 if totals.get("GPU", 0) >= 1 else 0.0
+    if gpus is None:  # auto: a GPU per member where there are enough, else an equal share; none without GPUs
+        gpus = _share(totals.get("GPU", 0), count)
     bundles = [{"CPU": cpus, **({"GPU": gpus} if gpus else {})} for _ in range(count)]
     if config.method.spec.fusion:
         fusion_cpus = r.num_cpus_fusion if r.num_cpus_fusion is not None else cpus
         bundles.append({"CPU": fusion_cpus, **({"GPU": r.num_gpus_fusion} if r.num_gpus_fusion else {})})
     return bundles
+
+
+def _share(total: float, parts: int) -> float:
+    return min(1.0, math.floor(100 * total / parts) / 100)
 
 
 @dataclass
@@ -95,7 +99,9 @@ def check_feasible(bundles: list[dict[str, float]]) -> None:
     for key in ("CPU", "GPU"):
         need = sum(b.get(key, 0) for b in bundles)
         if need > totals.get(key, 0) + 1e-9:
-            fix = "ray.num_gpus_per_member=0" if key == "GPU" else "a smaller ray.num_cpus_per_member"
+            share = _share(totals.get(key, 0), len(bundles))
+            option = "ray.num_gpus_per_member" if key == "GPU" else "ray.num_cpus_per_member"
+            fix = f"{option}={share:g}" if share > 0 else f"{option}=0"
             raise ConfigError(
                 f"the population needs {need:g} {key} ({len(bundles)} parts: {bundles}) but the cluster has "
                 f"{totals.get(key, 0):g}; set {fix}, or join a bigger cluster with --address"

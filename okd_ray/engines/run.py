@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,9 +45,14 @@ def new_run_dir(config: TrainConfig) -> str:
     return f"{config.output_dir.rstrip('/')}/{config.name}-{stamp}"
 
 
-def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False) -> RunResult:
+EpochCallback = Callable[[int, list[dict], bool], None]  # (epoch, its rows, whether a checkpoint was saved)
+
+
+def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
+          on_epoch: EpochCallback | None = None) -> RunResult:
     """Run ``config`` into ``run_dir`` (a new folder under ``output_dir`` by default), resuming if it holds a
-    checkpoint. If an actor dies, the population is rebuilt from the last checkpoint, ``ray.max_restarts`` times."""
+    checkpoint. If an actor dies, the population is rebuilt from the last checkpoint, ``ray.max_restarts`` times.
+    ``on_epoch`` sees every finished epoch (a Tune trial reports through it)."""
     plan = plan_population(config)  # every config error surfaces here, before any work
     store = RunStore(run_dir or new_run_dir(config))
     display = RunDisplay(quiet)
@@ -54,7 +60,7 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False) 
     restarts = 0
     while True:
         try:
-            result = run_epochs(config, plan, store, display)
+            result = run_epochs(config, plan, store, display, on_epoch)
         except PopulationLost as e:
             if restarts >= config.ray.max_restarts:
                 raise PopulationLost(
@@ -69,7 +75,8 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False) 
         return result
 
 
-def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay) -> RunResult:
+def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay,
+               on_epoch: EpochCallback | None = None) -> RunResult:
     """Train from the last checkpoint in ``store`` (or from scratch) to ``config.epochs``."""
     start_epoch, rows, elapsed, saved = 0, [], 0.0, None
     if store.exists(CHECKPOINT):
@@ -99,10 +106,13 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             rows += epoch_rows
             store.write_table("metrics.parquet", to_table(rows))
             done = epoch + 1
-            if done % config.checkpoint_every == 0 or done == config.epochs:
+            saved_now = done % config.checkpoint_every == 0 or done == config.epochs
+            if saved_now:
                 store.save_torch(CHECKPOINT, {"epoch": done, "elapsed": elapsed, "population": engine.state_dict()})
                 start_epoch = done
             display.end_epoch(epoch, config.epochs, epoch_rows, seconds)
+            if on_epoch is not None:
+                on_epoch(epoch, epoch_rows, saved_now)
     finally:
         engine.close()
     return RunResult(store.uri, rows, elapsed)

@@ -14,7 +14,6 @@ from okd_ray.errors import ModelError
 from okd_ray.models.base import FeatureNet, feature_shape
 from okd_ray.models.cnn import SmallCNN
 from okd_ray.models.resnet import CifarResNet
-from okd_ray.models.tv import torchvision_model
 from okd_ray.models.wrn import WideResNet
 
 __all__ = ["MODELS", "FeatureNet", "build_model", "feature_shape"]
@@ -59,6 +58,8 @@ def build_model(name: str, *, in_channels: int, num_classes: int, **kwargs) -> F
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ModelError(f"`{key}` must be a positive integer, not {value!r}")
     if name.startswith(TORCHVISION_PREFIX):
+        from okd_ray.models.tv import torchvision_model  # torchvision costs a second to import: only when used
+
         return torchvision_model(
             name.removeprefix(TORCHVISION_PREFIX), in_channels=in_channels, num_classes=num_classes, **kwargs
         )

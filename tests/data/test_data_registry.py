@@ -7,7 +7,7 @@ from okd_ray.errors import DataError
 
 
 def test_registry_names():
-    assert list(DATASETS) == ["digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder"]
+    assert list(DATASETS) == ["digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic-cifar100"]
 
 
 def test_unknown_name_lists_the_valid_ones():
