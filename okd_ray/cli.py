@@ -54,6 +54,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0 if rows else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from okd_ray.report import make_report
+
+    make_report(args.folder)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="okd-ray", description="Online knowledge distillation on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,20 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", action="store_true", help="continue the interrupted sweep --storage-path/--name")
     tune.add_argument("--quiet", action="store_true", help="print nothing but errors and the final table")
     tune.set_defaults(func=cmd_tune)
+
+    report = sub.add_parser("report", help="a table, plots and report.md for a run's or a sweep's folder")
+    report.add_argument("folder", help="the folder okd-ray train or okd-ray tune wrote (local or URI)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # key=value items may come after options too
-    unknown = [item for item in extra if item.startswith("-")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.items = args.items + extra
+    if extra and (not hasattr(args, "items") or any(item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.items = args.items + extra
     try:
         return args.func(args)
     except OkdRayError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
 
 

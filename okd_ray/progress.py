@@ -49,7 +49,7 @@ class RunDisplay:
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(text)
+            self.console.print(text, soft_wrap=True, highlight=False)
 
 
 def epoch_table(rows: list[dict], title: str) -> Table:
