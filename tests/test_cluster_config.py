@@ -29,7 +29,7 @@ VARIANT = re.compile(r"^# --- variant: (?P<name>\S+) ---\n(?P<body>.*?)^# --- en
 
 
 def variants(text: str) -> dict[str, str]:
-    """The commented blocks, each without its leading '# ' (as docs/cluster.md's sed line does)."""
+    """The commented blocks, each without its leading '# ' (as the sed line in cluster.yaml does)."""
     blocks = {}
     for match in VARIANT.finditer(text):
         lines = match["body"].splitlines()

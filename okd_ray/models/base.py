@@ -18,6 +18,25 @@ class FeatureNet(nn.Module):
         raise NotImplementedError
 
 
+class PooledHeadNet(FeatureNet):
+    """The in-house families: a linear classifier ``fc`` on the globally average-pooled feature map."""
+
+    fc: nn.Linear
+
+    def head(self, f: Tensor) -> Tensor:
+        """Logits from the feature map: global average pool, then the linear classifier."""
+        return self.fc(f.mean((2, 3)))
+
+    def init_weights(self) -> None:
+        """He (fan-out) init for convolutions and BN at identity, as the CIFAR ResNet and WRN references."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
 def feature_shape(model: FeatureNet, in_channels: int, image_size: int) -> tuple[int, int, int]:
     """(C, H, W) of `model`'s feature map for square inputs of `image_size`, by a dry run.
 

@@ -2,7 +2,7 @@
 
 from torch import Tensor, nn
 
-from okd_ray.models.base import FeatureNet
+from okd_ray.models.base import PooledHeadNet
 
 
 def _conv_bn_relu(in_planes: int, planes: int, stride: int) -> nn.Sequential:
@@ -13,7 +13,7 @@ def _conv_bn_relu(in_planes: int, planes: int, stride: int) -> nn.Sequential:
     )
 
 
-class SmallCNN(FeatureNet):
+class SmallCNN(PooledHeadNet):
     """conv(w) -> conv(2w, stride 2) -> conv(4w, stride 2), each with BN and ReLU.
 
     The feature map is the third conv's output: 4w x H/4 x W/4 (128 x 2 x 2 for width 32 on 8x8).
@@ -28,17 +28,8 @@ class SmallCNN(FeatureNet):
         )
         self.fc = nn.Linear(4 * width, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.init_weights()
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f = self.body(x)
         return f, self.head(f)
-
-    def head(self, f: Tensor) -> Tensor:
-        """Logits from the feature map: global average pool, then the linear classifier."""
-        return self.fc(f.mean((2, 3)))

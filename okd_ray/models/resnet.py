@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from okd_ray.errors import ModelError
-from okd_ray.models.base import FeatureNet
+from okd_ray.models.base import PooledHeadNet
 
 
 class BasicBlock(nn.Module):
@@ -37,7 +37,7 @@ def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
-class CifarResNet(FeatureNet):
+class CifarResNet(PooledHeadNet):
     """3x3 stem, three stages of (depth - 2) / 6 basic blocks, stride 2 at stages 2 and 3.
 
     `widths` are the stem's and the three stages' channels: (16, 16, 32, 64) for resnet8..110,
@@ -66,18 +66,9 @@ class CifarResNet(FeatureNet):
         self.layer3 = _stage(widths[2], widths[3], n, stride=2)
         self.fc = nn.Linear(widths[3], num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.init_weights()
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = F.relu(self.bn1(self.conv1(x)))
         f = self.layer3(self.layer2(self.layer1(x)))
         return f, self.head(f)
-
-    def head(self, f: Tensor) -> Tensor:
-        """Logits from the feature map: global average pool, then the linear classifier."""
-        return self.fc(f.mean((2, 3)))

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from okd_ray.errors import ModelError
-from okd_ray.models.base import FeatureNet
+from okd_ray.models.base import PooledHeadNet
 
 
 class PreActBlock(nn.Module):
@@ -36,7 +36,7 @@ def _stage(in_planes: int, planes: int, blocks: int, stride: int, dropout: float
     return nn.Sequential(*layers)
 
 
-class WideResNet(FeatureNet):
+class WideResNet(PooledHeadNet):
     """WRN-depth-width: a 3x3 stem of 16 channels, three stages of (depth - 4) / 6 blocks
     with 16w, 32w and 64w channels (stride 2 at stages 2 and 3), then BN-ReLU.
 
@@ -66,20 +66,10 @@ class WideResNet(FeatureNet):
         self.bn = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        self.init_weights()
+        nn.init.zeros_(self.fc.bias)  # as the WRN reference code
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
         f = F.relu(self.bn(x))
         return f, self.head(f)
-
-    def head(self, f: Tensor) -> Tensor:
-        """Logits from the feature map: global average pool, then the linear classifier."""
-        return self.fc(f.mean((2, 3)))
