@@ -114,7 +114,7 @@ def show(rows: list[dict]) -> None:
         overhead = "" if r["engine"] == "local" else f"{100 * r['exchange_overhead']:+.1f} %"
         table.add_row(r["population"], r["engine"], f"{r['median_step_ms']:.1f}", f"{r['images_per_s']:.0f}",
                       f"{r['median_compute_ms']:.1f}", overhead, f"{r['step_vs_local']:.2f}")
-    Console().print(table)
+    Console(width=120).print(table)
 
 
 if __name__ == "__main__":

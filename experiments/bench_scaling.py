@@ -84,7 +84,7 @@ def main() -> None:
     for r in rows:
         table.add_row(str(r["members"]), r["transport"], f"{r['median_step_ms']:.1f}",
                       f"{r['ring_mb_per_member']:.3f}", f"{r['fusion_mb']:.3f}", f"{r['total_mb']:.3f}")
-    Console().print(table)
+    Console(width=120).print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), args.out)
     print(f"wrote {args.out}")

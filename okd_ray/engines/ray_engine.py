@@ -220,7 +220,9 @@ class RayEngine:
         self.all_actors = self.actors + ([self.fusion_actor] if self.fusion_actor is not None else [])
         self.returns = {"forward": 4, "step": count + 2, "eval_next": 3}
         self._guard(lambda: ray.get([a.ready.remote() for a in self.all_actors]))
-        transport = "compiled" if config.ray.transport == "auto" else config.ray.transport
+        # auto: object_store. Measured on CPU (experiments/bench_engine.py), a compiled graph doubled the
+        # members' compute time; its NCCL path for GPUs is there to choose, but was not measured here.
+        transport = "object_store" if config.ray.transport == "auto" else config.ray.transport
         if transport == "compiled":
             self.steps = self._guard(lambda: CompiledSteps(self.actors, self.fusion_actor, self.returns, self.spec))
         else:
