@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from okd_ray.config import load_config
+from okd_ray.config import dump_config, load_config
 from okd_ray.engines.run import CHECKPOINT, train
 from okd_ray.storage import RunStore
 
@@ -29,9 +29,15 @@ def run_dir(runs: Path, method: str, seed: int) -> Path:
     return runs / f"{method.replace('+', '-')}-seed{seed}"
 
 
-def finished(folder: Path, epochs: int) -> bool:
+def finished(folder: Path, config) -> bool:
+    """True when ``folder`` holds this very config run to its last epoch; another config there is an error."""
     store = RunStore(str(folder))
-    return store.exists(CHECKPOINT) and store.load_torch(CHECKPOINT)["epoch"] >= epochs
+    if not store.exists("config.yaml"):
+        return False
+    if store.read_text("config.yaml") != dump_config(config):
+        raise SystemExit(f"{folder} holds a run of another config (budget or settings changed); "
+                         "give a new --runs folder so that every method keeps the same budget")
+    return store.exists(CHECKPOINT) and store.load_torch(CHECKPOINT)["epoch"] >= config.epochs
 
 
 def run_study(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (),
@@ -42,7 +48,7 @@ def run_study(methods: list[str], seeds: list[int], runs: Path, overrides: list[
         for seed in seeds:
             config = load_config(config_dir / f"{method.replace('+', '-')}.yaml", [f"seed={seed}", *overrides])
             folder = run_dir(runs, method, seed)
-            if finished(folder, config.epochs):
+            if finished(folder, config):
                 print(f"{folder.name}: finished, skipped", flush=True)
             else:
                 print(f"{folder.name}: training", flush=True)

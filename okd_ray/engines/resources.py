@@ -25,14 +25,15 @@ def connect(address: str | None) -> None:
     ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
 
 
-def part_bundles(config: TrainConfig, count: int) -> list[dict[str, float]]:
-    """One resource bundle per member, then one for the fusion (FFL)."""
+def part_bundles(config: TrainConfig, count: int, spare_cpus: float = 0.0) -> list[dict[str, float]]:
+    """One resource bundle per member, then one for the fusion (FFL); ``spare_cpus`` stay out of the
+    automatic shares (a Tune trial's own bundle)."""
     r = config.ray
     parts = count + int(config.method.spec.fusion)
     totals = _totals()
     cpus = r.num_cpus_per_member
     if cpus is None:  # auto: a whole CPU each where there are enough, else an equal share
-        cpus = _share(totals.get("CPU", 1), parts)
+        cpus = _share(totals.get("CPU", 1) - spare_cpus, parts)
     gpus = r.num_gpus_per_member
     if gpus is None:  # auto: a GPU per member where there are enough, else an equal share; none without GPUs
         gpus = _share(totals.get("GPU", 0), count)

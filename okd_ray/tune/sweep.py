@@ -21,12 +21,12 @@ from rich.console import Console
 from rich.table import Table
 
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, validate
-from okd_ray.engines.resources import connect
+from okd_ray.engines.resources import connect, part_bundles
 from okd_ray.errors import ConfigError
 from okd_ray.storage import RunStore
 
 from .space import params_to_overrides, parse_space
-from .trial import metric_names, run_trial, trial_resources
+from .trial import TRAINABLE_CPUS, metric_names, run_trial, trial_resources
 
 
 @dataclass
@@ -147,9 +147,7 @@ def _resolve_auto_resources(sweep: Sweep) -> None:
     """Fix the Ray engine's automatic per-part resources now, so trials ask for what their bundles hold."""
     if sweep.config.engine != "ray":
         return
-    from okd_ray.engines.resources import part_bundles
-
-    bundles = part_bundles(sweep.config, len(sweep.config.members))
+    bundles = part_bundles(sweep.config, len(sweep.config.members), spare_cpus=TRAINABLE_CPUS)
     ray_raw = sweep.raw_config.setdefault("ray", {})
     ray_raw.setdefault("num_cpus_per_member", bundles[0]["CPU"])
     ray_raw.setdefault("num_gpus_per_member", bundles[0].get("GPU", 0))

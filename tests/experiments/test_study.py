@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 spec = importlib.util.spec_from_file_location("study", ROOT / "experiments" / "study_fashion_mnist.py")
 study = importlib.util.module_from_spec(spec)
@@ -26,6 +28,9 @@ def test_finished_runs_are_skipped(tmp_path, capsys):
 
     extended = study.run_study(["vanilla"], [0, 1, 2], runs, DIGITS)  # one more seed: only it trains
     assert capsys.readouterr().out.count("training") == 1 and len({r["seed"] for r in extended}) == 3
+
+    with pytest.raises(SystemExit, match="another config"):  # a changed budget never mixes with old runs
+        study.run_study(["vanilla"], [0], runs, [*DIGITS, "data.train_limit=300"])
 
 
 def test_summary_is_mean_and_std_over_seeds(tmp_path):

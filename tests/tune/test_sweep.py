@@ -51,6 +51,15 @@ def write_space(folder, space):
     return path
 
 
+def test_trials_host_ray_engine_populations_in_their_placement_group(ray_cluster, capsys, tmp_path):
+    """engine=ray in a trial: member and fusion actors go into the trial's bundles 1..K+1."""
+    code, err = tune_cli(capsys, "epochs=1", "method.name=afd+ffl", "engine=ray", "--num-samples", "1",
+                         "--scheduler", "none", "--storage-path", str(tmp_path), "--name", "ray")
+    assert code == 0, err
+    (trial,) = pq.read_table(tmp_path / "ray" / "trials.parquet").to_pylist()
+    assert trial["status"] == "done" and trial["fused_test_top1"] > 0
+
+
 def test_pbt_exploits_through_checkpoints(ray_cluster, capsys, tmp_path):
     code, err = tune_cli(
         capsys, "epochs=3", "--num-samples", "2", "--scheduler", "pbt", "--storage-path", str(tmp_path),
