@@ -31,6 +31,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     path, overrides = split_config_and_overrides(args.items)
     if args.address:
         overrides.append(f"ray.address={args.address}")
+    if args.storage_path:
+        overrides.append(f"output_dir={args.storage_path}")
     if args.resume:
         if path:
             raise OkdRayError("--resume takes the run folder's own config.yaml; give overrides only (key=value)")
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="the run's output folder or URI (default: a new folder under output_dir)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--address", help="the Ray cluster to join (engine=ray); default: start a local one")
+    train.add_argument("--storage-path", help="where run folders go (output_dir): a local folder or s3:// / gs:// URI")
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
     train.set_defaults(func=cmd_train)
 
