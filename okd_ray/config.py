@@ -121,6 +121,8 @@ class TrainConfig(Strict):
     output_dir: str = "runs"  # a local folder or a pyarrow.fs URI (s3://, gs://)
     checkpoint_every: int = Field(1, ge=1)
     ray: RayConfig = RayConfig()
+    # okd-ray tune's search space ({dotted key: {uniform|loguniform|int|choice: ...}}); okd-ray train ignores it.
+    search: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _population_fits_method(self) -> TrainConfig:
