@@ -1,5 +1,14 @@
 """Errors a user can act on: each message says what was wrong and how to fix it."""
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``"did you mean a, b? "`` for the closest of ``choices``, or ``""``: a prefix for error messages."""
+    close = difflib.get_close_matches(name, list(choices), n=3)
+    return f"did you mean {', '.join(close)}? " if close else ""
+
 
 class OkdRayError(Exception):
     """Base class: the CLI prints these without a traceback."""

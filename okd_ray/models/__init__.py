@@ -5,12 +5,11 @@ Builders take `in_channels` and `num_classes` as keywords and draw their initial
 torch's global RNG, so `torch.manual_seed(s)` before building gives identical weights.
 """
 
-import difflib
 import inspect
 from collections.abc import Callable
 from functools import partial
 
-from okd_ray.errors import ModelError
+from okd_ray.errors import ModelError, did_you_mean
 from okd_ray.models.base import FeatureNet, feature_shape
 from okd_ray.models.cnn import SmallCNN
 from okd_ray.models.resnet import CifarResNet
@@ -64,8 +63,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int, **kwargs) -> F
             name.removeprefix(TORCHVISION_PREFIX), in_channels=in_channels, num_classes=num_classes, **kwargs
         )
     if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
+        hint = did_you_mean(name, MODELS)
         raise ModelError(
             f"unknown model {name!r}; {hint}choose one of {', '.join(MODELS)}, "
             f"or any torchvision classification model as {TORCHVISION_PREFIX}NAME "

@@ -5,7 +5,6 @@ we ask it for two: the input of the last global pooling (the feature map) and th
 output (the logits). One forward gives both; the model's own `forward` is never rewritten.
 """
 
-import difflib
 import math
 
 import torch
@@ -14,7 +13,7 @@ import torchvision
 from torch import Tensor, fx, nn
 from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor
 
-from okd_ray.errors import ModelError
+from okd_ray.errors import ModelError, did_you_mean
 from okd_ray.models.base import FeatureNet
 
 _POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -198,8 +197,7 @@ def torchvision_model(
     """
     known = classification_models()
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
+        hint = did_you_mean(name, known)
         raise ModelError(
             f"unknown torchvision classification model {name!r}; {hint}"
             f"torchvision.models.list_models(module=torchvision.models) gives: {', '.join(known)}"
