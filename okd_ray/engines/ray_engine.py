@@ -148,9 +148,9 @@ class CompiledSteps:
             member_metrics, fusion_metrics = population_step(members, fusion, spec)
             outputs = member_metrics + ([fusion_metrics] if fusion_metrics is not None else [])
             # A compiled graph may have no dangling nodes: unused outputs (say, a member's labels) go to the driver.
-            consumed = {id(n) for p in members + ([fusion] if fusion else []) for n in p.consumed}
-            leaves = [n for p in members + ([fusion] if fusion else []) for n in p.produced if id(n) not in consumed
-                      and not any(n is o for o in outputs)]
+            parts = members + ([fusion] if fusion is not None else [])
+            used = {id(n) for p in parts for n in p.consumed} | {id(o) for o in outputs}
+            leaves = [n for p in parts for n in p.produced if id(n) not in used]
             self.count = len(member_metrics)
             self.has_fusion = fusion_metrics is not None
             graph = MultiOutputNode(outputs + leaves)
