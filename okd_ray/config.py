@@ -146,19 +146,28 @@ def default_config_text() -> str:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML file (or the embedded default), apply ``key=value`` overrides, validate."""
-    if path is None:
-        return parse_config(default_config_text(), overrides)
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} not found; give a YAML path, or none for the embedded default")
-    return parse_config(p.read_text(), overrides, source=str(p))
+    return validate(apply_overrides(read_raw(path), overrides))
 
 
 def parse_config(text: str, overrides: list[str] = (), source: str = "config") -> TrainConfig:
+    return validate(apply_overrides(raw_from_text(text, source), overrides))
+
+
+def read_raw(path: str | Path | None = None) -> dict[str, Any]:
+    """A config file (or the embedded default) as an unvalidated mapping."""
+    if path is None:
+        return raw_from_text(default_config_text(), "the embedded default")
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; give a YAML path, or none for the embedded default")
+    return raw_from_text(p.read_text(), str(p))
+
+
+def raw_from_text(text: str, source: str) -> dict[str, Any]:
     raw = yaml.safe_load(text) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
-    return validate(apply_overrides(raw, overrides))
+    return raw
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -205,6 +205,7 @@ class RayEngine:
         self.config, self.plan, self.spec = config, plan, config.method.spec
         count = len(config.members)
         self.names = [f"m{k}:{m.arch}" for k, m in enumerate(config.members)]
+        self.parts = self.names + (["fused"] if self.spec.fusion else [])  # in all_actors' order
         self.resources: PartResources = reserve(config, count)
         raw = config.model_dump(mode="json")
 
@@ -253,10 +254,10 @@ class RayEngine:
 
     def begin_epoch(self, epoch: int) -> dict[str, dict[str, float]]:
         lrs = self._call_all("begin_epoch", epoch)
-        return dict(zip(self.names + (["fused"] if self.fusion_actor is not None else []), lrs))
+        return dict(zip(self.parts, lrs))
 
     def train_epoch(self, steps: int, on_step: Callable[[int], None]) -> dict[str, dict[str, float]]:
-        meters = {name: Meter() for name in self.names + (["fused"] if self.spec.fusion else [])}
+        meters = {name: Meter() for name in self.parts}
         pending = collections.deque()
 
         def collect():

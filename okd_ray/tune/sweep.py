@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 from rich.table import Table
 
-from okd_ray.config import TrainConfig, apply_overrides, dump_config, validate
+from okd_ray.config import TrainConfig, apply_overrides, dump_config, read_raw, validate
 from okd_ray.engines.resources import connect, part_bundles
 from okd_ray.errors import ConfigError
 from okd_ray.storage import RunStore
@@ -208,14 +208,7 @@ def _absolute(path: str) -> str:
 
 def load_sweep_files(config_path: str | None, overrides: list[str], space_path: str | None) -> tuple[dict, Any]:
     """The train config (its ``search:`` mapping taken out) with overrides, and the search space."""
-    from okd_ray.config import default_config_text
-
-    if config_path is None:
-        raw = yaml.safe_load(default_config_text())
-    else:
-        if not Path(config_path).is_file():
-            raise ConfigError(f"config file {config_path!r} not found")
-        raw = yaml.safe_load(Path(config_path).read_text()) or {}
+    raw = read_raw(config_path)
     raw_space = raw.pop("search", None)
     if space_path is not None:
         if not Path(space_path).is_file():
