@@ -118,6 +118,9 @@ class TrainConfig(Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     engine: Literal["local", "ray"] = "local"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch threads of the local engine's process and of each Ray part. None: torch's default locally, and
+    # in Ray as many as the part's whole CPUs. Equal thread counts make the engines bit-identical.
+    threads: int | None = Field(None, ge=1)
     output_dir: str = "runs"  # a local folder or a pyarrow.fs URI (s3://, gs://)
     checkpoint_every: int = Field(1, ge=1)
     ray: RayConfig = RayConfig()

@@ -20,6 +20,9 @@ def resolve_device(name: str) -> torch.device:
 class LocalEngine:
     def __init__(self, config: TrainConfig, plan: PopulationPlan):
         device = resolve_device(config.device)
+        self.threads_before = torch.get_num_threads()
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
         self.config, self.plan, self.spec = config, plan, config.method.spec
         self.members = [Member(config, k, plan, device) for k in range(len(config.members))]
         self.fusion = Fusion(config, plan, device) if self.spec.fusion else None
@@ -58,4 +61,4 @@ class LocalEngine:
             self.fusion.load_state_dict(state["fusion"])
 
     def close(self) -> None:
-        pass
+        torch.set_num_threads(self.threads_before)

@@ -63,7 +63,7 @@ class PartActor:
 
     def forward(self, _tick: Any = None):
         with self.timed("forward"):
-            return contiguous(self.part.forward())
+            return self.part.forward()
 
     def update(self, *args):
         with self.timed("update"):
@@ -71,22 +71,17 @@ class PartActor:
 
     def step(self, *args):
         with self.timed("step"):
-            return contiguous(self.part.step(*args))
+            return self.part.step(*args)
 
     def eval_next(self):
-        return contiguous(self.part.eval_next())
+        return self.part.eval_next()
 
     def eval(self, *maps):
-        return self.part.eval(*maps).contiguous()
+        return self.part.eval(*maps)
 
     def call(self, method: str, *args):
         """Anything outside the hot path: begin_epoch, begin_eval, state_dict, load_state_dict."""
         return getattr(self.part, method)(*args)
-
-
-def contiguous(values: tuple) -> tuple:
-    """Channels serialise a tensor's raw memory, so a strided view (say, a pooled map) must be packed first."""
-    return tuple(v.contiguous() if isinstance(v, torch.Tensor) else v for v in values)
 
 
 class RemotePart:

@@ -54,6 +54,7 @@ class PartResources:
     bundles: list[dict[str, float]]
     first_bundle: int  # 0 for our own group; 1 inside a Tune trial, whose bundle 0 is the trainable's
     owned: bool
+    threads: int | None = None  # the config's ``threads``; None: the part's whole CPUs
 
     def options(self, part: int) -> tuple[dict, int]:
         """Actor options for part ``part`` (members 0..K-1, then the fusion) and its torch thread count."""
@@ -65,7 +66,7 @@ class PartResources:
                 self.group, placement_group_bundle_index=self.first_bundle + part
             ),
         }
-        return opts, max(1, math.floor(bundle["CPU"]))
+        return opts, self.threads or max(1, math.floor(bundle["CPU"]))
 
     def release(self) -> None:
         if self.owned:
@@ -77,7 +78,7 @@ def reserve(config: TrainConfig, count: int) -> PartResources:
     bundles = part_bundles(config, count)
     current = get_current_placement_group()
     if current is not None and len(current.bundle_specs) >= len(bundles) + 1:
-        return PartResources(current, bundles, first_bundle=1, owned=False)
+        return PartResources(current, bundles, first_bundle=1, owned=False, threads=config.threads)
     if config.ray.address is None:  # a cluster we started has no autoscaler: what it lacks now, it always will
         check_feasible(bundles)
     group = placement_group(bundles, strategy="PACK")
@@ -91,7 +92,7 @@ def reserve(config: TrainConfig, count: int) -> PartResources:
                 f"{_available()} free); free resources, add nodes, or lower ray.num_cpus_per_member / "
                 "ray.num_gpus_per_member"
             )
-    return PartResources(group, bundles, first_bundle=0, owned=True)
+    return PartResources(group, bundles, first_bundle=0, owned=True, threads=config.threads)
 
 
 def check_feasible(bundles: list[dict[str, float]]) -> None:

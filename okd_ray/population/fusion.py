@@ -9,6 +9,7 @@ from okd_ray.config import TrainConfig
 from okd_ray.errors import TrainingDiverged
 from okd_ray.methods import FusionModule, distill_kl, sigmoid_rampup
 
+from .outgoing import outgoing
 from .optim import lr_factor, make_optimizer, set_lr
 from .plan import PopulationPlan
 from okd_ray.seeding import derive_seed
@@ -64,12 +65,12 @@ class Fusion:
             "fused_ce": fused_ce, "fused_kl": fused_kl,
             "train_correct": int((fused.detach().argmax(1) == labels).sum()), "n": len(labels),
         }
-        return (metrics, fused.detach(), *[f.grad for f in maps])
+        return outgoing((metrics, fused, *[f.grad for f in maps]))
 
     @torch.no_grad()
     def eval(self, *maps: torch.Tensor) -> torch.Tensor:
         self.module.eval()
-        return self.module([f.to(self.device) for f in maps])
+        return outgoing(self.module([f.to(self.device) for f in maps]))
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": self.rng.state_dict()}

@@ -22,6 +22,7 @@ from okd_ray.methods import (
 )
 from okd_ray.models import build_model
 
+from .outgoing import outgoing
 from .optim import lr_factor, make_optimizer, set_lr
 from .plan import PopulationPlan, load_dataset
 from okd_ray.seeding import derive_seed
@@ -102,12 +103,7 @@ class Member:
             public = self.transfer(feature) if self.transfer is not None else None
         self._check_finite({"logits": logits})  # name the member that diverged, not the peers it feeds
         self._labels, self._feature, self._public, self._logits = y, feature, public, logits
-        return (
-            y,
-            feature.detach() if self.spec.fusion else None,
-            public.detach() if public is not None else None,
-            logits.detach(),
-        )
+        return outgoing((y, feature if self.spec.fusion else None, public, logits))
 
     def update(self, peer_map, fused_logits, feature_grad, *peer_logits) -> dict[str, float]:
         """One optimisation step from the last ``forward``, given what the ring and the fusion sent back.
@@ -200,7 +196,7 @@ class Member:
         x, y = next(self._test_batches)
         with self.rng.active(self.device):
             feature, logits = self.net(x.to(self.device))
-        return y, (feature if self.spec.fusion else None), logits
+        return outgoing((y, feature if self.spec.fusion else None, logits))
 
     # --- checkpoints ----------------------------------------------------------------------------------
 

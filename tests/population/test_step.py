@@ -106,3 +106,13 @@ def test_ring_sends_each_member_its_predecessor(tiny_config):
         peer_map, peers = received[k]
         _, _, prev_public, prev_logits = sent[(k - 1) % 3]
         assert peer_map is prev_public and len(peers) == 1 and peers[0] is prev_logits
+
+
+def test_parts_send_detached_contiguous_tensors(tiny_config):
+    """A pooled transfer map is a strided view; the part packs it, so no engine or transport repacks it."""
+    config = tiny_config("method.name=afd+ffl", "members=[{arch: cnn16}, {arch: resnet8}]")
+    e = engine(config)
+    labels, maps, public, logits = zip(*(m.forward() for m in e.members))
+    metrics, fused, *grads = e.fusion.step(labels[0], *maps, *logits)
+    for t in (*maps, *public, *logits, fused, *grads):
+        assert t.is_contiguous() and not t.requires_grad
