@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from okd_ray.config import dump_config, load_config
-from okd_ray.engines.run import CHECKPOINT, train
+from okd_ray.run import CHECKPOINT, train
 from okd_ray.storage import RunStore
 
 HERE = Path(__file__).parent

@@ -26,7 +26,7 @@ def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]
 
 def cmd_train(args: argparse.Namespace) -> int:
     from okd_ray.config import load_config
-    from okd_ray.engines.run import resume, train
+    from okd_ray.run import resume, train
 
     path, overrides = split_config_and_overrides(args.items)
     if args.address:

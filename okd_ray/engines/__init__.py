@@ -1,1 +1,46 @@
-"""Engines: where the population lives (one process, or one Ray actor per member) and how tensors move."""
+"""Engines: where the population lives (one process, or one Ray actor per part) and how tensors move.
+
+Every engine drives the same population step over the same parts; the run loop (``okd_ray.run``) sees
+only the ``Engine`` protocol below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from okd_ray.config import TrainConfig
+from okd_ray.population import PopulationPlan
+
+from .resources import connect, part_bundles
+
+__all__ = ["Engine", "PartMetrics", "connect", "make_engine", "part_bundles"]
+
+PartMetrics = dict[str, dict[str, float]]  # part name -> metric -> value
+
+
+class Engine(Protocol):
+    def begin_epoch(self, epoch: int) -> PartMetrics:
+        """Set the epoch's learning rates and schedules; returns each part's learning rates."""
+
+    def train_epoch(self, steps: int, on_step: Callable[[int], None]) -> PartMetrics:
+        """Run ``steps`` population steps; returns each part's mean loss terms and training top-1."""
+
+    def evaluate(self) -> PartMetrics:
+        """Test top-1/top-5 of every member, the ensemble and the fused classifier."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_engine(config: TrainConfig, plan: PopulationPlan) -> Engine:
+    if config.engine == "ray":
+        from .ray_engine import RayEngine  # Ray's import costs seconds: only when asked for
+
+        return RayEngine(config, plan)
+    from .local import LocalEngine
+
+    return LocalEngine(config, plan)

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, read_raw, validate
-from okd_ray.engines.resources import connect, part_bundles
+from okd_ray.engines import connect, part_bundles
 from okd_ray.errors import ConfigError
 from okd_ray.storage import RunStore
 

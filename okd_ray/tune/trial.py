@@ -10,8 +10,8 @@ from typing import Any
 from ray import tune
 
 from okd_ray.config import TrainConfig, apply_overrides, validate
-from okd_ray.engines.resources import part_bundles
-from okd_ray.engines.run import CHECKPOINT, train
+from okd_ray.engines import part_bundles
+from okd_ray.run import CHECKPOINT, train
 
 from .space import params_to_overrides
 

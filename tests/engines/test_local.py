@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from okd_ray.engines.run import CHECKPOINT, resume, train
+from okd_ray.run import CHECKPOINT, resume, train
 from okd_ray.errors import TrainingDiverged
 from okd_ray.methods import METHODS
 from okd_ray.storage import RunStore

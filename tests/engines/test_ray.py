@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from okd_ray.engines.run import CHECKPOINT, train
+from okd_ray.run import CHECKPOINT, train
 from okd_ray.errors import ConfigError
 
 POPULATIONS = {

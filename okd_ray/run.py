@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from okd_ray.config import TrainConfig, dump_config, parse_config
+from okd_ray.engines import make_engine
 from okd_ray.errors import ConfigError, PopulationLost, TrainingDiverged
 from okd_ray.metrics import complete, to_table
 from okd_ray.population import PopulationPlan, plan_population
@@ -28,16 +29,6 @@ class RunResult:
         """The last epoch's row of each part (member, ensemble, fused)."""
         last = max(r["epoch"] for r in self.rows)
         return {r["part"]: r for r in self.rows if r["epoch"] == last}
-
-
-def make_engine(config: TrainConfig, plan: PopulationPlan):
-    if config.engine == "ray":
-        from okd_ray.engines.ray_engine import RayEngine
-
-        return RayEngine(config, plan)
-    from okd_ray.engines.local import LocalEngine
-
-    return LocalEngine(config, plan)
 
 
 def new_run_dir(config: TrainConfig) -> str:
