@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from okd_ray.config import dump_config, load_config
-from okd_ray.run import CHECKPOINT, train
+from okd_ray.checkpoint import read_manifest
+from okd_ray.run import train
 from okd_ray.storage import RunStore
 
 HERE = Path(__file__).parent
@@ -37,7 +38,8 @@ def finished(folder: Path, config) -> bool:
     if store.read_text("config.yaml") != dump_config(config):
         raise SystemExit(f"{folder} holds a run of another config (budget or settings changed); "
                          "give a new --runs folder so that every method keeps the same budget")
-    return store.exists(CHECKPOINT) and store.load_torch(CHECKPOINT)["epoch"] >= config.epochs
+    manifest = read_manifest(store)
+    return manifest is not None and manifest.epoch >= config.epochs
 
 
 def run_study(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (),

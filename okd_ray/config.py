@@ -8,32 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from okd_ray.errors import ConfigError
-from okd_ray.methods import METHODS
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class OptimizerConfig(Strict):
-    name: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-
-
-class ScheduleConfig(Strict):
-    """Learning rate as a function of the epoch: recomputed each epoch, so resuming needs no scheduler state."""
-
-    kind: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[int] = []
-    gamma: float = Field(0.1, gt=0)
+from okd_ray.errors import ConfigError, did_you_mean
+from okd_ray.methods import METHODS, TERMS, Method, Need, TermSettings
+from okd_ray.optim import OptimizerConfig, ScheduleConfig
+from okd_ray.plugins import load_plugins
+from okd_ray.settings import Strict
 
 
 class MemberConfig(Strict):
@@ -48,58 +30,101 @@ class DataConfig(Strict):
     batch_size: int = Field(64, ge=1)
     test_batch_size: int = Field(256, ge=1)
     augment: bool = True
+    # KDCL's set-up: every member draws its own augmentation of the same images (seeded per member).
+    augment_per_member: bool = False
     train_limit: int | None = Field(None, ge=1)
     test_limit: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
 
 
-class AFDConfig(Strict):
-    """AFD's adversarial term. Defaults follow the one public re-implementation, not verified paper values."""
+class FeatureUpdateConfig(Strict):
+    """How feature-map terms (AFD's adversarial term, L1/L2 alignment) update the network.
 
-    adv_weight: float = Field(1.0, ge=0)
-    # "alternating": the logit loss and the feature loss get their own optimizer steps from one forward
-    # pass (the paper's separate updates); "joint": one optimizer on their sum (DESIGN.md's step 4).
-    update: Literal["alternating", "joint"] = "alternating"
-    feature_optimizer: OptimizerConfig = OptimizerConfig(name="adam", lr=2e-5, weight_decay=0.0)
-    disc_optimizer: OptimizerConfig = OptimizerConfig(name="adam", lr=2e-5, weight_decay=0.0)
-    transfer: bool = True  # transfer layers for members whose maps differ in shape
-    transfer_channels: int | None = Field(None, ge=1)
+    ``alternating``: from one forward pass, the logit loss's and the feature loss's gradients are both
+    taken before either optimizer steps; the logit optimizer (the member's) and this one then step.
+    ``sequential``: the logit optimizer steps first, a second forward pass on the same batch follows, then
+    this optimizer steps on the feature loss of the updated network. ``joint``: the member's optimizer
+    steps once on the sum. The paper's "alternating" updates may mean either of the first two.
+    """
+
+    mode: Literal["alternating", "sequential", "joint"] = "alternating"
+    # The one public AFD re-implementation's values: Adam 2e-5, milestones at half the logit ones.
+    optimizer: OptimizerConfig = OptimizerConfig(name="adam", lr=2e-5, weight_decay=0.0, milestone_scale=0.5)
 
 
-class FFLConfig(Strict):
-    kl_weight: float = Field(1.0, ge=0)
-    temperature: float = Field(3.0, gt=0)
-    rampup_epochs: float = Field(80, ge=0)
-    optimizer: OptimizerConfig = OptimizerConfig(weight_decay=1e-5)
+class TransferConfig(Strict):
+    """Transfer layers bring members' maps of different shapes to the ring's common shape."""
+
+    learn: bool = True  # false: members whose maps differ from the common shape are an error
+    channels: int | None = Field(None, ge=1)  # None: the widest member's
 
 
 class MethodConfig(Strict):
     name: str = "afd"
-    kl_weight: float = Field(1.0, ge=0)  # of the peer logit KL (DML, AFD, L1/L2)
-    temperature: float | None = Field(None, gt=0)  # None: the method's default (DML 1, AFD 3)
-    align_weight: float = Field(1.0, ge=0)  # of the L1/L2 alignment baselines
-    afd: AFDConfig = AFDConfig()
-    ffl: FFLConfig = FFLConfig()
+    # Each term's settings (``method.terms.<term>.<setting>``); the method's row gives the defaults. The
+    # resolved config holds every term of the method; settings of other registered terms are checked and
+    # left out, so one file can serve several methods.
+    terms: dict[str, dict[str, Any]] = {}
+    feature_update: FeatureUpdateConfig = FeatureUpdateConfig()
+    transfer: TransferConfig = TransferConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_terms(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or raw.get("name", "afd") not in METHODS:
+            return raw  # an unknown name is reported by the name's own check
+        terms = raw.get("terms") or {}
+        if not isinstance(terms, dict):
+            raise PydanticCustomError("terms", "method.terms: give a mapping of term names to settings")
+        method = METHODS[raw.get("name", "afd")]
+        errors = []
+        for name, values in terms.items():
+            if name not in TERMS:
+                errors.append(f"method.terms.{name}: unknown term; {did_you_mean(name, TERMS)}"
+                              f"the terms of {method.name}: {', '.join(s.name for s in method.terms)}")
+            elif not isinstance(values, dict):
+                errors.append(f"method.terms.{name}: give a mapping of settings, e.g. {{weight: 1.0}}")
+        resolved = {}
+        for spec in method.terms:
+            errors += _settings_errors(spec.term.Settings, terms.get(spec.name), spec.defaults, spec.name)
+            if not errors:
+                resolved[spec.name] = spec.settings(terms.get(spec.name)).model_dump(mode="json")
+        for name, values in terms.items():  # other methods' terms: checked, then left out
+            if name in TERMS and name not in resolved and isinstance(values, dict):
+                errors += _settings_errors(TERMS[name].Settings, values, {}, name)
+        if errors:
+            raise PydanticCustomError("terms", "\n  ".join(errors))
+        return {**raw, "terms": resolved}
 
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
         if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+            raise ValueError(f"unknown method {name!r}; {did_you_mean(name, METHODS)}valid: {', '.join(METHODS)}")
         return name
 
     @property
-    def spec(self):
+    def method(self) -> Method:
         return METHODS[self.name]
 
-    @property
-    def peer_temperature(self) -> float:
-        return self.temperature if self.temperature is not None else self.spec.default_temperature
+    def settings(self, term: str) -> TermSettings:
+        """The validated settings of one of the method's terms."""
+        return TERMS[term].Settings.model_validate(self.terms[term])
+
+
+def _settings_errors(model: type[BaseModel], values: dict | None, defaults: dict, term: str) -> list[str]:
+    if values is not None and not isinstance(values, dict):
+        return []  # reported above
+    try:
+        model.model_validate({**defaults, **(values or {})})
+    except ValidationError as e:
+        return [f"method.terms.{term}.{_line(err, model)}" for err in e.errors()]
+    return []
 
 
 class RayConfig(Strict):
     address: str | None = None  # None: start a local cluster (or use the one this process is connected to)
-    transport: Literal["auto", "object_store", "compiled"] = "auto"
+    transport: Literal["auto", "object_store", "compiled", "direct"] = "auto"
     num_cpus_per_member: float | None = Field(None, gt=0)  # None: up to 1, sharing the cluster's CPUs
     num_gpus_per_member: float | None = Field(None, ge=0)  # None: one GPU each when the cluster has GPUs
     num_cpus_fusion: float | None = Field(None, gt=0)  # None: as a member
@@ -127,15 +152,29 @@ class TrainConfig(Strict):
     # okd-ray tune's search space ({dotted key: {uniform|loguniform|int|choice: ...}}); okd-ray train ignores it.
     search: dict[str, Any] | None = None
 
+    # Members of one architecture share its stem and first N stages (FFL's official set-up, ONE's); 0: none.
+    trunk_stages: int = Field(0, ge=0)
+    # Modules or .py files that register terms and methods; imported before the config is validated,
+    # in the driver, in every Ray actor and in every Tune trial.
+    plugins: list[str] = []
+
     @model_validator(mode="after")
     def _population_fits_method(self) -> TrainConfig:
-        spec = self.method.spec
-        if len(self.members) < spec.min_members:
+        method = self.method.method
+        if len(self.members) < method.min_members:
             raise PydanticCustomError(
                 "population",
-                f"method {self.method.name!r} needs at least {spec.min_members} members, got {len(self.members)}; "
-                "add members or use method.name=vanilla",
+                f"members: method {method.name!r} needs at least {method.min_members} members, got "
+                f"{len(self.members)}; add members or use method.name=vanilla",
             )
+        if Need.GATE in method.needs and not self.trunk_stages:
+            raise PydanticCustomError(
+                "population", f"trunk_stages: method {method.name!r} gates branches on a shared trunk; set "
+                "trunk_stages (e.g. trunk_stages=2 for CIFAR ResNets, as in ONE's code)")
+        if self.trunk_stages and len({m.arch for m in self.members}) != 1:
+            raise PydanticCustomError(
+                "population", f"trunk_stages: members sharing a trunk must have one architecture, got "
+                f"{[m.arch for m in self.members]}; give every member the same arch, or set trunk_stages=0")
         return self
 
 
@@ -208,7 +247,8 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def validate(raw: dict[str, Any]) -> TrainConfig:
-    """Validate a raw mapping; every problem names its dotted key."""
+    """Import the config's plugins, then validate the raw mapping; every problem names its dotted key."""
+    raw = {**raw, "plugins": load_plugins(raw.get("plugins") or [])}
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
@@ -216,22 +256,26 @@ def validate(raw: dict[str, Any]) -> TrainConfig:
 
 
 def describe(error: ValidationError) -> str:
-    lines = []
-    for err in error.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            parent = TrainConfig
-            for p in err["loc"][:-1]:
-                if isinstance(p, str) and parent is not None:
-                    field = parent.model_fields.get(p)
-                    ann = field.annotation if field else None
-                    parent = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else _list_item(ann)
-            valid = ", ".join(parent.model_fields) if parent is not None else ""
-            lines.append(f"{key}: unknown key" + (f"; valid keys here: {valid}" if valid else ""))
-        else:
-            key = "members" if err["type"] == "population" else key
-            lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
+    lines = [err["msg"] if err["type"] in ("terms", "population") else _line(err, TrainConfig)
+             for err in error.errors()]
     return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _line(err: dict, root: type[BaseModel]) -> str:
+    """``dotted.key: message`` for one pydantic error; an unknown key lists the valid ones, closest first."""
+    key = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] != "extra_forbidden":
+        return f"{key}: {err['msg'].removeprefix('Value error, ')}"
+    parent: type[BaseModel] | None = root
+    for p in err["loc"][:-1]:
+        if isinstance(p, str) and parent is not None:
+            field = parent.model_fields.get(p)
+            ann = field.annotation if field else None
+            parent = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else _list_item(ann)
+    if parent is None:
+        return f"{key}: unknown key"
+    return (f"{key}: unknown key; {did_you_mean(str(err['loc'][-1]), parent.model_fields)}"
+            f"valid keys here: {', '.join(parent.model_fields)}")
 
 
 def _list_item(annotation: Any) -> type[BaseModel] | None:

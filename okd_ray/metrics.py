@@ -8,12 +8,22 @@ from collections.abc import Iterable
 import pyarrow as pa
 import torch
 
-COLUMNS = [
-    "run", "method", "epoch", "part", "kind", "arch",
-    "ce", "kl_peer", "kl_fused", "adv_g", "align", "disc", "fused_ce", "fused_kl",
-    "train_top1", "test_top1", "test_top5",
-    "lr_logit", "lr_feature", "lr_disc", "lr_fusion", "epoch_seconds", "elapsed_seconds",
-]
+IDENTITY = ["run", "method", "epoch", "part", "kind", "arch"]
+ACCURACY = ["train_top1", "test_top1", "test_top5"]
+TIMINGS = ["epoch_seconds", "elapsed_seconds"]
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """The table's columns: who and when, every loss term the parts reported (in the order they reported
+    them, so a new term needs no list), accuracies, learning rates, timings."""
+    seen = list(dict.fromkeys(k for row in rows for k in row))
+    return IDENTITY + loss_columns(seen) + ACCURACY + [c for c in seen if c.startswith("lr_")] + TIMINGS
+
+
+def loss_columns(names: Iterable[str]) -> list[str]:
+    """The loss-term columns among ``names`` (of a table or a row)."""
+    fixed = set(IDENTITY + ACCURACY + TIMINGS)
+    return [c for c in names if c not in fixed and not c.startswith("lr_")]
 
 
 class Meter:
@@ -25,6 +35,8 @@ class Meter:
         self.correct = 0
 
     def add(self, values: dict[str, float]) -> None:
+        if not values:  # a part with no loss of its own (the trunk)
+            return
         n = values["n"]
         self.n += n
         self.correct += values["train_correct"]
@@ -33,9 +45,25 @@ class Meter:
                 self.sums[key] += value * n
 
     def result(self) -> dict[str, float]:
+        if not self.n:
+            return {}
         out = {k: v / self.n for k, v in self.sums.items()}
         out["train_top1"] = 100.0 * self.correct / self.n
         return out
+
+
+class EpochMeters:
+    """A Meter per part, fed one step's metrics at a time in the parts' order."""
+
+    def __init__(self, names: list[str]):
+        self.meters = {name: Meter() for name in names}
+
+    def add(self, step: list[dict[str, float]]) -> None:
+        for meter, values in zip(self.meters.values(), step, strict=True):
+            meter.add(values)
+
+    def result(self) -> dict[str, dict[str, float]]:
+        return {name: meter.result() for name, meter in self.meters.items()}
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 5)) -> list[int]:
@@ -65,16 +93,9 @@ def test_accuracy(batches: list[tuple], names: list[str]) -> dict[str, dict[str,
     return {name: {"test_top1": 100.0 * c1 / total, "test_top5": 100.0 * c5 / total} for name, (c1, c5) in counts.items()}
 
 
-def complete(row: dict) -> dict:
-    """The row with every column of the schema, in order (terms a method lacks are None)."""
-    return {c: row.get(c) for c in COLUMNS}
-
-
 def to_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist([complete(row) for row in rows], schema=SCHEMA)
-
-
-SCHEMA = pa.schema(
-    [(c, pa.string()) if c in ("run", "method", "part", "kind", "arch") else (c, pa.int64()) if c == "epoch"
-     else (c, pa.float64()) for c in COLUMNS]
-)
+    """Rows as a table with every column (None where a part lacks a term): strings, the epoch, floats."""
+    names = columns(rows)
+    schema = pa.schema([(c, pa.string()) if c in IDENTITY and c != "epoch" else (c, pa.int64()) if c == "epoch"
+                        else (c, pa.float64()) for c in names])
+    return pa.Table.from_pylist([{c: row.get(c) for c in names} for row in rows], schema=schema)

@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-SHOWN = ["ce", "kl_peer", "kl_fused", "adv_g", "align", "disc", "fused_ce", "fused_kl", "train_top1", "test_top1", "test_top5"]
-
+from okd_ray.metrics import ACCURACY, loss_columns
+from okd_ray.metrics import columns as columns_of
 
 HEADERS = {"train_top1": "train@1", "test_top1": "test@1", "test_top5": "test@5"}
 
@@ -42,7 +42,7 @@ class RunDisplay:
             self.progress = None
         if self.quiet:
             return
-        accuracies = "  ".join(f"{r['part']} {r['test_top1']:.2f}" for r in rows)
+        accuracies = "  ".join(f"{r['part']} {r['test_top1']:.2f}" for r in rows if r.get('test_top1') is not None)
         self.console.print(f"epoch {epoch + 1}/{epochs} ({seconds:.1f} s)  test top-1: {accuracies}", highlight=False)
         if epoch + 1 == epochs:
             self.console.print(epoch_table(rows, f"after epoch {epoch + 1}"))
@@ -53,7 +53,7 @@ class RunDisplay:
 
 
 def epoch_table(rows: list[dict], title: str) -> Table:
-    columns = [c for c in SHOWN if any(r.get(c) is not None for r in rows)]
+    columns = [c for c in loss_columns(columns_of(rows)) + ACCURACY if any(r.get(c) is not None for r in rows)]
     table = Table(title=title, title_justify="left")
     table.add_column("part")
     for c in columns:

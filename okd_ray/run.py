@@ -10,12 +10,12 @@ from datetime import datetime
 from okd_ray.config import TrainConfig, dump_config, parse_config
 from okd_ray.engines import make_engine
 from okd_ray.errors import ConfigError, PopulationLost, TrainingDiverged
-from okd_ray.metrics import complete, to_table
-from okd_ray.population import PopulationPlan, plan_population
+from okd_ray.checkpoint import MANIFEST, Manifest, commit, read_manifest, shard_folder
+from okd_ray.metrics import to_table
+from okd_ray.population import PartId, PopulationPlan, parts_of, plan_population
 from okd_ray.progress import RunDisplay
 from okd_ray.storage import RunStore
 
-CHECKPOINT = "checkpoints/last.pt"
 
 
 @dataclass
@@ -69,17 +69,17 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
 def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay,
                on_epoch: EpochCallback | None = None) -> RunResult:
     """Train from the last checkpoint in ``store`` (or from scratch) to ``config.epochs``."""
-    start_epoch, rows, elapsed, saved = 0, [], 0.0, None
-    if store.exists(CHECKPOINT):
-        saved = store.load_torch(CHECKPOINT)
-        start_epoch, elapsed = saved["epoch"], saved["elapsed"]
+    start_epoch, rows, elapsed = 0, [], 0.0
+    saved = read_manifest(store)
+    if saved is not None:
+        start_epoch, elapsed = saved.epoch, saved.elapsed
         if store.exists("metrics.parquet"):
             rows = [r for r in store.read_table("metrics.parquet").to_pylist() if r["epoch"] < start_epoch]
         display.message(f"resuming {store.uri} after epoch {start_epoch}")
     engine = make_engine(config, plan)
     try:
         if saved is not None:
-            engine.load_state_dict(saved["population"])
+            engine.load(store, saved.folder)
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
             display.begin_epoch(epoch, config.epochs, plan.num_train_batches)
@@ -87,19 +87,23 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             try:
                 train_stats = engine.train_epoch(plan.num_train_batches, display.advance)
             except TrainingDiverged as e:
-                kept = f"the last good checkpoint (epoch {start_epoch}) is kept in {store.path(CHECKPOINT)}" \
-                    if store.exists(CHECKPOINT) else "no checkpoint had been written yet"
+                kept = f"the last good checkpoint (epoch {start_epoch}) is kept in {store.path(MANIFEST)}" \
+                    if store.exists(MANIFEST) else "no checkpoint had been written yet"
                 raise TrainingDiverged(f"{e}; {kept}") from None
             test_stats = engine.evaluate()
             seconds = time.perf_counter() - started
             elapsed += seconds
             epoch_rows = make_rows(config, epoch, lrs, train_stats, test_stats, seconds, elapsed)
-            rows += epoch_rows
-            store.write_table("metrics.parquet", to_table(rows))
+            table = to_table(rows + epoch_rows)
+            store.write_table("metrics.parquet", table)
+            rows = table.to_pylist()  # as the file holds them: every column in every row
+            epoch_rows = rows[-len(epoch_rows):]
             done = epoch + 1
             saved_now = done % config.checkpoint_every == 0 or done == config.epochs
             if saved_now:
-                store.save_torch(CHECKPOINT, {"epoch": done, "elapsed": elapsed, "population": engine.state_dict()})
+                folder = shard_folder(done)
+                engine.save(store, folder)
+                commit(store, Manifest(done, elapsed, folder, [p.key for p in parts_of(config)]))
                 start_epoch = done
             display.end_epoch(epoch, config.epochs, epoch_rows, seconds)
             if on_epoch is not None:
@@ -118,19 +122,13 @@ def resume(run_dir: str, overrides: list[str] = (), quiet: bool = False) -> RunR
     return train(config, run_dir, quiet)
 
 
-def make_rows(config, epoch, lrs, train_stats, test_stats, seconds, elapsed) -> list[dict]:
-    """One row per member, plus the ensemble's and the fused classifier's."""
+def make_rows(config: TrainConfig, epoch: int, lrs, train_stats, test_stats, seconds: float, elapsed: float) -> list[dict]:
+    """One row per part, plus the ensemble's: every loss term, accuracy and learning rate it reported."""
     rows = []
-    parts = list(train_stats) + [p for p in test_stats if p not in train_stats]
-    for part in parts:
-        kind = "member" if part.startswith("m") and ":" in part else part
-        row = {
-            "run": config.name, "method": config.method.name, "epoch": epoch, "part": part, "kind": kind,
-            "arch": part.split(":", 1)[1] if kind == "member" else None,
-            "epoch_seconds": seconds, "elapsed_seconds": elapsed,
-        }
-        row.update(train_stats.get(part, {}))
-        row.update(test_stats.get(part, {}))
-        row.update(lrs.get(part, {}))
-        rows.append(complete(row))
+    for pid in [*parts_of(config), *([PartId("ensemble")] if "ensemble" in test_stats else [])]:
+        row = {"run": config.name, "method": config.method.name, "epoch": epoch, "part": pid.name,
+               "kind": pid.kind, "arch": pid.arch}
+        for stats in (train_stats, test_stats, lrs):
+            row.update(stats.get(pid.name, {}))
+        rows.append({**row, "epoch_seconds": seconds, "elapsed_seconds": elapsed})
     return rows

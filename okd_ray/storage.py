@@ -21,6 +21,11 @@ class RunStore:
         self.uri = uri
         self.fs.create_dir(self.root, recursive=True)
 
+    @property
+    def address(self) -> str:
+        """Where any process (an actor, a Tune trial in another folder) finds this store: a URI or an absolute path."""
+        return self.uri if "://" in self.uri else self.root
+
     def path(self, name: str) -> str:
         return posixpath.join(self.root, name)
 

@@ -42,7 +42,7 @@ def flatten(obj, prefix=""):
 @pytest.fixture
 def population_state():
     """Reads a run's final checkpoint as a flat {key: tensor} of the whole population."""
-    from okd_ray.run import CHECKPOINT
+    from okd_ray.checkpoint import load_shards
     from okd_ray.storage import RunStore
 
-    return lambda run_dir: flatten(RunStore(run_dir).load_torch(CHECKPOINT)["population"])
+    return lambda run_dir: flatten(load_shards(RunStore(run_dir)))

@@ -15,11 +15,11 @@ def run_cli(capsys, *args):
     "args, expected",
     [
         (["members.0.arch=resnet9000"], ["members.0.arch", "resnet9000", "resnet32", "wrn-16-2", "cnn16", "tv:"]),
-        (["method.name=kd"], ["method.name", "valid: vanilla, dml, l1, l2, afd, ffl, afd+ffl"]),
+        (["method.name=kd"], ["method.name", "did you mean kdcl? valid: vanilla, dml, l1, l2, afd, ffl, afd+ffl"]),
         (["data.name=mnist"], ["mnist", "digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder"]),
         (["data.name=cifar100", "data.root=/nonexistent/cifar"], ["/nonexistent/cifar", "data.download=true"]),
         (["method.name=ffl", "members=[{arch: cnn16}]"], ["needs at least 2 members", "method.name=vanilla"]),
-        (["method.afd.transfer=false"], ["method.afd.transfer", "set method.afd.transfer=true"]),
+        (["method.transfer.learn=false"], ["method.transfer.learn", "set method.transfer.learn=true"]),
         (["missing.yaml"], ["missing.yaml", "not found"]),
         (["epochs=-1"], ["epochs", "greater than or equal to 1"]),
     ],

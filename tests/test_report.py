@@ -48,9 +48,11 @@ def test_report_of_a_sweep(ray_cluster, tmp_path):
     trials = {t["trial_id"]: t for t in pq.read_table(folder / "trials.parquet").to_pylist()}
     cells = table_cells((folder / "report.md").read_text())
     assert {c[0] for c in cells} == set(trials)
+    keys = sorted(k for k in next(iter(trials.values())) if k.startswith("config/"))
+    column = 1 + keys.index("config/method.terms.adversarial.weight")
     for cell in cells:
         assert cell[-1] == fmt(trials[cell[0]]["mean_test_top1"])
-        assert cell[1] == fmt(trials[cell[0]]["config/method.afd.adv_weight"])
+        assert cell[column] == fmt(trials[cell[0]]["config/method.terms.adversarial.weight"])
 
 
 def test_report_of_a_folder_without_results_names_the_fix(tmp_path, capsys):

@@ -32,7 +32,8 @@ class Dataset(Protocol):
 
     info: DataInfo
 
-    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches; a ``stream`` draws its own augmentation of the same images (KDCL)."""
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 

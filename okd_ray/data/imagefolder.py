@@ -27,9 +27,10 @@ LAYOUT = "<root>/train/<class>/<image> and <root>/val/<class>/<image>"
 class _SeededView(torch.utils.data.Dataset):
     """The first `length` samples of a folder, each transformed with its own seed."""
 
-    def __init__(self, folder: Any, length: int, transform: Callable, seed: int, epoch: int):
+    def __init__(self, folder: Any, length: int, transform: Callable, seed: int, epoch: int,
+                 stream: int | None = None):
         self.folder, self.length, self.transform = folder, length, transform
-        self.seed, self.epoch = seed, epoch
+        self.keys = (seed, epoch) + (() if stream is None else (stream,))
 
     def __len__(self) -> int:
         return self.length
@@ -38,7 +39,7 @@ class _SeededView(torch.utils.data.Dataset):
         image, label = self.folder[index]
         # torchvision's transforms draw from the global RNG; fork it so the caller's stream is untouched.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed("image", self.seed, self.epoch, index))
+            torch.manual_seed(derive_seed("image", *self.keys, index))
             return self.transform(image), label
 
 
@@ -89,9 +90,9 @@ class ImageFolderDataset:
     def num_test_batches(self) -> int:
         return math.ceil(self._test_len / self.test_batch_size)
 
-    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(self._train_len, generator=generator("order", self.seed, epoch)).tolist()
-        view = _SeededView(self._train, self._train_len, self._train_transform, self.seed, epoch)
+        view = _SeededView(self._train, self._train_len, self._train_transform, self.seed, epoch, stream)
         yield from self._loader(view, self.batch_size, order)
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -66,7 +66,7 @@ class TensorDataset:
     def num_test_batches(self) -> int:
         return math.ceil(len(self._test[1]) / self.test_batch_size)
 
-    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self._train
         order = torch.randperm(len(labels), generator=generator("order", self.seed, epoch))
         for batch, start in enumerate(range(0, len(labels), self.batch_size)):
@@ -74,7 +74,8 @@ class TensorDataset:
             x = self._to_unit(images[index])
             if self.augmentation is not None:
                 # One generator per batch: batch b is the same whatever was drawn before it.
-                x = self.augmentation(x, generator("augment", self.seed, epoch, batch))
+                keys = ("augment", self.seed, epoch, batch) + (() if stream is None else (stream,))
+                x = self.augmentation(x, generator(*keys))
             yield self._normalise(x), labels[index]
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -7,8 +7,9 @@ from collections.abc import Callable
 import torch
 
 from okd_ray.config import TrainConfig
-from okd_ray.metrics import Meter, test_accuracy
-from okd_ray.population import Fusion, Member, PopulationPlan, population_eval, population_step
+from okd_ray.metrics import EpochMeters, test_accuracy
+from okd_ray.population import Population, PopulationPlan, build_part, parts_of, population_eval, population_step
+from okd_ray.storage import RunStore
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,42 +24,32 @@ class LocalEngine:
         self.threads_before = torch.get_num_threads()
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        self.config, self.plan, self.spec = config, plan, config.method.spec
-        self.members = [Member(config, k, plan, device) for k in range(len(config.members))]
-        self.fusion = Fusion(config, plan, device) if self.spec.fusion else None
-        self.names = [m.name for m in self.members]
+        self.config, self.plan = config, plan
+        self.ids = parts_of(config)
+        self.parts = [build_part(config, plan, pid, device) for pid in self.ids]
+        self.population = Population.of(self.ids, self.parts, config.method.method.needs)
 
     def begin_epoch(self, epoch: int) -> dict[str, dict[str, float]]:
-        lrs = {m.name: m.begin_epoch(epoch) for m in self.members}
-        if self.fusion is not None:
-            lrs["fused"] = self.fusion.begin_epoch(epoch)
-        return lrs
+        return {pid.name: part.begin_epoch(epoch) for pid, part in zip(self.ids, self.parts)}
 
     def train_epoch(self, steps: int, on_step: Callable[[int], None]) -> dict[str, dict[str, float]]:
-        meters = {name: Meter() for name in self.names + (["fused"] if self.fusion else [])}
+        meters = EpochMeters([pid.name for pid in self.ids])
         for _ in range(steps):
-            member_metrics, fusion_metrics = population_step(self.members, self.fusion, self.spec)
-            for name, values in zip(self.names, member_metrics):
-                meters[name].add(values)
-            if fusion_metrics is not None:
-                meters["fused"].add(fusion_metrics)
+            meters.add(population_step(self.population).in_part_order())
             on_step(1)
-        return {name: meter.result() for name, meter in meters.items()}
+        return meters.result()
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        return test_accuracy(population_eval(self.members, self.fusion, self.plan.num_test_batches), self.names)
+        batches = population_eval(self.population, self.plan.num_test_batches)
+        return test_accuracy(batches, [pid.name for pid in self.ids if pid.kind == "member"])
 
-    def state_dict(self) -> dict:
-        return {
-            "members": [m.state_dict() for m in self.members],
-            "fusion": self.fusion.state_dict() if self.fusion else None,
-        }
+    def save(self, store: RunStore, folder: str) -> None:
+        for pid, part in zip(self.ids, self.parts):
+            part.save(store.address, f"{folder}/{pid.key}.pt")
 
-    def load_state_dict(self, state: dict) -> None:
-        for m, s in zip(self.members, state["members"]):
-            m.load_state_dict(s)
-        if self.fusion is not None:
-            self.fusion.load_state_dict(state["fusion"])
+    def load(self, store: RunStore, folder: str) -> None:
+        for pid, part in zip(self.ids, self.parts):
+            part.load(store.address, f"{folder}/{pid.key}.pt")
 
     def close(self) -> None:
         torch.set_num_threads(self.threads_before)

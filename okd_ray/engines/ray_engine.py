@@ -1,12 +1,16 @@
-"""The Ray engine: one actor per member, one for the fusion; the same population step as the local engine.
+"""The Ray engine: one actor per part (member, fusion, trunk); the same population step as the local engine.
 
 The step code (``population/step.py``) runs unchanged on handles whose methods return Ray futures: a
-future passed to another actor's method is resolved there, so feature maps, logits and the fusion's
-gradients go actor to actor. Two transports carry them:
+future passed to another actor's method is resolved there, so feature maps, logits and gradients go
+actor to actor, never through the driver. Three transports carry them:
 
 - ``object_store``: plain actor calls, tensors through Ray's object store;
 - ``compiled``: the step is traced once into a Ray compiled graph (``ray.dag``) whose tensors move over
-  shared-memory channels on one node, or NCCL between GPUs.
+  shared-memory channels on one node, or NCCL between GPUs;
+- ``direct``: Ray Direct Transport: actor calls whose tensors move over a collective group of all the
+  parts (gloo on CPUs, NCCL on GPUs), outside the object store.
+
+How many values each call returns follows from the parts' declared return types (``population/protocol``).
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ from typing import Any
 
 import ray
 import torch
-from ray.dag import InputNode, MultiOutputNode
+from ray.dag import DAGNode, InputNode, MultiOutputNode
+from ray.experimental.collective import create_collective_group
 from ray.exceptions import GetTimeoutError, RayActorError, RayChannelError, RayChannelTimeoutError, RayTaskError
 
-from okd_ray.config import TrainConfig
+from okd_ray.config import TrainConfig, validate
 from okd_ray.errors import OkdRayError, PopulationLost
-from okd_ray.metrics import Meter, test_accuracy
-from okd_ray.population import Fusion, Member, PopulationPlan, population_eval, population_step
+from okd_ray.metrics import EpochMeters, test_accuracy
+from okd_ray.population import (PartId, Population, PopulationPlan, StepMetrics, build_part, part_class, parts_of,
+                                population_eval, population_step)
+from okd_ray.population.protocol import flatten, nest, num_returns, return_names
+from okd_ray.storage import RunStore
 
 from .resources import PartResources, connect, reserve
 
@@ -34,100 +42,108 @@ STEPS_IN_FLIGHT = 2  # the driver submits this many steps ahead before it reads 
 LIVENESS_CHECK_S = 5.0  # how often a wait on a compiled step checks that its actors are alive
 
 
-@ray.remote
+@ray.remote(enable_tensor_transport=True)
 class PartActor:
-    """Hosts one Member (``index`` set) or the Fusion (``index`` None) and exposes their methods."""
+    """Hosts one part of the population and runs its methods."""
 
-    def __init__(self, config: dict, plan: PopulationPlan, index: int | None, threads: int):
+    def __init__(self, config: dict, plan: PopulationPlan, pid: PartId, threads: int, profile: bool):
         torch.set_num_threads(threads)
-        config = TrainConfig.model_validate(config)
+        config = validate(config)  # imports the config's plugins in this process too
         self.device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
-        self.part = Fusion(config, plan, self.device) if index is None else Member(config, index, plan, self.device)
+        self.part = build_part(config, plan, pid, self.device)
+        self.profile = profile
         self.busy: dict[str, list[float]] = collections.defaultdict(list)
+        self.outbox: tuple = ()
+
+    def run(self, method: str, *args):
+        """A hot-path call: the part's method, its result flattened into one value per Ray return."""
+        fn = getattr(self.part, method)
+        with self._timed(method):
+            return flatten(fn(*args), fn)
+
+    def run_after(self, _tick: Any, method: str, *args):
+        """``run`` for a compiled graph's first calls, which must take the graph's input."""
+        return self.run(method, *args)
+
+    def run_one(self, method: str, *args):
+        """``run`` for transports that return one value per call: the first now, the rest by ``take``."""
+        result = self.run(method, *args)
+        values = result if isinstance(result, tuple) and num_returns(getattr(self.part, method), self.members) > 1 \
+            else (result,)
+        self.outbox = values
+        return values[0]
+
+    def take(self, index: int):
+        return self.outbox[index]
 
     @contextlib.contextmanager
-    def timed(self, name: str):
-        """Seconds spent computing (not waiting for inputs), per call: the benchmarks' compute time."""
+    def _timed(self, name: str):
+        """Seconds spent computing (not waiting for inputs), per call, when a benchmark asks for them."""
+        if not self.profile:
+            yield
+            return
         started = time.perf_counter()
         yield
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.busy[name].append(time.perf_counter() - started)
 
+    @property
+    def members(self) -> int:
+        return len(self.part.config.members)
+
     def compute_seconds(self) -> dict[str, list[float]]:
         busy, self.busy = dict(self.busy), collections.defaultdict(list)
         return busy
 
-    def ready(self) -> bool:
-        return True
-
-    def forward(self, _tick: Any = None):
-        with self.timed("forward"):
-            return self.part.forward()
-
-    def update(self, *args):
-        with self.timed("update"):
-            return self.part.update(*args)
-
-    def step(self, *args):
-        with self.timed("step"):
-            return self.part.step(*args)
-
-    def eval_next(self):
-        return self.part.eval_next()
-
-    def eval(self, *maps):
-        return self.part.eval(*maps)
+    def ready(self) -> str:
+        """The node this part runs on (a liveness probe too)."""
+        return ray.get_runtime_context().get_node_id()
 
     def call(self, method: str, *args):
-        """Anything outside the hot path: begin_epoch, begin_eval, state_dict, load_state_dict."""
+        """Anything outside the hot path: begin_epoch, save, load."""
         return getattr(self.part, method)(*args)
 
 
 class RemotePart:
-    """Gives an actor the Member/Fusion interface for ``population_step``: each call returns futures
-    (``.remote``) or, while a compiled graph is traced, graph nodes (``.bind``)."""
+    """An actor with its part's interface for ``population_step``: each method returns futures, graph nodes
+    (``tick`` given: tracing a compiled graph) or direct-transport futures (``tensor_transport`` given)."""
 
-    def __init__(self, actor, returns: dict[str, int], tick: Any = None):
-        self.actor, self.returns, self.tick = actor, returns, tick
+    def __init__(self, actor, cls: type, members: int, tick: Any = None, tensor_transport: str | None = None):
+        self.actor, self.cls, self.members = actor, cls, members
+        self.tick, self.tensor_transport = tick, tensor_transport
 
-    def _call(self, name: str, *args):
-        method = getattr(self.actor, name).options(num_returns=self.returns.get(name, 1))
-        if self.tick is None:
-            return method.remote(*args)
-        return method.bind(*args)
+    def __getattr__(self, method: str) -> Callable:
+        fn = getattr(self.cls, method)
+        count = num_returns(fn, self.members)
+        return lambda *args: nest(self._submit(method, fn, count, args), fn, self.members)
 
-    def forward(self):
-        return self._call("forward", *([self.tick] if self.tick is not None else []))
-
-    def update(self, *args):
-        return self._call("update", *args)
-
-    def step(self, *args):
-        return self._call("step", *args)
-
-    def eval_next(self):
-        return self._call("eval_next")
-
-    def eval(self, *maps):
-        return self._call("eval", *maps)
-
-    def begin_eval(self):
-        return self.actor.call.remote("begin_eval")
+    def _submit(self, method: str, fn: Callable, count: int, args: tuple):
+        if self.tick is not None:
+            if any(isinstance(a, DAGNode) for a in args):
+                return self.actor.run.options(num_returns=count).bind(method, *args)
+            return self.actor.run_after.options(num_returns=count).bind(self.tick, method, *args)
+        if self.tensor_transport is None:
+            return self.actor.run.options(num_returns=count).remote(method, *args)
+        # One value per call: the first from the call itself, the rest taken one by one; only a part's own
+        # metrics (plain values for the driver) go by the object store.
+        transports = [None if name == "metrics" else self.tensor_transport for name in return_names(fn, self.members)]
+        refs = [self.actor.run_one.options(tensor_transport=transports[0]).remote(method, *args)]
+        refs += [self.actor.take.options(tensor_transport=t).remote(i) for i, t in enumerate(transports[1:], 1)]
+        return refs if count > 1 else refs[0]
 
 
-class ObjectStoreSteps:
-    """Each step is a fresh set of actor calls; futures carry the tensors through the object store."""
+class CallSteps:
+    """Each step a fresh set of actor calls (object store or direct transport)."""
 
-    def __init__(self, members: list[RemotePart], fusion: RemotePart | None, spec):
-        self.members, self.fusion, self.spec = members, fusion, spec
+    def __init__(self, population: Population):
+        self.population = population
 
-    def submit(self):
-        return population_step(self.members, self.fusion, self.spec)
+    def submit(self) -> StepMetrics:
+        return population_step(self.population)
 
-    def result(self, future) -> tuple[list[dict], dict | None]:
-        member_metrics, fusion_metrics = future
-        return ray.get(member_metrics), (ray.get(fusion_metrics) if fusion_metrics is not None else None)
+    def result(self, future: StepMetrics) -> list[dict]:
+        return ray.get(future.in_part_order())
 
     def close(self) -> None:
         pass
@@ -136,20 +152,16 @@ class ObjectStoreSteps:
 class CompiledSteps:
     """The population step traced once into a Ray compiled graph and executed per batch."""
 
-    def __init__(self, actors: list, fusion_actor, returns: dict[str, int], spec):
+    def __init__(self, actors: list, ids: list[PartId], members: int, needs):
         with InputNode() as tick:
-            members = [RecordingPart(a, returns, tick) for a in actors]
-            fusion = RecordingPart(fusion_actor, returns, tick) if fusion_actor is not None else None
-            member_metrics, fusion_metrics = population_step(members, fusion, spec)
-            outputs = member_metrics + ([fusion_metrics] if fusion_metrics is not None else [])
-            # A compiled graph may have no dangling nodes: unused outputs (say, a member's labels) go to the driver.
-            parts = members + ([fusion] if fusion is not None else [])
-            used = {id(n) for p in parts for n in p.consumed} | {id(o) for o in outputs}
+            parts = [RecordingPart(a, part_class(pid), members, tick) for a, pid in zip(actors, ids)]
+            metrics = population_step(Population.of(ids, parts, needs)).in_part_order()
+            # A compiled graph may have no dangling nodes: outputs no part consumes (say, a None message)
+            # go to the driver, after the metrics.
+            used = {id(n) for p in parts for n in p.consumed} | {id(m) for m in metrics}
             leaves = [n for p in parts for n in p.produced if id(n) not in used]
-            self.count = len(member_metrics)
-            self.has_fusion = fusion_metrics is not None
-            graph = MultiOutputNode(outputs + leaves)
-        self.actors = actors + ([fusion_actor] if fusion_actor is not None else [])
+            graph = MultiOutputNode(metrics + leaves)
+        self.count, self.actors = len(metrics), actors
         self.graph = graph.experimental_compile(_max_inflight_executions=STEPS_IN_FLIGHT + 1)
         self.ticks = 0
 
@@ -157,19 +169,17 @@ class CompiledSteps:
         self.ticks += 1
         return self.graph.execute(self.ticks)
 
-    def result(self, future) -> tuple[list[dict], dict | None]:
+    def result(self, future) -> list[dict]:
         """Wait for a step however long it takes, checking every few seconds that no actor has died
         (a dead actor's channel would otherwise only show as a timeout)."""
         while True:
             try:
-                values = ray.get(future, timeout=LIVENESS_CHECK_S)
-                break
+                return ray.get(future, timeout=LIVENESS_CHECK_S)[: self.count]
             except RayChannelTimeoutError:
                 try:  # a dead actor raises RayActorError here; a busy one merely times out
                     ray.get([a.ready.remote() for a in self.actors], timeout=LIVENESS_CHECK_S)
                 except GetTimeoutError:
                     pass
-        return values[: self.count], (values[self.count] if self.has_fusion else None)
 
     def close(self) -> None:
         self.graph.teardown()
@@ -178,55 +188,49 @@ class CompiledSteps:
 class RecordingPart(RemotePart):
     """A RemotePart that binds graph nodes with tensor transport and remembers which it made and used."""
 
-    def __init__(self, actor, returns, tick):
-        super().__init__(actor, returns, tick)
+    def __init__(self, actor, cls, members, tick):
+        super().__init__(actor, cls, members, tick=tick)
         self.produced, self.consumed = [], []
 
-    def _call(self, name: str, *args):
-        self.consumed += [a for a in args if isinstance(a, ray.dag.DAGNode)]
-        node = super()._call(name, *args)
-        nodes = list(node) if isinstance(node, (list, tuple)) else [node]
-        nodes = [n.with_tensor_transport() for n in nodes]
+    def _submit(self, method, fn, count, args):
+        self.consumed += [a for a in args if isinstance(a, DAGNode)]
+        node = super()._submit(method, fn, count, args)
+        nodes = [n.with_tensor_transport() for n in (node if isinstance(node, (list, tuple)) else [node])]
         self.produced += nodes
-        return nodes if isinstance(node, (list, tuple)) else nodes[0]
-
-
-TRANSPORTS = {"object_store": ObjectStoreSteps, "compiled": CompiledSteps}
+        return nodes if count > 1 else nodes[0]
 
 
 class RayEngine:
-    def __init__(self, config: TrainConfig, plan: PopulationPlan):
+    def __init__(self, config: TrainConfig, plan: PopulationPlan, profile: bool = False):
         connect(config.ray.address)
-        self.config, self.plan, self.spec = config, plan, config.method.spec
-        count = len(config.members)
-        self.names = [f"m{k}:{m.arch}" for k, m in enumerate(config.members)]
-        self.parts = self.names + (["fused"] if self.spec.fusion else [])  # in all_actors' order
-        self.resources: PartResources = reserve(config, count)
-        raw = config.model_dump(mode="json")
+        self.config, self.plan = config, plan
+        self.ids = parts_of(config)
+        self.resources: PartResources = reserve(config)
+        raw, run_id = config.model_dump(mode="json"), uuid.uuid4().hex[:8]
 
-        run_id = uuid.uuid4().hex[:8]
+        def start(i: int, pid: PartId):
+            options, threads = self.resources.options(i)
+            name = f"okd-{run_id}-{pid.key}"  # findable: ray.get_actor(name)
+            return PartActor.options(name=name, **options).remote(raw, plan, pid, threads, profile)
 
-        def start(part: int, index: int | None):
-            options, threads = self.resources.options(part)
-            name = f"okd-{run_id}-{'fusion' if index is None else f'm{index}'}"  # findable: ray.get_actor(name)
-            return PartActor.options(name=name, **options).remote(raw, plan, index, threads)
+        self.actors = [start(i, pid) for i, pid in enumerate(self.ids)]
+        self.nodes = self._guard(lambda: ray.get([a.ready.remote() for a in self.actors]))
+        self.transport = config.ray.transport if config.ray.transport != "auto" else auto_transport(self.resources)
+        self.steps = self._guard(self._make_steps)
 
-        self.actors = [start(k, k) for k in range(count)]
-        self.fusion_actor = start(count, None) if self.spec.fusion else None
-        self.all_actors = self.actors + ([self.fusion_actor] if self.fusion_actor is not None else [])
-        self.returns = {"forward": 4, "step": count + 2, "eval_next": 3}
-        self._guard(lambda: ray.get([a.ready.remote() for a in self.all_actors]))
-        # auto: object_store. Measured on CPU (experiments/bench_engine.py), a compiled graph doubled the
-        # members' compute time; its NCCL path for GPUs is there to choose, but was not measured here.
-        transport = "object_store" if config.ray.transport == "auto" else config.ray.transport
-        if transport == "compiled":
-            self.steps = self._guard(lambda: CompiledSteps(self.actors, self.fusion_actor, self.returns, self.spec))
-        else:
-            self.steps = ObjectStoreSteps(
-                [RemotePart(a, self.returns) for a in self.actors],
-                RemotePart(self.fusion_actor, self.returns) if self.fusion_actor else None, self.spec,
-            )
-        self.transport = transport
+    def handles(self, **mode: Any) -> list[RemotePart]:
+        return [RemotePart(a, part_class(pid), len(self.config.members), **mode) for a, pid in zip(self.actors, self.ids)]
+
+    def _make_steps(self):
+        needs = self.config.method.method.needs
+        if self.transport == "compiled":
+            return CompiledSteps(self.actors, self.ids, len(self.config.members), needs)
+        mode = {}
+        if self.transport == "direct":
+            backend = "nccl" if self.resources.gpus_per_part() else "torch_gloo"
+            create_collective_group(self.actors, backend=backend)
+            mode = {"tensor_transport": "nccl" if backend == "nccl" else "gloo"}
+        return CallSteps(Population.of(self.ids, self.handles(**mode), needs))
 
     def _guard(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn``; a dead actor becomes PopulationLost, an error inside an actor its original error."""
@@ -245,22 +249,17 @@ class RayEngine:
             raise PopulationLost(f"the compiled graph lost an actor: {e}") from None
 
     def _call_all(self, method: str, *args) -> list:
-        return self._guard(lambda: ray.get([a.call.remote(method, *args) for a in self.all_actors]))
+        return self._guard(lambda: ray.get([a.call.remote(method, *args) for a in self.actors]))
 
     def begin_epoch(self, epoch: int) -> dict[str, dict[str, float]]:
-        lrs = self._call_all("begin_epoch", epoch)
-        return dict(zip(self.parts, lrs))
+        return {pid.name: lrs for pid, lrs in zip(self.ids, self._call_all("begin_epoch", epoch))}
 
     def train_epoch(self, steps: int, on_step: Callable[[int], None]) -> dict[str, dict[str, float]]:
-        meters = {name: Meter() for name in self.parts}
+        meters = EpochMeters([pid.name for pid in self.ids])
         pending = collections.deque()
 
         def collect():
-            member_metrics, fusion_metrics = self._guard(lambda: self.steps.result(pending.popleft()))
-            for name, values in zip(self.names, member_metrics):
-                meters[name].add(values)
-            if fusion_metrics is not None:
-                meters["fused"].add(fusion_metrics)
+            meters.add(self._guard(lambda: self.steps.result(pending.popleft())))
             on_step(1)
 
         for _ in range(steps):
@@ -269,33 +268,37 @@ class RayEngine:
                 collect()
         while pending:
             collect()
-        return {name: meter.result() for name, meter in meters.items()}
+        return meters.result()
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        members = [RemotePart(a, self.returns) for a in self.actors]
-        fusion = RemotePart(self.fusion_actor, self.returns) if self.fusion_actor is not None else None
-        batches = population_eval(members, fusion, self.plan.num_test_batches)
+        """Test batches by plain calls whatever the transport: the driver reads their logits."""
+        population = Population.of(self.ids, self.handles(), self.config.method.method.needs)
+        batches = population_eval(population, self.plan.num_test_batches)
         resolved = self._guard(lambda: [
             (ray.get(labels), ray.get(logits), ray.get(fused) if fused is not None else None)
             for labels, logits, fused in batches
         ])
-        return test_accuracy(resolved, self.names)
+        return test_accuracy(resolved, [pid.name for pid in self.ids if pid.kind == "member"])
 
-    def state_dict(self) -> dict:
-        states = self._call_all("state_dict")
-        return {"members": states[: len(self.actors)], "fusion": states[len(self.actors)] if self.fusion_actor else None}
+    def save(self, store: RunStore, folder: str) -> None:
+        """Every part writes its own shard, all at once; the driver only waits."""
+        self._guard(lambda: ray.get([a.call.remote("save", store.address, f"{folder}/{pid.key}.pt")
+                                     for a, pid in zip(self.actors, self.ids)]))
 
-    def load_state_dict(self, state: dict) -> None:
-        refs = [a.call.remote("load_state_dict", s) for a, s in zip(self.actors, state["members"])]
-        if self.fusion_actor is not None:
-            refs.append(self.fusion_actor.call.remote("load_state_dict", state["fusion"]))
-        self._guard(lambda: ray.get(refs))
+    def load(self, store: RunStore, folder: str) -> None:
+        self._guard(lambda: ray.get([a.call.remote("load", store.address, f"{folder}/{pid.key}.pt")
+                                     for a, pid in zip(self.actors, self.ids)]))
 
     def close(self) -> None:
         try:
             self.steps.close()
         except Exception:  # a graph whose actors died cannot tear down cleanly; the actors go anyway
             pass
-        for actor in self.all_actors:
+        for actor in self.actors:
             ray.kill(actor)
         self.resources.release()
+
+
+def auto_transport(resources: PartResources) -> str:
+    """``direct`` (NCCL) between GPUs; on CPUs what ``experiments/bench_engine.py`` measured fastest."""
+    return "direct" if resources.gpus_per_part() else "object_store"

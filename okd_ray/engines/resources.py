@@ -16,6 +16,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from okd_ray.config import TrainConfig
 from okd_ray.errors import ConfigError
+from okd_ray.population import parts_of
 
 
 def connect(address: str | None) -> None:
@@ -25,23 +26,22 @@ def connect(address: str | None) -> None:
     ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
 
 
-def part_bundles(config: TrainConfig, count: int, spare_cpus: float = 0.0) -> list[dict[str, float]]:
-    """One resource bundle per member, then one for the fusion (FFL); ``spare_cpus`` stay out of the
-    automatic shares (a Tune trial's own bundle)."""
+def part_bundles(config: TrainConfig, spare_cpus: float = 0.0) -> list[dict[str, float]]:
+    """One resource bundle per part, in ``parts_of`` order: members, the fusion (FFL), the trunk (which gets a
+    member's share). ``spare_cpus`` stay out of the automatic shares (a Tune trial's own bundle)."""
     r = config.ray
-    parts = count + int(config.method.spec.fusion)
+    parts = parts_of(config)
     totals = _totals()
     cpus = r.num_cpus_per_member
     if cpus is None:  # auto: a whole CPU each where there are enough, else an equal share
-        cpus = _share(totals.get("CPU", 1) - spare_cpus, parts)
+        cpus = _share(totals.get("CPU", 1) - spare_cpus, len(parts))
     gpus = r.num_gpus_per_member
     if gpus is None:  # auto: a GPU per member where there are enough, else an equal share; none without GPUs
-        gpus = _share(totals.get("GPU", 0), count)
-    bundles = [{"CPU": cpus, **({"GPU": gpus} if gpus else {})} for _ in range(count)]
-    if config.method.spec.fusion:
-        fusion_cpus = r.num_cpus_fusion if r.num_cpus_fusion is not None else cpus
-        bundles.append({"CPU": fusion_cpus, **({"GPU": r.num_gpus_fusion} if r.num_gpus_fusion else {})})
-    return bundles
+        gpus = _share(totals.get("GPU", 0), sum(p.kind != "fused" for p in parts))
+    member = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    fusion = {"CPU": r.num_cpus_fusion if r.num_cpus_fusion is not None else cpus,
+              **({"GPU": r.num_gpus_fusion} if r.num_gpus_fusion else {})}
+    return [dict(fusion if p.kind == "fused" else member) for p in parts]
 
 
 def _share(total: float, parts: int) -> float:
@@ -57,7 +57,7 @@ class PartResources:
     threads: int | None = None  # the config's ``threads``; None: the part's whole CPUs
 
     def options(self, part: int) -> tuple[dict, int]:
-        """Actor options for part ``part`` (members 0..K-1, then the fusion) and its torch thread count."""
+        """Actor options for part ``part`` (in ``parts_of`` order) and its torch thread count."""
         bundle = self.bundles[part]
         opts = {
             "num_cpus": bundle["CPU"],
@@ -68,14 +68,17 @@ class PartResources:
         }
         return opts, self.threads or max(1, math.floor(bundle["CPU"]))
 
+    def gpus_per_part(self) -> float:
+        return self.bundles[0].get("GPU", 0)
+
     def release(self) -> None:
         if self.owned:
             ray.util.remove_placement_group(self.group)
 
 
-def reserve(config: TrainConfig, count: int) -> PartResources:
+def reserve(config: TrainConfig) -> PartResources:
     """Reserve the population's bundles: in the current Tune trial's placement group, or a new one."""
-    bundles = part_bundles(config, count)
+    bundles = part_bundles(config)
     current = get_current_placement_group()
     if current is not None and len(current.bundle_specs) >= len(bundles) + 1:
         return PartResources(current, bundles, first_bundle=1, owned=False, threads=config.threads)

@@ -7,6 +7,10 @@ network k learns to make D_k call its own map real, and so takes on the peer's f
 import torch
 from torch import nn
 
+from okd_ray.optim import OptimizerConfig, make_optimizer
+
+from .term import Batch, MemberInfo, Need, OwnedOptimizer, Term, TermSettings
+
 
 class Discriminator(nn.Module):
     """A small convolutional critic over (C, H, W) feature maps; one score per sample, no sigmoid (LSGAN).
@@ -41,3 +45,40 @@ def discriminator_loss(score_peer: torch.Tensor, score_own: torch.Tensor) -> tor
 def generator_loss(score_own: torch.Tensor) -> torch.Tensor:
     """L_G = (1 − D(own))²: the network wants its own map judged real, i.e. like the peer's."""
     return ((1 - score_own) ** 2).mean()
+
+
+class Adversarial(Term):
+    """The generator term; the term owns D_k, its optimizer and its step after the member's update."""
+
+    name = "adversarial"
+    update = "feature"
+    needs = frozenset({Need.RING_MAP})
+    extra_columns = ("discriminator",)
+
+    class Settings(TermSettings):
+        # The one public re-implementation's values (Adam 2e-5, milestones at half the logit ones).
+        discriminator_optimizer: OptimizerConfig = OptimizerConfig(
+            name="adam", lr=2e-5, weight_decay=0.0, milestone_scale=0.5)
+
+    def __init__(self, settings: Settings, member: MemberInfo):
+        super().__init__(settings, member)
+        channels, height, _ = member.public_shape
+        self.disc = Discriminator(channels, height).to(member.device)
+        self.optimizer = make_optimizer(self.disc.parameters(), settings.discriminator_optimizer)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return generator_loss(self.disc(batch.public))
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"discriminator": self.disc}
+
+    def optimizers(self) -> dict[str, OwnedOptimizer]:
+        return {"discriminator": OwnedOptimizer(self.optimizer, self.settings.discriminator_optimizer)}
+
+    def after_update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """D_k steps on the predecessor's map (real) and this member's map from the same forward (fake)."""
+        loss = discriminator_loss(self.disc(batch.ring_map), self.disc(batch.public.detach()))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"discriminator": loss.detach()}

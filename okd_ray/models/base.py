@@ -19,9 +19,28 @@ class FeatureNet(nn.Module):
 
 
 class PooledHeadNet(FeatureNet):
-    """The in-house families: a linear classifier ``fc`` on the globally average-pooled feature map."""
+    """The in-house families: a stem, stages in order, a ``finish`` (identity or a last BN-ReLU) and a linear
+    classifier ``fc`` on the globally average-pooled feature map. The stem and the first stages can be
+    split off as a trunk that several members share (``trunk`` / ``branch``)."""
 
+    stem: nn.Module
+    stages: nn.ModuleList
+    finish: nn.Module
     fc: nn.Linear
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        f = self.finish(x)
+        return f, self.head(f)
+
+    def split(self, stages: int) -> tuple[nn.Module, FeatureNet]:
+        """(trunk: the stem and the first ``stages`` stages, branch: the rest with the head)."""
+        if not 0 < stages < len(self.stages):
+            raise ModelError(f"{type(self).__name__} has {len(self.stages)} stages; a trunk takes 1 to "
+                             f"{len(self.stages) - 1} of them (trunk_stages), not {stages}")
+        return nn.Sequential(self.stem, *self.stages[:stages]), Branch(self, stages)
 
     def head(self, f: Tensor) -> Tensor:
         """Logits from the feature map: global average pool, then the linear classifier."""
@@ -35,6 +54,16 @@ class PooledHeadNet(FeatureNet):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+
+class Branch(PooledHeadNet):
+    """A member's own part of a net whose first stages live in a shared trunk: its input is the trunk's output."""
+
+    def __init__(self, net: PooledHeadNet, first_stage: int):
+        super().__init__()
+        self.stem = nn.Identity()
+        self.stages = nn.ModuleList(net.stages[first_stage:])
+        self.finish, self.fc = net.finish, net.fc
 
 
 def feature_shape(model: FeatureNet, in_channels: int, image_size: int) -> tuple[int, int, int]:

@@ -1,6 +1,6 @@
 """A small three-conv CNN for tiny images (8x8 digits, 28x28 Fashion-MNIST): fast on a CPU."""
 
-from torch import Tensor, nn
+from torch import nn
 
 from okd_ray.models.base import PooledHeadNet
 
@@ -21,15 +21,9 @@ class SmallCNN(PooledHeadNet):
 
     def __init__(self, width: int, *, in_channels: int, num_classes: int):
         super().__init__()
-        self.body = nn.Sequential(
-            _conv_bn_relu(in_channels, width, 1),
-            _conv_bn_relu(width, 2 * width, 2),
-            _conv_bn_relu(2 * width, 4 * width, 2),
-        )
+        self.stem = _conv_bn_relu(in_channels, width, 1)
+        self.stages = nn.ModuleList([_conv_bn_relu(width, 2 * width, 2), _conv_bn_relu(2 * width, 4 * width, 2)])
+        self.finish = nn.Identity()
         self.fc = nn.Linear(4 * width, num_classes)
 
         self.init_weights()
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        f = self.body(x)
-        return f, self.head(f)

@@ -59,16 +59,15 @@ class CifarResNet(PooledHeadNet):
         if len(widths) != 4:
             raise ModelError(f"a CIFAR ResNet takes 4 widths (stem and three stages), not {tuple(widths)}")
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.layer1 = _stage(widths[0], widths[1], n, stride=1)
-        self.layer2 = _stage(widths[1], widths[2], n, stride=2)
-        self.layer3 = _stage(widths[2], widths[3], n, stride=2)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        self.stages = nn.ModuleList([
+            _stage(widths[0], widths[1], n, stride=1),
+            _stage(widths[1], widths[2], n, stride=2),
+            _stage(widths[2], widths[3], n, stride=2),
+        ])
+        self.finish = nn.Identity()
         self.fc = nn.Linear(widths[3], num_classes)
 
         self.init_weights()
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        f = self.layer3(self.layer2(self.layer1(x)))
-        return f, self.head(f)

@@ -59,17 +59,14 @@ class WideResNet(PooledHeadNet):
             raise ModelError(f"a Wide ResNet's width must be a positive integer, not {width}")
         n = (depth - 4) // 6
         widths = (16, 16 * width, 32 * width, 64 * width)
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        self.block1 = _stage(widths[0], widths[1], n, 1, dropout)
-        self.block2 = _stage(widths[1], widths[2], n, 2, dropout)
-        self.block3 = _stage(widths[2], widths[3], n, 2, dropout)
-        self.bn = nn.BatchNorm2d(widths[3])
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.stages = nn.ModuleList([
+            _stage(widths[0], widths[1], n, 1, dropout),
+            _stage(widths[1], widths[2], n, 2, dropout),
+            _stage(widths[2], widths[3], n, 2, dropout),
+        ])
+        self.finish = nn.Sequential(nn.BatchNorm2d(widths[3]), nn.ReLU())
         self.fc = nn.Linear(widths[3], num_classes)
 
         self.init_weights()
         nn.init.zeros_(self.fc.bias)  # as the WRN reference code
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.block3(self.block2(self.block1(self.conv1(x))))
-        f = F.relu(self.bn(x))
-        return f, self.head(f)

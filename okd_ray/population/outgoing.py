@@ -17,6 +17,8 @@ def outgoing(value: Any) -> Any:
     """``value`` as it may leave a part: tensors (also inside tuples, lists, dicts) detached and contiguous."""
     if isinstance(value, torch.Tensor):
         return value.detach().contiguous()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a message (NamedTuple)
+        return type(value)(*(outgoing(v) for v in value))
     if isinstance(value, (tuple, list)):
         return type(value)(outgoing(v) for v in value)
     if isinstance(value, dict):

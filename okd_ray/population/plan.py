@@ -11,8 +11,9 @@ import torch
 from okd_ray.config import DataConfig, TrainConfig
 from okd_ray.data import DataInfo, Dataset, build_dataset
 from okd_ray.errors import ConfigError, ModelError
-from okd_ray.methods import common_shape
+from okd_ray.methods import Need, common_shape
 from okd_ray.models import build_model, feature_shape
+from okd_ray.models.base import PooledHeadNet
 
 Shape = tuple[int, int, int]
 
@@ -26,6 +27,7 @@ class PopulationPlan:
     common: Shape | None  # None when the method exchanges no feature maps
     num_train_batches: int
     num_test_batches: int
+    trunk_shape: Shape | None = None  # the shared features' shape, when members share a trunk
 
 
 def load_dataset(data: DataConfig, seed: int) -> Dataset:
@@ -47,7 +49,7 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
     """Build each model once (on the CPU, RNG untouched) to learn its feature map, and check the ring fits."""
     dataset = load_dataset(config.data, config.seed)
     info = dataset.info
-    shapes = []
+    shapes, trunk_shape = [], None
     for k, member in enumerate(config.members):
         with torch.random.fork_rng(devices=[]):
             try:
@@ -55,6 +57,8 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
             except ModelError as e:
                 raise ConfigError(f"members.{k}.arch: {e}") from None
             shape = feature_shape(net, info.in_channels, info.image_size)
+            if config.trunk_stages and k == 0:
+                trunk_shape = _trunk_shape(net, config.trunk_stages, info)
         if len(shape) != 3:
             raise ConfigError(
                 f"members.{k}.arch: {member.arch} yields a feature map of shape {shape}, not (C, H, W); "
@@ -62,14 +66,27 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
             )
         shapes.append(tuple(shape))
     common = None
-    if config.method.spec.needs_ring_maps:
-        afd = config.method.afd
-        common = common_shape(shapes, afd.transfer_channels)
+    if Need.RING_MAP in config.method.method.needs:
+        transfer = config.method.transfer
+        common = common_shape(shapes, transfer.channels)
         mismatched = [k for k, s in enumerate(shapes) if s != common]
-        if mismatched and not afd.transfer:
+        if mismatched and not transfer.learn:
             raise ConfigError(
-                f"method.afd.transfer: members {mismatched} have feature maps {[shapes[k] for k in mismatched]} "
-                f"that differ from the ring's common shape {common}; set method.afd.transfer=true to learn transfer "
-                "layers, or choose members whose last feature maps agree"
+                f"method.transfer.learn: members {mismatched} have feature maps {[shapes[k] for k in mismatched]} "
+                f"that differ from the ring's common shape {common}; set method.transfer.learn=true to learn "
+                "transfer layers, or choose members whose last feature maps agree"
             )
-    return PopulationPlan(info, shapes, common, dataset.num_train_batches(), dataset.num_test_batches())
+    return PopulationPlan(info, shapes, common, dataset.num_train_batches(), dataset.num_test_batches(), trunk_shape)
+
+
+def _trunk_shape(net, stages: int, info) -> Shape:
+    """The shape of the shared features of ``net`` split after ``stages`` stages, by a dry run."""
+    if not isinstance(net, PooledHeadNet):
+        raise ConfigError(f"trunk_stages: {type(net).__name__} cannot be split into a trunk and branches; use an "
+                          "in-house model (resnet*, wrn-*, cnn*) or trunk_stages=0")
+    try:
+        trunk, _ = net.split(stages)
+    except ModelError as e:
+        raise ConfigError(f"trunk_stages: {e}") from None
+    with torch.no_grad():
+        return tuple(trunk.eval()(torch.zeros(2, info.in_channels, info.image_size, info.image_size)).shape[1:])

@@ -1,47 +1,78 @@
 """The population step and evaluation, written once for every engine.
 
-``members`` and ``fusion`` are the plain objects (local engine) or handles whose methods return futures
-(Ray engine): a future passed as an argument travels actor to actor, so the same code is the Ray dataflow.
+The parts are the plain objects (local engine) or handles whose methods return futures or graph nodes
+(Ray engine): a future passed as an argument travels part to part, so the same code is the Ray dataflow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from okd_ray.methods import MethodSpec
+from okd_ray.methods import Need
+
+from .protocol import FusionPart, MemberPart, Metrics, PartId, TrunkPart
 
 
-def population_step(members: Sequence[Any], fusion: Any | None, spec: MethodSpec) -> tuple[list[Any], Any]:
-    """One batch for the whole population; returns each member's metrics and the fusion's (or None)."""
+@dataclass
+class Population:
+    """The parts of a population, as objects or as remote handles."""
+
+    members: Sequence[MemberPart]
+    fusion: FusionPart | None
+    trunk: TrunkPart | None
+    needs: frozenset[Need]  # what the method's terms take from the exchange
+
+    @classmethod
+    def of(cls, ids: Sequence[PartId], parts: Sequence[Any], needs: frozenset[Need]) -> Population:
+        """The population from parts (or handles) listed as ``parts_of`` lists their ids."""
+        by_kind = {pid.kind: part for pid, part in zip(ids, parts)}
+        members = [part for pid, part in zip(ids, parts) if pid.kind == "member"]
+        return cls(members, by_kind.get("fused"), by_kind.get("trunk"), needs)
+
+
+@dataclass
+class StepMetrics:
+    members: list[Metrics]  # (or futures of them)
+    fusion: Metrics | None
+    trunk: Metrics | None
+
+    def in_part_order(self) -> list[Metrics]:
+        """As ``parts_of`` orders the parts: members, fusion, trunk."""
+        return [*self.members, *(m for m in (self.fusion, self.trunk) if m is not None)]
+
+
+def population_step(population: Population) -> StepMetrics:
+    """One batch for the whole population."""
+    members, fusion, trunk = population.members, population.fusion, population.trunk
     count = len(members)
+    # 0. A shared trunk computes the features every member starts from.
+    shared = trunk.forward().shared if trunk is not None else None
     # 1. Every member runs the same (seeded) batch.
-    labels, maps, public, logits = zip(*(m.forward() for m in members))
+    sent = [m.forward(shared) for m in members]
     # 2./3. FFL: the fusion trains on all feature maps and returns its logits and each map's gradient.
-    fused, grads, fusion_metrics = None, [None] * count, None
+    fused, fusion_metrics = [None] * count, None
     if fusion is not None:
-        fusion_metrics, fused, *grads = fusion.step(labels[0], *maps, *logits)
-    # 4. Each member learns from its ring predecessor k-1 (or all peers, for DML) and the fusion.
-    member_metrics = []
-    for k, member in enumerate(members):
-        prev = (k - 1) % count
-        if spec.logit_peers == "ring":
-            peers = [logits[prev]]
-        elif spec.logit_peers == "all":
-            peers = [logits[j] for j in range(count) if j != k]
-        else:
-            peers = []
-        member_metrics.append(member.update(public[prev], fused, grads[k], *peers))
-    return member_metrics, fusion_metrics
+        fusion_metrics, fused = fusion.step(*(s.to_fusion for s in sent))
+    # 4. Each member learns from its ring predecessor k-1, its peers and the fusion.
+    peers = Need.PEER_LOGITS in population.needs
+    updates = [member.update(sent[k - 1].ring, fused[k], *(sent[j].logits for j in range(count) if peers and j != k))
+               for k, member in enumerate(members)]
+    # 5. The trunk steps on the sum of the gradients the members send back.
+    trunk_metrics = trunk.update(*(u.to_trunk for u in updates)) if trunk is not None else None
+    return StepMetrics([u.metrics for u in updates], fusion_metrics, trunk_metrics)
 
 
-def population_eval(members: Sequence[Any], fusion: Any | None, num_batches: int) -> list[tuple]:
-    """Run the test set through every member (and the fusion): per batch (labels, [member logits], fused)."""
-    for m in members:
-        m.begin_eval()
+def population_eval(population: Population, num_batches: int) -> list[tuple[Any, list[Any], Any]]:
+    """The test set through every member (and the fusion): per batch (labels, [member logits], fused)."""
+    members, fusion, trunk = population.members, population.fusion, population.trunk
+    for part in [*members, *([fusion] if fusion is not None else []), *([trunk] if trunk is not None else [])]:
+        part.begin_eval()
     batches = []
     for _ in range(num_batches):
-        labels, maps, logits = zip(*(m.eval_next() for m in members))
-        fused = fusion.eval(*maps) if fusion is not None else None
-        batches.append((labels[0], list(logits), fused))
+        shared = trunk.eval_next().shared if trunk is not None else None
+        outputs = [m.eval_next(shared) for m in members]
+        fused = fusion.eval(*(o.feature for o in outputs)) if fusion is not None else None
+        batches.append((outputs[0].labels, [o.logits for o in outputs], fused))
     return batches

@@ -1,10 +1,10 @@
 """Search spaces: dotted config keys mapped to distributions, checked against the config before any trial.
 
     search:
-      method.kl_weight: {loguniform: [0.1, 10]}
-      method.afd.adv_weight: {uniform: [0.0, 2.0]}
-      method.temperature: {choice: [1, 3, 4]}
-      method.ffl.rampup_epochs: {int: [0, 5]}       # inclusive bounds
+      method.terms.ring_kl.weight: {loguniform: [0.1, 10]}
+      method.terms.adversarial.weight: {uniform: [0.0, 2.0]}
+      method.terms.ring_kl.temperature: {choice: [1, 3, 4]}
+      method.terms.fused_kl.rampup_epochs: {int: [0, 5]}       # inclusive bounds
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def parse_space(raw_space: Any, raw_config: dict[str, Any]) -> dict[str, Any]:
     """Turn ``{key: {kind: args}}`` into Tune distributions; every key and bound is checked first."""
     if not isinstance(raw_space, dict) or not raw_space:
         raise ConfigError("search: give a mapping of dotted config keys to distributions, e.g. "
-                          "method.kl_weight: {loguniform: [0.1, 10]}")
+                          "method.terms.ring_kl.weight: {loguniform: [0.1, 10]}")
     space = {}
     for key, spec in raw_space.items():
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, read_raw, validate
 from okd_ray.engines import connect, part_bundles
+from okd_ray.population import parts_of
 from okd_ray.errors import ConfigError
 from okd_ray.storage import RunStore
 
@@ -147,12 +148,12 @@ def _resolve_auto_resources(sweep: Sweep) -> None:
     """Fix the Ray engine's automatic per-part resources now, so trials ask for what their bundles hold."""
     if sweep.config.engine != "ray":
         return
-    bundles = part_bundles(sweep.config, len(sweep.config.members), spare_cpus=TRAINABLE_CPUS)
+    bundles = dict(zip((p.kind for p in parts_of(sweep.config)), part_bundles(sweep.config, spare_cpus=TRAINABLE_CPUS)))
     ray_raw = sweep.raw_config.setdefault("ray", {})
-    ray_raw.setdefault("num_cpus_per_member", bundles[0]["CPU"])
-    ray_raw.setdefault("num_gpus_per_member", bundles[0].get("GPU", 0))
-    if sweep.config.method.spec.fusion:
-        ray_raw.setdefault("num_cpus_fusion", bundles[-1]["CPU"])
+    ray_raw.setdefault("num_cpus_per_member", bundles["member"]["CPU"])
+    ray_raw.setdefault("num_gpus_per_member", bundles["member"].get("GPU", 0))
+    if "fused" in bundles:
+        ray_raw.setdefault("num_cpus_fusion", bundles["fused"]["CPU"])
     sweep.config = validate(sweep.raw_config)
 
 

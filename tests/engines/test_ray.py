@@ -6,7 +6,8 @@ import time
 import pytest
 import torch
 
-from okd_ray.run import CHECKPOINT, train
+from okd_ray.checkpoint import MANIFEST
+from okd_ray.run import train
 from okd_ray.errors import ConfigError
 
 POPULATIONS = {
@@ -15,8 +16,11 @@ POPULATIONS = {
     "afd+ffl": ["method.name=afd+ffl", "members=[{arch: cnn16}, {arch: resnet8}]"],
     "dml": ["method.name=dml"],
     "l1": ["method.name=l1", "members=[{arch: cnn16}, {arch: resnet8}]"],
+    "kdcl-own-augmentations": ["method.name=kdcl", "data.augment_per_member=true"],
+    "one-on-a-trunk": ["method.name=one", "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
+                       "trunk_stages=2"],
 }
-TRANSPORTS = ["object_store", "compiled"]
+TRANSPORTS = ["object_store", "compiled", "direct"]
 # 2 epochs of 3 steps with a learning-rate milestone between them; one torch thread in every part, as locally.
 STEPS = ["epochs=2", "data.train_limit=96", "data.batch_size=32", "data.test_limit=64", "threads=1",
          "schedule={kind: multistep, milestones: [1]}", "ray.num_cpus_per_member=0.4", "ray.num_cpus_fusion=0.4"]
@@ -36,17 +40,30 @@ def assert_same_rows(a, b):
     assert strip(a) == strip(b)
 
 
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory):
+    """Each population's local-engine run, made once and compared with every transport."""
+    runs = {}
+
+    def get(population, tiny_config, population_state):
+        if population not in runs:
+            folder = tmp_path_factory.mktemp("local")
+            local = train(tiny_config(*STEPS, *POPULATIONS[population]), run_dir=str(folder), quiet=True)
+            runs[population] = (population_state(local.run_dir), local.rows)
+        return runs[population]
+
+    return get
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("population", list(POPULATIONS))
-def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tmp_path, population_state,
-                                                    population):
-    overrides = STEPS + POPULATIONS[population]
-    local = train(tiny_config(*overrides), run_dir=str(tmp_path / "local"), quiet=True)
-    reference = population_state(local.run_dir)
-    for transport in TRANSPORTS:
-        config = tiny_config(*overrides, "engine=ray", f"ray.transport={transport}")
-        run = train(config, run_dir=str(tmp_path / transport), quiet=True)
-        assert_same_state(reference, population_state(run.run_dir))
-        assert_same_rows(local.rows, run.rows)
+def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tmp_path, population_state, local_runs,
+                                                    population, transport):
+    state, rows = local_runs(population, tiny_config, population_state)
+    config = tiny_config(*STEPS, *POPULATIONS[population], "engine=ray", f"ray.transport={transport}")
+    run = train(config, run_dir=str(tmp_path / transport), quiet=True)
+    assert_same_state(state, population_state(run.run_dir))
+    assert_same_rows(rows, run.rows)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -60,7 +77,7 @@ def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_co
 
     def kill_member_after_first_checkpoint():
         deadline = time.monotonic() + 120
-        while not (run_dir / CHECKPOINT).exists() and time.monotonic() < deadline:
+        while not (run_dir / MANIFEST).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         names = [n for n in ray_cluster.util.list_named_actors() if n.endswith("-m1")]
         ray_cluster.kill(ray_cluster.get_actor(names[0]))

@@ -17,13 +17,13 @@ def test_finished_runs_are_skipped(tmp_path, capsys):
     runs = tmp_path / "runs"
     first = study.run_study(["vanilla", "afd+ffl"], [0, 1], runs, DIGITS)
     assert "training" in capsys.readouterr().out
-    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("last.pt")}
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("manifest.json")}
     assert len(stamps) == 4
 
     again = study.run_study(["vanilla", "afd+ffl"], [0, 1], runs, DIGITS)
     out = capsys.readouterr().out
     assert out.count("finished, skipped") == 4 and "training" not in out
-    assert {p: p.stat().st_mtime_ns for p in runs.rglob("last.pt")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("manifest.json")} == stamps
     assert again == first
 
     extended = study.run_study(["vanilla"], [0, 1, 2], runs, DIGITS)  # one more seed: only it trains

@@ -82,7 +82,7 @@ def test_parameter_counts_match_the_papers(name, num_classes, millions):
 
 def test_wrn_dropout_is_an_option():
     model = build_model("wrn-16-1", in_channels=3, num_classes=10, dropout=0.3)
-    assert all(block.dropout == 0.3 for block in model.block1)
+    assert all(block.dropout == 0.3 for stage in model.stages for block in stage)
 
 
 def test_bad_depths_are_model_errors():
@@ -90,3 +90,17 @@ def test_bad_depths_are_model_errors():
         CifarResNet(depth=10, in_channels=3, num_classes=10)
     with pytest.raises(ModelError, match="6n\\+4"):
         WideResNet(depth=18, width=2, in_channels=3, num_classes=10)
+
+
+@pytest.mark.parametrize("name, stages", [("resnet8", 2), ("wrn-16-1", 1), ("cnn16", 1)])
+def test_a_split_net_computes_what_the_whole_net_computes(name, stages):
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=3, num_classes=10).eval()
+    trunk, branch = model.split(stages)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        f, z = model(x)
+        f_split, z_split = branch(trunk(x))
+    assert torch.equal(f, f_split) and torch.equal(z, z_split)
+    with pytest.raises(ModelError, match="trunk takes 1 to"):
+        model.split(len(model.stages))

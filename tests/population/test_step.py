@@ -1,4 +1,4 @@
-"""The population step: the fusion's gradient reaches the members exactly as one joint backward would."""
+"""The population step: the split computation (parts apart, gradients sent back) against one graph."""
 
 import pytest
 import torch
@@ -8,10 +8,9 @@ from okd_ray.engines.local import LocalEngine
 from okd_ray.methods import distill_kl
 from okd_ray.population import plan_population, population_step
 
-FFL = [
-    "method.name=ffl", "method.ffl.rampup_epochs=0", "members=[{arch: cnn16}, {arch: cnn32}, {arch: resnet8}]",
-    "members.0.optimizer.weight_decay=0", "members.1.optimizer.weight_decay=0", "members.2.optimizer.weight_decay=0",
-]
+NO_DECAY = ["members.0.optimizer.weight_decay=0", "members.1.optimizer.weight_decay=0",
+            "members.2.optimizer.weight_decay=0", "method.terms.fused_kl.fusion_optimizer.weight_decay=0"]
+FFL = ["method.name=ffl", "members=[{arch: cnn16}, {arch: cnn32}, {arch: resnet8}]", *NO_DECAY]
 
 
 def engine(config):
@@ -20,28 +19,85 @@ def engine(config):
     return e
 
 
-def test_ffl_step_equals_one_joint_backward(tiny_config):
-    """Our split computation (fusion apart, gradients sent back) against FFL's loss in a single graph."""
-    config = tiny_config(*FFL)
-    split, joint = engine(config), engine(config)
-    population_step(split.members, split.fusion, config.method.spec)
+def first_batch(e):
+    return next(iter(e.parts[0].dataset.train_batches(0)))
 
-    x, y = next(iter(joint.members[0].dataset.train_batches(0)))
-    maps, logits = zip(*(m.net(x) for m in joint.members))
-    fused = joint.fusion.module(list(maps))
-    ensemble = torch.stack(logits).mean(0)
-    t = config.method.ffl.temperature
-    loss = F.cross_entropy(fused, y) + distill_kl(fused, ensemble, t)
+
+def assert_same_grads(split_modules, joint_modules):
+    for a, b in zip(split_modules, joint_modules):
+        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+            assert pa.grad is not None and pb.grad is not None, name
+            torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ffl_step_equals_one_joint_backward(tiny_config):
+    """FFL's loss in one graph: 3 CE + w·[KL(fused → each member) + KL(ensemble → fused)]."""
+    config = tiny_config(*FFL, "method.terms.fused_kl.rampup_epochs=0")
+    split, joint = engine(config), engine(config)
+    population_step(split.population)
+
+    x, y = first_batch(joint)
+    members, fusion = joint.population.members, joint.population.fusion
+    maps, logits = zip(*(m.net(x) for m in members))
+    fused = fusion.module(list(maps))
+    t = config.method.settings("fused_kl").temperature
+    loss = F.cross_entropy(fused, y) + distill_kl(fused, torch.stack(logits).mean(0), t)
     for z in logits:
         loss = loss + F.cross_entropy(z, y) + distill_kl(z, fused, t)
     loss.backward()
+    assert_same_grads([m.net for m in split.population.members] + [split.population.fusion.module],
+                      [m.net for m in members] + [fusion.module])
 
-    for a, b in zip(split.members, joint.members):
-        for (name, pa), pb in zip(a.net.named_parameters(), b.net.parameters()):
-            assert pa.grad is not None, name
-            torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=f"{a.name}.{name}")
-    for pa, pb in zip(split.fusion.module.parameters(), joint.fusion.module.parameters()):
-        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6)
+
+def official_kl(student, teacher, t):
+    """FFL-pytorch's and ONE's KL as coded (without their +1e-7 on the target): a detached target."""
+    target = F.softmax(teacher.detach() / t, dim=1)
+    return t * t * (target * (target.log() - F.log_softmax(student / t, dim=1))).sum(1).mean()
+
+
+def test_shared_trunk_reproduces_the_official_ffl_training_step(tiny_config):
+    """FFL-pytorch's Table-1 set-up: conv1, layer1 and layer2 shared, two ResNet-32 branches, one graph:
+    CE(z1) + CE(z2) + CE(zf) + w·[KL(zf → z1) + KL(zf → z2) + KL(mean(z1, z2) → zf)]."""
+    config = tiny_config("method.name=ffl", "members=[{arch: resnet32}, {arch: resnet32}]", "trunk_stages=2",
+                         *NO_DECAY[:2], NO_DECAY[3])
+    split, joint = engine(config), engine(config)
+    population_step(split.population)
+
+    x, y = first_batch(joint)
+    (b1, b2), fusion, trunk = joint.population.members, joint.population.fusion, joint.population.trunk
+    shared = trunk.net(x)
+    (f1, z1), (f2, z2) = b1.net(shared), b2.net(shared)
+    zf = fusion.module([f1, f2])
+    settings = config.method.settings("fused_kl")
+    w, t = settings.weight_at(0), settings.temperature
+    loss = (F.cross_entropy(z1, y) + F.cross_entropy(z2, y) + F.cross_entropy(zf, y)
+            + w * (official_kl(z1, zf, t) + official_kl(z2, zf, t) + official_kl(zf, (z1 + z2) / 2, t)))
+    loss.backward()
+    population = split.population
+    assert_same_grads([population.trunk.net, population.members[0].net, population.members[1].net,
+                       population.fusion.module], [trunk.net, b1.net, b2.net, fusion.module])
+
+
+def test_one_on_a_shared_trunk_equals_one_joint_backward(tiny_config):
+    """ONE (Lan et al.): Σ CE(z_k) + CE(Σ g_k z_k) + w·Σ KL(teacher, detached → z_k), the gate on the trunk."""
+    config = tiny_config("method.name=one", "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
+                         "trunk_stages=2", *NO_DECAY[:3])
+    split, joint = engine(config), engine(config)
+    population_step(split.population)
+
+    x, y = first_batch(joint)
+    branches, trunk = joint.population.members, joint.population.trunk
+    shared = trunk.net(x)
+    gate = trunk.gate(shared)
+    logits = [b.net(shared)[1] for b in branches]
+    teacher = sum(gate[:, k:k + 1] * z for k, z in enumerate(logits))
+    settings = config.method.settings("teacher_kl")
+    loss = F.cross_entropy(teacher, y) + sum(
+        F.cross_entropy(z, y) + settings.weight_at(0) * official_kl(z, teacher, settings.temperature) for z in logits)
+    loss.backward()
+    population = split.population
+    assert_same_grads([population.trunk.net, population.trunk.gate, *(b.net for b in population.members)],
+                      [trunk.net, trunk.gate, *(b.net for b in branches)])
 
 
 def test_fused_loss_gradient_reaches_members(tiny_config):
@@ -49,38 +105,44 @@ def test_fused_loss_gradient_reaches_members(tiny_config):
     config = tiny_config(*FFL)
     with_fusion, without = engine(config), engine(config)
     for e, keep in ((with_fusion, True), (without, False)):
-        labels, maps, public, logits = zip(*(m.forward() for m in e.members))
-        _, fused, *grads = e.fusion.step(labels[0], *maps, *logits)
-        assert all(g is not None and g.abs().sum() > 0 for g in grads)
-        for m, g in zip(e.members, grads):
-            m.update(None, fused, g if keep else None)
-    for a, b in zip(with_fusion.members, without.members):
-        first_a, first_b = next(a.net.parameters()), next(b.net.parameters())
-        assert not torch.allclose(first_a, first_b)
+        members, fusion = e.population.members, e.population.fusion
+        sent = [m.forward() for m in members]
+        _, fused = fusion.step(*(s.to_fusion for s in sent))
+        assert all(f.feature_grad.abs().sum() > 0 for f in fused)
+        for m, f in zip(members, fused):
+            m.update(None, f if keep else f._replace(feature_grad=torch.zeros_like(f.feature_grad)))
+    for a, b in zip(with_fusion.population.members, without.population.members):
+        assert not torch.allclose(next(a.net.parameters()), next(b.net.parameters()))
 
 
-def test_exchanged_tensors_are_detached(tiny_config):
-    config = tiny_config("method.name=afd+ffl", "members=[{arch: cnn16}, {arch: cnn32}]")
+def test_parts_send_detached_contiguous_tensors(tiny_config):
+    """A pooled transfer map is a strided view; the part packs it, so no engine or transport repacks it."""
+    config = tiny_config("method.name=afd+ffl", "members=[{arch: cnn16}, {arch: resnet8}]")
     e = engine(config)
-    labels, maps, public, logits = zip(*(m.forward() for m in e.members))
-    for t in maps + public + logits:
-        assert t is not None and not t.requires_grad
-    metrics, fused, *grads = e.fusion.step(labels[0], *maps, *logits)
-    assert not fused.requires_grad and not any(g.requires_grad for g in grads)
+    sent = [m.forward() for m in e.population.members]
+    step = e.population.fusion.step(*(s.to_fusion for s in sent))
+    tensors = [t for s in sent for t in (*s.ring, *s.to_fusion)] + [t for f in step.to_members for t in f]
+    assert len(tensors) == 14
+    for t in tensors:
+        assert t.is_contiguous() and not t.requires_grad
 
 
-@pytest.mark.parametrize("update", ["alternating", "joint"])
-def test_afd_member_terms(tiny_config, update):
-    config = tiny_config("method.name=afd", f"method.afd.update={update}", "members=[{arch: cnn32}, {arch: resnet8}]")
+@pytest.mark.parametrize("mode", ["alternating", "sequential", "joint"])
+def test_afd_feature_update_modes(tiny_config, mode):
+    config = tiny_config("method.name=afd", f"method.feature_update.mode={mode}",
+                         "members=[{arch: cnn32}, {arch: resnet8}]")
     e = engine(config)
-    member_metrics, fusion_metrics = population_step(e.members, e.fusion, config.method.spec)
-    assert fusion_metrics is None
-    for m in member_metrics:
-        assert {"ce", "kl_peer", "adv_g", "disc"} <= set(m)
+    before = [p.detach().clone() for p in e.population.members[1].transfer.parameters()]
+    step = population_step(e.population)
+    assert step.fusion is None
+    for m in step.members:
+        assert {"ce", "ring_kl", "adversarial", "discriminator"} <= set(m)
         assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
-    # heterogeneous members meet through a learned transfer layer
-    assert any(not isinstance(m.transfer, torch.nn.Identity) for m in e.members)
-    assert ("feature" in e.members[0].optimizers) == (update == "alternating")
+    member = e.population.members[1]  # resnet8's 64 channels meet cnn32's 128
+    # heterogeneous members meet through a learned transfer layer, trained by the feature update
+    assert not isinstance(member.transfer, torch.nn.Identity)
+    assert any(not torch.equal(a, b) for a, b in zip(before, member.transfer.parameters()))
+    assert ("feature" in member.optimizers) == (mode != "joint")
 
 
 def test_ring_sends_each_member_its_predecessor(tiny_config):
@@ -88,31 +150,20 @@ def test_ring_sends_each_member_its_predecessor(tiny_config):
     config = tiny_config("method.name=afd", "members=[{arch: cnn16}, {arch: cnn16}, {arch: cnn16}]")
     e = engine(config)
     sent, received = {}, {}
-    for k, m in enumerate(e.members):
+    for k, m in enumerate(e.population.members):
         forward, update = m.forward, m.update
 
-        def recording_forward(k=k, forward=forward):
-            out = forward()
-            sent[k] = out
-            return out
+        def recording_forward(shared, k=k, forward=forward):
+            sent[k] = forward(shared)
+            return sent[k]
 
-        def recording_update(peer_map, fused, grad, *peers, k=k, update=update):
-            received[k] = (peer_map, peers)
-            return update(peer_map, fused, grad, *peers)
+        def recording_update(ring, fused, *peers, k=k, update=update):
+            received[k] = (ring, peers)
+            return update(ring, fused, *peers)
 
         m.forward, m.update = recording_forward, recording_update
-    population_step(e.members, e.fusion, config.method.spec)
+    population_step(e.population)
     for k in range(3):
-        peer_map, peers = received[k]
-        _, _, prev_public, prev_logits = sent[(k - 1) % 3]
-        assert peer_map is prev_public and len(peers) == 1 and peers[0] is prev_logits
-
-
-def test_parts_send_detached_contiguous_tensors(tiny_config):
-    """A pooled transfer map is a strided view; the part packs it, so no engine or transport repacks it."""
-    config = tiny_config("method.name=afd+ffl", "members=[{arch: cnn16}, {arch: resnet8}]")
-    e = engine(config)
-    labels, maps, public, logits = zip(*(m.forward() for m in e.members))
-    metrics, fused, *grads = e.fusion.step(labels[0], *maps, *logits)
-    for t in (*maps, *public, *logits, fused, *grads):
-        assert t.is_contiguous() and not t.requires_grad
+        ring, peers = received[k]
+        assert ring is sent[(k - 1) % 3].ring and ring.public is not None and ring.logits is not None
+        assert peers == ()  # AFD needs only the ring

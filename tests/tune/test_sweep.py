@@ -31,17 +31,17 @@ def test_asha_sweep_writes_every_trial_and_a_best_config_that_trains(ray_cluster
         # a wide learning-rate range makes some trials clearly worse, so ASHA has something to stop
         "--space", str(write_space(tmp_path, {"members.0.optimizer.lr": {"loguniform": [1e-4, 0.3]},
                                               "members.1.optimizer.lr": {"loguniform": [1e-4, 0.3]},
-                                              "method.kl_weight": {"uniform": [0.0, 2.0]}})),
+                                              "method.terms.ring_kl.weight": {"uniform": [0.0, 2.0]}})),
     )
     assert code == 0, err
     trials = pq.read_table(tmp_path / "asha" / "trials.parquet").to_pylist()
     assert len(trials) == 5 and all(t["status"] == "done" for t in trials)
     assert any(t["stopped_early"] for t in trials), [t["epochs"] for t in trials]
-    assert all("config/method.kl_weight" in t and "mean_test_top1" in t for t in trials)
+    assert all("config/method.terms.ring_kl.weight" in t and "mean_test_top1" in t for t in trials)
     best = max(trials, key=lambda t: t["mean_test_top1"])
     best_yaml = tmp_path / "asha" / "best_config.yaml"
     config = load_config(best_yaml)
-    assert config.method.kl_weight == pytest.approx(best["config/method.kl_weight"])
+    assert config.method.settings("ring_kl").weight == pytest.approx(best["config/method.terms.ring_kl.weight"])
     assert main(["train", str(best_yaml), f"output_dir={tmp_path / 'rerun'}", "--quiet"]) == 0
 
 
@@ -64,7 +64,7 @@ def test_pbt_exploits_through_checkpoints(ray_cluster, capsys, tmp_path):
     code, err = tune_cli(
         capsys, "epochs=3", "--num-samples", "2", "--scheduler", "pbt", "--storage-path", str(tmp_path),
         "--name", "pbt",
-        "--space", str(write_space(tmp_path, {"method.kl_weight": {"uniform": [0.0, 2.0]},
+        "--space", str(write_space(tmp_path, {"method.terms.ring_kl.weight": {"uniform": [0.0, 2.0]},
                                               "members.0.optimizer.lr": {"loguniform": [1e-4, 0.2]}})),
     )
     assert code == 0, err
@@ -122,13 +122,13 @@ def wait_for_finished_trial(sweep: Path, epochs: int, process, timeout: float = 
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--space", "{space}"], "search.method.kl_wieght: the value 0.1 is not valid here"),
+        (["--space", "{space}"], "search.method.terms.ring_kl.wieght: the value 0.1 is not valid here"),
         (["--metric", "m7_test_top1"], "--metric m7_test_top1: no run of this config reports it; choose from"),
         (["--metric", "m0_test_top1,m1_test_top1"], "add --scheduler none"),
     ],
 )
 def test_bad_sweeps_fail_before_any_trial(capsys, tmp_path, args, expected):
-    space = write_space(tmp_path, {"method.kl_wieght": {"loguniform": [0.1, 10]}})
+    space = write_space(tmp_path, {"method.terms.ring_kl.wieght": {"loguniform": [0.1, 10]}})
     code, err = tune_cli(capsys, *[a.format(space=space) for a in args], "--storage-path", str(tmp_path / "s"))
     assert code == 2 and expected in err, err
     assert not (tmp_path / "s").exists()
@@ -137,12 +137,12 @@ def test_bad_sweeps_fail_before_any_trial(capsys, tmp_path, args, expected):
 @pytest.mark.parametrize(
     "space, expected",
     [
-        ({"method.kl_weight": {"uniform": [2.0, 1.0]}}, "uniform needs low < high"),
-        ({"method.kl_weight": {"loguniform": [0.0, 1.0]}}, "loguniform needs low > 0"),
-        ({"method.kl_weight": {"uniform": [-1.0, 1.0]}}, "search.method.kl_weight: the value -1.0 is not valid"),
-        ({"method.ffl.rampup_epochs": {"int": [3, 1]}}, "int needs integer bounds with low <= high"),
-        ({"method.temperature": {"choice": []}}, "choice needs a non-empty list"),
-        ({"method.temperature": {"normal": [0, 1]}}, "give one of uniform, loguniform, choice, int"),
+        ({"method.terms.ring_kl.weight": {"uniform": [2.0, 1.0]}}, "uniform needs low < high"),
+        ({"method.terms.ring_kl.weight": {"loguniform": [0.0, 1.0]}}, "loguniform needs low > 0"),
+        ({"method.terms.ring_kl.weight": {"uniform": [-1.0, 1.0]}}, "search.method.terms.ring_kl.weight: the value -1.0 is not valid"),
+        ({"method.terms.fused_kl.rampup_epochs": {"int": [3, 1]}}, "int needs integer bounds with low <= high"),
+        ({"method.terms.ring_kl.temperature": {"choice": []}}, "choice needs a non-empty list"),
+        ({"method.terms.ring_kl.temperature": {"normal": [0, 1]}}, "give one of uniform, loguniform, choice, int"),
     ],
 )
 def test_impossible_distributions_are_errors(capsys, tmp_path, space, expected):

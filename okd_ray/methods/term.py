@@ -1,0 +1,145 @@
+"""What a loss term is: its name, its update, what it needs from the exchange, its settings and its loss.
+
+A term is built once per member (``Term(settings, member)``) and asked for its loss at every step. It may
+own modules and optimizers (AFD's discriminator) and act after the member's update (the D step). What
+the population exchanges is the union of its terms' needs; metrics columns are its terms' ``columns``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from okd_ray.optim import OptimizerConfig
+from okd_ray.settings import Strict
+
+from .rampup import sigmoid_rampup
+
+Update = Literal["logit", "feature"]
+
+
+class Need(str, enum.Enum):
+    """What a term takes from the other parts; the step exchanges only what some term needs."""
+
+    RING_MAP = "ring_map"  # the ring predecessor's public feature map (through its transfer layer)
+    RING_LOGITS = "ring_logits"  # the ring predecessor's logits
+    PEER_LOGITS = "peer_logits"  # every other member's logits
+    FUSION = "fusion"  # FFL's fusion part: fused logits back, and the fused loss's gradient on the map
+    GATE = "gate"  # the shared trunk's gate over the members (ONE); needs trunk_stages
+
+
+class TermSettings(Strict):
+    """Settings every term has; a term's own ``Settings`` subclass adds the rest."""
+
+    weight: float = Field(1.0, ge=0)
+
+    def weight_at(self, epoch: int) -> float:
+        """The term's weight in ``epoch`` (0-based); constant unless a ramp-up says otherwise."""
+        return self.weight
+
+
+class RampedSettings(TermSettings):
+    """A weight that ramps up as exp(−5·(1 − e/R)²) over R epochs (Laine & Aila; FFL's and ONE's code)."""
+
+    rampup_epochs: float = Field(0, ge=0)
+
+    def weight_at(self, epoch: int) -> float:
+        return self.weight * sigmoid_rampup(epoch, self.rampup_epochs)
+
+
+@dataclass
+class Batch:
+    """What a member's terms see in one step: its own live tensors and what the others sent (detached)."""
+
+    labels: torch.Tensor
+    logits: torch.Tensor  # own, with gradient
+    feature: torch.Tensor  # own last feature map, with gradient
+    public: torch.Tensor | None = None  # own map through the transfer layer (with gradient)
+    index: int = 0  # this member's place in the population
+    ring_map: torch.Tensor | None = None
+    ring_logits: torch.Tensor | None = None
+    peer_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # member index -> logits
+    fused_logits: torch.Tensor | None = None
+    gate: torch.Tensor | None = None  # N × K weights, a leaf whose gradient goes back to the trunk
+
+    def all_logits(self) -> list[torch.Tensor]:
+        """Every member's logits in member order: the others' as received, this member's detached."""
+        return [self.logits.detach() if k == self.index else self.peer_logits[k]
+                for k in range(len(self.peer_logits) + 1)]
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """What a term may know of the member it is built for."""
+
+    index: int
+    count: int  # members in the population
+    public_shape: tuple[int, int, int] | None  # the ring's common map shape, when maps are exchanged
+    device: torch.device
+
+
+@dataclass
+class OwnedOptimizer:
+    """An optimizer a term owns, with what its learning rate follows."""
+
+    optimizer: torch.optim.Optimizer
+    config: OptimizerConfig
+
+
+class Term:
+    """Base class: subclasses set the class attributes and ``loss``; the rest is optional."""
+
+    name: ClassVar[str]
+    update: ClassVar[Update] = "logit"
+    needs: ClassVar[frozenset[Need]] = frozenset()
+    Settings: ClassVar[type[TermSettings]] = TermSettings
+    extra_columns: ClassVar[tuple[str, ...]] = ()  # values ``after_update`` reports besides the loss
+
+    def __init__(self, settings: TermSettings, member: MemberInfo):
+        self.settings = settings
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        return (cls.name, *cls.extra_columns)
+
+    @classmethod
+    def configured(cls, **defaults: Any) -> TermSpec:
+        """This term in a method's row, with defaults for its settings (``PeerKL.configured(temperature=1)``)."""
+        cls.Settings.model_validate(defaults)  # a wrong default fails at import, not at a user's run
+        return TermSpec(cls, defaults)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The term's unweighted loss for this batch."""
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Modules this term owns (saved in checkpoints, switched between train and eval)."""
+        return {}
+
+    def optimizers(self) -> dict[str, OwnedOptimizer]:
+        return {}
+
+    def after_update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Runs after the member's own optimizers stepped; returns values named in ``extra_columns``."""
+        return {}
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """A term as it stands in a method's row: its class and the method's defaults for its settings."""
+
+    term: type[Term]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.term.name
+
+    def settings(self, user: dict[str, Any] | None = None) -> TermSettings:
+        """The method's defaults, then the user's values, validated by the term's settings model."""
+        return self.term.Settings.model_validate({**self.defaults, **(user or {})})

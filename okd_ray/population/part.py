@@ -1,0 +1,69 @@
+"""What every part (member, fusion, trunk) has: a private RNG, modules and optimizers, checkpoints."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from okd_ray.config import TrainConfig
+from okd_ray.errors import TrainingDiverged
+from okd_ray.methods import OwnedOptimizer
+from okd_ray.optim import set_epoch_lr
+from okd_ray.seeding import derive_seed
+from okd_ray.storage import RunStore
+
+from .rng import PrivateRNG
+
+
+class Part:
+    """Subclasses fill ``modules`` and ``optimizers``; learning rates follow the epoch, so a checkpoint
+    (modules, optimizers, RNG) is the part's whole state."""
+
+    def __init__(self, config: TrainConfig, name: str, seed_keys: tuple, device: torch.device):
+        self.config, self.name, self.device = config, name, torch.device(device)
+        self.rng = PrivateRNG(derive_seed(config.seed, *seed_keys))
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, OwnedOptimizer] = {}
+        self.epoch, self.step_index = 0, 0
+
+    def begin_epoch(self, epoch: int) -> dict[str, float]:
+        """Train mode and this epoch's learning rates; returns them as ``lr_<optimizer>``."""
+        self.epoch, self.step_index = epoch, 0
+        for module in self.modules.values():
+            module.train()
+        return {f"lr_{key}": set_epoch_lr(owned.optimizer, owned.config, self.config.schedule, epoch, self.config.epochs)
+                for key, owned in self.optimizers.items()}
+
+    def begin_eval(self) -> None:
+        for module in self.modules.values():
+            module.eval()
+
+    def check_finite(self, values: dict[str, torch.Tensor], fix: str) -> None:
+        """Name the part, the value, the epoch and the step where training diverged, and what to lower."""
+        stacked = torch.stack([v.detach().float().sum() for v in values.values()])
+        if bool(torch.isfinite(stacked).all()):
+            return
+        name, value = next((n, float(v)) for n, v in zip(values, stacked) if not torch.isfinite(v))
+        raise TrainingDiverged(f"{self.name}: {name!r} is {value} at epoch {self.epoch + 1}, step "
+                               f"{self.step_index + 1}; {fix}")
+
+    def state_dict(self) -> dict:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.optimizer.state_dict() for k, o in self.optimizers.items()},
+            "rng": self.rng.state_dict(),
+        }
+
+    def save(self, store_uri: str, path: str) -> None:
+        """Write this part's checkpoint shard straight to the run's storage (no state passes a driver)."""
+        RunStore(store_uri).save_torch(path, self.state_dict())
+
+    def load(self, store_uri: str, path: str) -> None:
+        self.load_state_dict(RunStore(store_uri).load_torch(path))
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            o.optimizer.load_state_dict(state["optimizers"][k])
+        self.rng.load_state_dict(state["rng"])
