@@ -129,6 +129,8 @@ class RayConfig(Strict):
     num_gpus_per_member: float | None = Field(None, ge=0)  # None: one GPU each when the cluster has GPUs
     num_cpus_fusion: float | None = Field(None, gt=0)  # None: as a member
     num_gpus_fusion: float = Field(0, ge=0)
+    # How the parts' bundles spread over nodes: pack them (the default), spread them, or one part per node.
+    placement: Literal["pack", "spread", "strict_spread"] = "pack"
     placement_timeout_s: float = Field(60, gt=0)  # how long to wait for a joined cluster to find room
     max_restarts: int = Field(2, ge=0)  # rebuilds from the last checkpoint after an actor dies
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,11 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
             restarts += 1
             display.message(f"{e}\nrestart {restarts}/{config.ray.max_restarts} from the last checkpoint")
             continue
+        except ConfigError as e:
+            if not restarts:
+                raise
+            raise ConfigError(f"{e}. Finished epochs are kept in {store.uri}: continue with "
+                              f"okd-ray train --resume {store.uri}") from None
         result.restarts = restarts
         display.message(f"run folder: {store.uri}")
         return result
@@ -77,6 +83,8 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             rows = [r for r in store.read_table("metrics.parquet").to_pylist() if r["epoch"] < start_epoch]
         display.message(f"resuming {store.uri} after epoch {start_epoch}")
     engine = make_engine(config, plan)
+    if engine.placement():
+        store.write_text("placement.json", json.dumps(engine.placement(), indent=1))
     try:
         if saved is not None:
             engine.load(store, saved.folder)

@@ -20,9 +20,9 @@ def tiny_config(tmp_path):
     return make
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """One real local Ray cluster (2 CPUs) for the whole test session."""
+    """A real local Ray cluster (2 CPUs) for a test module (the multi-node tests start their own)."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from okd_ray.config import TrainConfig
 from okd_ray.population import PopulationPlan
+from okd_ray.storage import RunStore
 
 from .resources import connect, part_bundles
 
@@ -29,9 +30,14 @@ class Engine(Protocol):
     def evaluate(self) -> PartMetrics:
         """Test top-1/top-5 of every member, the ensemble and the fused classifier."""
 
-    def state_dict(self) -> dict: ...
+    def placement(self) -> dict:
+        """Where each part runs (node, placement group, bundle), as the parts report it; empty for one process."""
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def save(self, store: RunStore, folder: str) -> None:
+        """Every part writes its checkpoint shard into ``folder`` of the run's storage."""
+
+    def load(self, store: RunStore, folder: str) -> None:
+        """Every part loads its shard from ``folder``."""
 
     def close(self) -> None: ...
 

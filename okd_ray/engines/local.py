@@ -43,6 +43,9 @@ class LocalEngine:
         batches = population_eval(self.population, self.plan.num_test_batches)
         return test_accuracy(batches, [pid.name for pid in self.ids if pid.kind == "member"])
 
+    def placement(self) -> dict:
+        return {}  # one process
+
     def save(self, store: RunStore, folder: str) -> None:
         for pid, part in zip(self.ids, self.parts):
             part.save(store.address, f"{folder}/{pid.key}.pt")

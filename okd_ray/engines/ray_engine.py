@@ -96,9 +96,10 @@ class PartActor:
         busy, self.busy = dict(self.busy), collections.defaultdict(list)
         return busy
 
-    def ready(self) -> str:
-        """The node this part runs on (a liveness probe too)."""
-        return ray.get_runtime_context().get_node_id()
+    def ready(self) -> dict[str, str]:
+        """Where this part runs: its node and placement group (a liveness probe too)."""
+        context = ray.get_runtime_context()
+        return {"node": context.get_node_id(), "placement_group": context.get_placement_group_id()}
 
     def call(self, method: str, *args):
         """Anything outside the hot path: begin_epoch, save, load."""
@@ -214,7 +215,12 @@ class RayEngine:
             return PartActor.options(name=name, **options).remote(raw, plan, pid, threads, profile)
 
         self.actors = [start(i, pid) for i, pid in enumerate(self.ids)]
-        self.nodes = self._guard(lambda: ray.get([a.ready.remote() for a in self.actors]))
+        where = self._guard(lambda: ray.get([a.ready.remote() for a in self.actors]))
+        self.where = {
+            "driver_placement_group": ray.get_runtime_context().get_placement_group_id(),  # a Tune trial's
+            "parts": [{"part": pid.name, "bundle": self.resources.bundle(i), **w}
+                      for i, (pid, w) in enumerate(zip(self.ids, where))],
+        }
         self.transport = config.ray.transport if config.ray.transport != "auto" else auto_transport(self.resources)
         self.steps = self._guard(self._make_steps)
 
@@ -279,6 +285,9 @@ class RayEngine:
             for labels, logits, fused in batches
         ])
         return test_accuracy(resolved, [pid.name for pid in self.ids if pid.kind == "member"])
+
+    def placement(self) -> dict:
+        return self.where
 
     def save(self, store: RunStore, folder: str) -> None:
         """Every part writes its own shard, all at once; the driver only waits."""

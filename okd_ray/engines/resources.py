@@ -63,10 +63,13 @@ class PartResources:
             "num_cpus": bundle["CPU"],
             "num_gpus": bundle.get("GPU", 0),
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                self.group, placement_group_bundle_index=self.first_bundle + part
+                self.group, placement_group_bundle_index=self.bundle(part)
             ),
         }
         return opts, self.threads or max(1, math.floor(bundle["CPU"]))
+
+    def bundle(self, part: int) -> int:
+        return self.first_bundle + part
 
     def gpus_per_part(self) -> float:
         return self.bundles[0].get("GPU", 0)
@@ -84,7 +87,7 @@ def reserve(config: TrainConfig) -> PartResources:
         return PartResources(current, bundles, first_bundle=1, owned=False, threads=config.threads)
     if config.ray.address is None:  # a cluster we started has no autoscaler: what it lacks now, it always will
         check_feasible(bundles)
-    group = placement_group(bundles, strategy="PACK")
+    group = placement_group(bundles, strategy=config.ray.placement.upper())
     deadline = time.monotonic() + config.ray.placement_timeout_s
     while not _ready(group, timeout=1.0):
         if time.monotonic() > deadline:

@@ -58,6 +58,14 @@ def test_trials_host_ray_engine_populations_in_their_placement_group(ray_cluster
     assert code == 0, err
     (trial,) = pq.read_table(tmp_path / "ray" / "trials.parquet").to_pylist()
     assert trial["status"] == "done" and trial["fused_test_top1"] > 0
+    # Each part reported, from inside its actor, the placement group it runs in: the trial's, whose bundle 0
+    # holds the trial itself; the members and the fusion take bundles 1..K+1.
+    placement = json.loads((Path(trial["path"]) / "run" / "placement.json").read_text())
+    parts = placement["parts"]
+    assert [p["part"] for p in parts] == ["m0:cnn16", "m1:cnn32", "fused"]
+    assert [p["bundle"] for p in parts] == [1, 2, 3]
+    assert placement["driver_placement_group"] and all(
+        p["placement_group"] == placement["driver_placement_group"] for p in parts)
 
 
 def test_pbt_exploits_through_checkpoints(ray_cluster, capsys, tmp_path):

@@ -1,0 +1,110 @@
+"""A population across nodes: a real multi-node Ray cluster on one machine (a head without CPUs and three
+1-CPU worker nodes, each its own raylet), as ``ray up`` would give on machines."""
+
+import json
+import threading
+import time
+
+import pytest
+import ray
+import torch
+from ray.cluster_utils import Cluster
+
+from okd_ray.checkpoint import MANIFEST, read_manifest
+from okd_ray.errors import ConfigError
+from okd_ray.run import train
+from okd_ray.storage import RunStore
+
+# afd+ffl: two members and the fusion, one whole CPU each, one part per node.
+POPULATION = ["method.name=afd+ffl", "epochs=3", "data.train_limit=96", "data.batch_size=32", "data.test_limit=64",
+              "threads=1", "schedule={kind: multistep, milestones: [2]}", "engine=ray", "ray.placement=strict_spread",
+              "ray.num_cpus_per_member=1", "ray.num_cpus_fusion=1"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(3):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def on_cluster(tiny_config, cluster, *overrides):
+    """Joined as ``--address`` would: a lost node's parts are waited for, not refused at once."""
+    return tiny_config(*POPULATION, f"ray.address={cluster.address}", "ray.placement_timeout_s=30", *overrides)
+
+
+def same_state(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def nodes_of(run_dir) -> dict[str, str]:
+    placement = json.loads((run_dir / "placement.json").read_text())
+    return {p["part"]: p["node"] for p in placement["parts"]}
+
+
+def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state):
+    run = train(on_cluster(tiny_config, cluster), run_dir=str(tmp_path / "ray"), quiet=True)
+    nodes = nodes_of(tmp_path / "ray")
+    assert len(set(nodes.values())) == 3  # m0, m1 and the fusion each on its own node
+    assert cluster.head_node.node_id not in nodes.values()
+    local = train(tiny_config(*POPULATION, "engine=local"), run_dir=str(tmp_path / "local"), quiet=True)
+    assert same_state(population_state(local.run_dir), population_state(run.run_dir))
+
+
+def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: bool):
+    """Train in a thread; once the first checkpoint exists, remove the node that hosts ``part`` and, if
+    ``replace``, add a new one (from this, the main thread: a raylet starts only there). Returns the run's
+    result or error and the id of the removed node."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = train(config, run_dir=str(run_dir), quiet=True)
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            outcome["error"] = e
+
+    trainer = threading.Thread(target=run)
+    trainer.start()
+    deadline = time.monotonic() + 120
+    while not (run_dir / MANIFEST).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    node_id = nodes_of(run_dir)[part]
+    cluster.remove_node(next(n for n in cluster.worker_nodes if n.node_id == node_id))
+    if replace:
+        cluster.add_node(num_cpus=1)
+    trainer.join()
+    return outcome, node_id
+
+
+def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(cluster, tiny_config, tmp_path,
+                                                                        population_state):
+    straight = train(tiny_config(*POPULATION, "engine=local"), run_dir=str(tmp_path / "straight"), quiet=True)
+    outcome, removed = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster), tmp_path / "lost",
+                                                  "m1:cnn32", replace=True)
+    result = outcome["result"]
+    assert result.restarts == 1
+    assert removed not in nodes_of(tmp_path / "lost").values()  # the rebuilt population found the new node
+    assert same_state(population_state(straight.run_dir), population_state(result.run_dir))
+
+
+def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpoint(cluster, tiny_config, tmp_path):
+    run_dir = tmp_path / "stranded"
+    started = time.monotonic()
+    try:
+        outcome, _ = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster, "ray.placement_timeout_s=5"),
+                                                run_dir, "fused", replace=False)
+    finally:
+        cluster.add_node(num_cpus=1)  # as the module found it
+    waited = time.monotonic() - started
+    error = outcome["error"]
+    assert isinstance(error, ConfigError)
+    message = str(error)
+    assert "could not place the population's parts" in message and "ray.placement_timeout_s=5" in message
+    assert "'CPU': 1" in message and f"okd-ray train --resume {run_dir}" in message
+    assert waited >= 5
+    assert read_manifest(RunStore(str(run_dir))).epoch >= 1
