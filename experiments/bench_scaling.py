@@ -1,17 +1,22 @@
-"""Step time and exchange volume against population size K, on the Ray engine (afd+ffl: ring and fusion).
+"""Step time, driver time, start-up and exchange volume against population size K, on the Ray engine
+(afd+ffl: ring and fusion).
 
-    python experiments/bench_scaling.py                    # K = 2, 4, 8 small CNNs, batch 64, CIFAR-shaped data
+    python experiments/bench_scaling.py                    # K = 2, 4, 8, 16 small CNNs, batch 64, CIFAR-shaped
     python experiments/bench_scaling.py --smoke-test
 
+Every part gets an equal share of the machine's CPUs (fractional for large K). Per K and transport: the median
+step time, the driver's own time per step (building and submitting the step's calls), the seconds from asking
+for the population to its first step being possible (actors started, collective group or graph built).
 Exchange volume is counted from the tensors one step really moves (their sizes, from a real forward): per
-member on the ring, its predecessor's public map and logits; at the fusion, every member's feature map and
-logits in, and the fused logits and each map's gradient out. Prints a table and writes Parquet.
+member on the ring, its predecessor's public map and logits; at the fusion, every member's feature map,
+logits and labels in, and the fused logits and each map's gradient out. Prints a table and writes Parquet.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,24 +38,41 @@ def nbytes(t) -> int:
 
 
 def exchange_bytes(config) -> tuple[int, int]:
-    """(ring bytes received per member, fusion bytes in + out) for one step, from a real forward."""
+    """(ring bytes received per member, fusion bytes in + out) for one step, from a real step's messages."""
     engine = LocalEngine(config, plan_population(config))
     engine.begin_epoch(0)
-    labels, maps, public, logits = zip(*(m.forward() for m in engine.members))
-    ring = nbytes(public[0]) + nbytes(logits[0])
-    fusion_in = sum(nbytes(f) + nbytes(z) for f, z in zip(maps, logits)) + nbytes(labels[0])
-    fusion_out = len(maps) * nbytes(logits[0]) + sum(nbytes(f) for f in maps)  # fused logits + map gradients
+    sent = [m.forward() for m in engine.population.members]
+    fused = engine.population.fusion.step(*(s.to_fusion for s in sent)).to_members
+    ring = sum(nbytes(t) for t in sent[0].ring)
+    fusion_in = sum(nbytes(t) for s in sent for t in s.to_fusion)
+    fusion_out = sum(nbytes(t) for message in fused for t in message)  # fused logits + each map's gradient
+    engine.close()
     return ring, fusion_in + fusion_out
+
+
+class DriverClock:
+    """Wraps an engine's step submission to time the driver's own work per step (no waiting)."""
+
+    def __init__(self, steps):
+        self.steps, self.seconds = steps, []
+        self.submit_inner = steps.submit
+        steps.submit = self.submit
+
+    def submit(self):
+        started = time.perf_counter()
+        future = self.submit_inner()
+        self.seconds.append(time.perf_counter() - started)
+        return future
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[2, 4, 8])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[2, 4, 8, 16])
     parser.add_argument("--arch", default="cnn16")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--transports", nargs="+", default=["object_store", "compiled"])
+    parser.add_argument("--transports", nargs="+", default=["object_store", "direct", "compiled"])
     parser.add_argument("--address", default=None)
     parser.add_argument("--smoke-test", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_scaling.parquet"))
@@ -58,6 +80,7 @@ def main() -> None:
     if args.smoke_test:
         args.sizes, args.steps, args.warmup = [2, 3], 3, 1
     ray.init(address=args.address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    cpus = ray.cluster_resources().get("CPU", 1)
     total = args.steps + args.warmup
     rows = []
     for k in args.sizes:
@@ -66,24 +89,33 @@ def main() -> None:
                 f"data.batch_size={args.batch_size}", f"data.train_limit={args.batch_size * total}",
                 "data.test_limit=64", "epochs=1", "device=cpu"]
         ring, fusion = exchange_bytes(load_config(None, base))
+        share = int(100 * cpus / (k + 1)) / 100  # K members and the fusion share the machine
         for transport in args.transports:
-            config = load_config(None, [*base, "engine=ray", f"ray.transport={transport}"])
-            engine = RayEngine(config, plan_population(config))
+            config = load_config(None, [*base, "engine=ray", f"ray.transport={transport}", "threads=1",
+                                        f"ray.num_cpus_per_member={share}", f"ray.num_cpus_fusion={share}"])
+            plan = plan_population(config)
+            started = time.perf_counter()
+            engine = RayEngine(config, plan)
+            startup = time.perf_counter() - started
+            clock = DriverClock(engine.steps)
             try:
                 step = statistics.median(step_times(engine, total)[args.warmup:])
             finally:
                 engine.close()
-            rows.append({"members": k, "transport": transport, "batch_size": args.batch_size,
+            rows.append({"members": k, "transport": transport, "batch_size": args.batch_size, "cpus_per_part": share,
                          "median_step_ms": 1000 * step, "images_per_s": args.batch_size / step,
-                         "ring_mb_per_member": ring / 2**20, "fusion_mb": fusion / 2**20,
-                         "total_mb": (k * ring + fusion) / 2**20, "cpus": ray.cluster_resources().get("CPU", 0)})
+                         "driver_ms_per_step": 1000 * statistics.median(clock.seconds[args.warmup:]),
+                         "startup_s": startup, "ring_mb_per_member": ring / 2**20, "fusion_mb": fusion / 2**20,
+                         "total_mb": (k * ring + fusion) / 2**20, "cpus": cpus})
             print(rows[-1], flush=True)
     table = Table(title=f"scaling: afd+ffl, {args.arch} members, batch {args.batch_size}, medians")
-    for c in ["K", "transport", "step ms", "ring MB / member", "fusion MB", "total MB / step"]:
+    for c in ["K", "transport", "step ms", "driver ms", "start-up s", "ring MB / member", "fusion MB",
+              "total MB / step"]:
         table.add_column(c, justify="right")
     for r in rows:
         table.add_row(str(r["members"]), r["transport"], f"{r['median_step_ms']:.1f}",
-                      f"{r['ring_mb_per_member']:.3f}", f"{r['fusion_mb']:.3f}", f"{r['total_mb']:.3f}")
+                      f"{r['driver_ms_per_step']:.2f}", f"{r['startup_s']:.1f}", f"{r['ring_mb_per_member']:.3f}",
+                      f"{r['fusion_mb']:.3f}", f"{r['total_mb']:.3f}")
     Console(width=120).print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), args.out)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -183,7 +184,14 @@ class CompiledSteps:
                     pass
 
     def close(self) -> None:
-        self.graph.teardown()
+        """Called once the actors are gone; Ray logs each dead actor's loop as an error, which it is not here."""
+        quiet = logging.getLogger("ray.dag.compiled_dag_node")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            self.graph.teardown()
+        finally:
+            quiet.setLevel(level)
 
 
 class RecordingPart(RemotePart):
@@ -299,12 +307,14 @@ class RayEngine:
                                      for a, pid in zip(self.actors, self.ids)]))
 
     def close(self) -> None:
-        try:
-            self.steps.close()
-        except Exception:  # a graph whose actors died cannot tear down cleanly; the actors go anyway
-            pass
+        """The actors go first: a compiled graph's loop can stay blocked on a channel read through a graceful
+        teardown (measured: 30 s, then Ray force-kills); with its actors gone the teardown is immediate."""
         for actor in self.actors:
             ray.kill(actor)
+        try:
+            self.steps.close()
+        except Exception:  # noqa: BLE001 - a graph whose actors are gone cannot tear down cleanly
+            pass
         self.resources.release()
 
 
