@@ -12,6 +12,7 @@ from functools import partial
 from okd_ray.errors import ModelError, did_you_mean
 from okd_ray.models.base import FeatureNet, feature_shape
 from okd_ray.models.cnn import SmallCNN
+from okd_ray.models.convstack import ConvStack
 from okd_ray.models.resnet import CifarResNet
 from okd_ray.models.wrn import WideResNet
 
@@ -44,6 +45,10 @@ MODELS: dict[str, Callable[..., FeatureNet]] = {
     "cnn16": partial(SmallCNN, width=16),
     "cnn32": partial(SmallCNN, width=32),
     "cnn64": partial(SmallCNN, width=64),
+    # A small/large pair for CPU studies on 28x28 images: stride-2 stems, (width, depth) per stage;
+    # fmnet-l is fmnet-s plus a third stage (48 x 7 x 7 and 96 x 4 x 4 maps on Fashion-MNIST)
+    "fmnet-s": partial(ConvStack, stages=((16, 2), (48, 2))),
+    "fmnet-l": partial(ConvStack, stages=((16, 2), (48, 2), (96, 2))),
 }
 
 
