@@ -13,7 +13,7 @@ augmentation) they reach about 91.0 % and 92.8 % test top-1 in about 12 and 18 C
 (experiments/bench_small_models.py, results/small_models.parquet).
 """
 
-from torch import Tensor, nn
+from torch import nn
 
 from okd_ray.errors import ModelError
 from okd_ray.models.base import PooledHeadNet
@@ -30,9 +30,10 @@ class ConvStack(PooledHeadNet):
         super().__init__()
         if not stages or any(width < 1 or depth < 1 for width, depth in stages):
             raise ModelError(f"ConvStack needs stages of (width >= 1, depth >= 1), got {stages!r}")
-        layers: list[nn.Module] = []
+        blocks: list[nn.Module] = []
         planes = in_channels
         for width, depth in stages:
+            layers: list[nn.Module] = []
             for i in range(depth):
                 layers += [
                     nn.Conv2d(planes, width, 3, stride=2 if i == 0 else 1, padding=1, bias=False),
@@ -40,11 +41,10 @@ class ConvStack(PooledHeadNet):
                     nn.ReLU(inplace=True),
                 ]
                 planes = width
-        self.body = nn.Sequential(*layers)
+            blocks.append(nn.Sequential(*layers))
+        self.stem = nn.Identity()  # the first stage opens at stride 2: there is no full-resolution stem
+        self.stages = nn.ModuleList(blocks)
+        self.finish = nn.Identity()
         self.fc = nn.Linear(planes, num_classes)
 
         self.init_weights()
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        f = self.body(x)
-        return f, self.head(f)

@@ -61,8 +61,9 @@ def test_parameter_counts(name, count):
 def test_large_member_is_the_small_one_plus_a_stage():
     small = build_model("fmnet-s", in_channels=1, num_classes=10)
     large = build_model("fmnet-l", in_channels=1, num_classes=10)
-    shapes = [p.shape for p in large.body.parameters()]
-    assert shapes[: len(list(small.body.parameters()))] == [p.shape for p in small.body.parameters()]
+    shapes = [p.shape for p in large.stages.parameters()]
+    assert shapes[: len(list(small.stages.parameters()))] == [p.shape for p in small.stages.parameters()]
+    assert len(large.stages) == len(small.stages) + 1
 
 
 def test_bad_stages_are_model_errors():

@@ -92,7 +92,7 @@ def test_bad_depths_are_model_errors():
         WideResNet(depth=18, width=2, in_channels=3, num_classes=10)
 
 
-@pytest.mark.parametrize("name, stages", [("resnet8", 2), ("wrn-16-1", 1), ("cnn16", 1)])
+@pytest.mark.parametrize("name, stages", [("resnet8", 2), ("wrn-16-1", 1), ("cnn16", 1), ("fmnet-l", 2)])
 def test_a_split_net_computes_what_the_whole_net_computes(name, stages):
     torch.manual_seed(0)
     model = build_model(name, in_channels=3, num_classes=10).eval()
