@@ -1,29 +1,39 @@
-"""A CPU-scale study on real data: every method on Fashion-MNIST, the same two members and budget, several seeds.
+"""The Fashion-MNIST study: seven methods on a heterogeneous pair, five paired seeds, trained to convergence.
 
-    python experiments/study_fashion_mnist.py                      # 6 methods x 3 seeds, resumable
-    python experiments/study_fashion_mnist.py --seeds 0 1 2 3 4    # more seeds: finished runs are skipped
+    python experiments/study_fashion_mnist.py                  # every (method, seed) still missing, then the report
+    python experiments/study_fashion_mnist.py --report-only    # the report from the runs already there
 
-Each run is experiments/configs/fashion-mnist/<method>.yaml with its seed; a run whose checkpoint holds its last
-epoch is skipped, an unfinished one resumes from its checkpoint. Writes a table of mean ± std (over seeds) of
-each member's final test top-1, the ensemble's and the fused classifier's, as Parquet and Markdown, and a plot.
+Each (method, seed) is `okd-ray train experiments/configs/fashion-mnist.yaml method.name=M seed=S`, in its own
+folder under --runs and its own process (one torch thread; --jobs at a time). A finished run is skipped and an
+interrupted one resumes, so the command can be stopped and started again. Seeds are paired: a seed gives every
+method the same data order and the same initial weights, so each method's difference to vanilla and to DML is
+taken seed by seed, with a paired t interval. Writes, under experiments/results/:
+study_fashion_mnist.parquet (every run's every epoch), study_fashion_mnist_intervals.parquet (the paired
+differences), study_fashion_mnist.md (tables) and the plots study_fashion_mnist_{curves,differences}.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy import stats
 
-from okd_ray.config import dump_config, load_config
 from okd_ray.checkpoint import read_manifest
-from okd_ray.run import train
+from okd_ray.config import dump_config, load_config
 from okd_ray.storage import RunStore
 
 HERE = Path(__file__).parent
-METHODS = ["vanilla", "dml", "l1", "afd", "ffl", "afd+ffl"]
+CONFIG = HERE / "configs" / "fashion-mnist.yaml"
+METHODS = ["vanilla", "dml", "kdcl", "l1", "afd", "ffl", "afd+ffl"]
+BASELINES = ["vanilla", "dml"]
+PARTS = {"member": None, "ensemble": "ensemble", "fused": "fused"}  # what is compared, by row kind
 
 
 def run_dir(runs: Path, method: str, seed: int) -> Path:
@@ -42,93 +52,194 @@ def finished(folder: Path, config) -> bool:
     return manifest is not None and manifest.epoch >= config.epochs
 
 
-def run_study(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (),
-              config_dir: Path = HERE / "configs" / "fashion-mnist", quiet: bool = True) -> list[dict]:
-    """Train every (method, seed) not finished yet; return the final-epoch rows of all runs, tagged with seed."""
+def train_one(method: str, seed: int, runs: Path, overrides: list[str]) -> str:
+    """One run in its own process (so runs go side by side), resumed if it was interrupted."""
+    folder = run_dir(runs, method, seed)
+    items = [str(CONFIG), f"method.name={method}", f"seed={seed}", *overrides]
+    if finished(folder, load_config(CONFIG, items[1:])):
+        return f"{folder.name}: finished, skipped"
+    command = [sys.executable, "-m", "okd_ray.cli", "train", *items, "--run-dir", str(folder), "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{folder.name} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return f"{folder.name}: trained"
+
+
+def run_study(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (), jobs: int = 2) -> None:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for line in pool.map(lambda ms: train_one(*ms, runs, list(overrides)),
+                             [(m, s) for s in seeds for m in methods]):
+            print(line, flush=True)
+
+
+def collect(methods: list[str], seeds: list[int], runs: Path) -> list[dict]:
+    """Every epoch's rows of every finished run, tagged with its seed."""
     rows = []
     for method in methods:
         for seed in seeds:
-            config = load_config(config_dir / f"{method.replace('+', '-')}.yaml", [f"seed={seed}", *overrides])
-            folder = run_dir(runs, method, seed)
-            if finished(folder, config):
-                print(f"{folder.name}: finished, skipped", flush=True)
-            else:
-                print(f"{folder.name}: training", flush=True)
-                train(config, run_dir=str(folder), quiet=quiet)
-            table = RunStore(str(folder)).read_table("metrics.parquet").to_pylist()
-            last = max(r["epoch"] for r in table)
-            rows += [{**r, "seed": seed} for r in table if r["epoch"] == last]
+            path = run_dir(runs, method, seed) / "metrics.parquet"
+            if path.exists():
+                rows += [{**r, "seed": seed} for r in pq.read_table(path).to_pylist()]
     return rows
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and std over seeds of the final test top-1, per method and part (m0, m1, ensemble, fused)."""
-    groups: dict[tuple[str, str], list[float]] = {}
+def final_top1(rows: list[dict]) -> dict[tuple[str, str, int], float]:
+    """(method, part, seed) -> the last epoch's test top-1; members keyed m0/m1 by their place."""
+    last = {}
     for r in rows:
-        groups.setdefault((r["method"], r["part"]), []).append(r["test_top1"])
-    return [
-        {"method": method, "part": part, "seeds": len(v), "mean_test_top1": statistics.mean(v),
-         "std_test_top1": statistics.stdev(v) if len(v) > 1 else 0.0}
-        for (method, part), v in groups.items()
-    ]
+        key = (r["method"], r["seed"])
+        last[key] = max(last.get(key, r["epoch"]), r["epoch"])
+    out = {}
+    for r in rows:
+        if r["epoch"] == last[r["method"], r["seed"]] and r.get("test_top1") is not None:
+            out[r["method"], part_key(r), r["seed"]] = r["test_top1"]
+    return out
 
 
-def markdown(summary: list[dict]) -> str:
-    parts = list(dict.fromkeys(s["part"] for s in summary))
-    methods = list(dict.fromkeys(s["method"] for s in summary))
-    cell = {(s["method"], s["part"]): s for s in summary}
-    lines = ["| method | " + " | ".join(parts) + " |", "|---" * (len(parts) + 1) + "|"]
+def part_key(row: dict) -> str:
+    return row["part"].split(":")[0] if row["kind"] == "member" else row["kind"]
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Mean of a - b over paired seeds, its standard deviation and a paired-t 95 % interval."""
+    d = [x - y for x, y in zip(a, b)]
+    mean = statistics.mean(d)
+    sd = statistics.stdev(d) if len(d) > 1 else float("nan")
+    half = stats.t.ppf(0.975, len(d) - 1) * sd / len(d) ** 0.5 if len(d) > 1 else float("nan")
+    return {"seeds": len(d), "mean_diff": mean, "sd_diff": sd, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def differences(final: dict, methods: list[str], seeds: list[int]) -> list[dict]:
+    """Each method against each baseline, part by part (the fused classifier against the baseline's ensemble),
+    and the comparisons the papers make: AFD against L1 alignment, FFL's fused classifier against its own parts."""
+    out = []
+
+    def add(kind, method, part, against, against_part):
+        pairs = [(final[method, part, s], final[against, against_part, s]) for s in seeds
+                 if (method, part, s) in final and (against, against_part, s) in final]
+        if len(pairs) > 1:
+            a, b = zip(*pairs)
+            out.append({"comparison": kind, "method": method, "part": part, "against": against,
+                        "against_part": against_part, **paired(list(a), list(b))})
+
+    for baseline in BASELINES:
+        for method in methods:
+            if method != baseline:
+                for part in ("m0", "m1", "ensemble"):
+                    add(f"vs {baseline}", method, part, baseline, part)
+                add(f"vs {baseline}", method, "fused", baseline, "ensemble")
+    for part in ("m0", "m1", "ensemble"):
+        add("afd vs l1", "afd", part, "l1", part)
+    for method in ("ffl", "afd+ffl"):
+        for part in ("m0", "m1", "ensemble"):
+            add("fused vs own parts", method, "fused", method, part)
+    return out
+
+
+def established(row: dict) -> str:
+    """A difference is established when its 95 % interval excludes zero."""
+    return "yes" if row["ci_low"] > 0 or row["ci_high"] < 0 else "no"
+
+
+def markdown(final: dict, diffs: list[dict], rows: list[dict], methods: list[str], seeds: list[int]) -> str:
+    parts = ["m0", "m1", "ensemble", "fused"]
+    names = {p: next((r["part"] for r in rows if part_key(r) == p), p) for p in parts}
+    lines = [f"Test top-1 (%) on all 10,000 Fashion-MNIST test images after the last epoch, mean ± std over seeds "
+             f"{', '.join(map(str, seeds))}.", "", "| method | " + " | ".join(names[p] for p in parts) + " |",
+             "|---" * (len(parts) + 1) + "|"]
     for m in methods:
-        values = [f"{cell[m, p]['mean_test_top1']:.2f} ± {cell[m, p]['std_test_top1']:.2f}" if (m, p) in cell else ""
-                  for p in parts]
-        lines.append(f"| {m} | " + " | ".join(values) + " |")
-    seeds = max(s["seeds"] for s in summary)
-    return "\n".join(lines) + f"\n\nTest top-1 (%), mean ± std over {seeds} seeds.\n"
+        cells = []
+        for p in parts:
+            v = [final[m, p, s] for s in seeds if (m, p, s) in final]
+            cells.append(f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences (percentage points, method minus the other, seed by seed), with a paired-t "
+              "95 % interval; *established* when the interval excludes zero.", "",
+              "| comparison | method | part | against | mean | 95 % interval | established |", "|---" * 7 + "|"]
+    for d in diffs:
+        against = d["against"] + ("" if d["against_part"] == d["part"] else f" {d['against_part']}")
+        lines.append(f"| {d['comparison']} | {d['method']} | {names.get(d['part'], d['part'])} | {against} | "
+                     f"{d['mean_diff']:+.2f} | [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | {established(d)} |")
+    return "\n".join(lines) + "\n"
 
 
-def plot(summary: list[dict], path: Path) -> None:
-    import matplotlib
+def curves(rows: list[dict], methods: list[str]) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """(method, part) -> [(epoch, mean test top-1 over seeds)]."""
+    acc: dict[tuple[str, str, int], list[float]] = {}
+    for r in rows:
+        if r.get("test_top1") is not None:
+            acc.setdefault((r["method"], part_key(r), r["epoch"]), []).append(r["test_top1"])
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for (method, part, epoch), values in sorted(acc.items(), key=lambda kv: kv[0][2]):
+        out.setdefault((method, part), []).append((epoch, statistics.mean(values)))
+    return {k: v for k, v in out.items() if k[0] in methods}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    parts = list(dict.fromkeys(s["part"] for s in summary))
-    methods = list(dict.fromkeys(s["method"] for s in summary))
-    cell = {(s["method"], s["part"]): s for s in summary}
-    width = 0.8 / len(parts)
-    fig, ax = plt.subplots(figsize=(1.4 * len(methods) + 2, 4))
-    for i, part in enumerate(parts):
-        xs = [j + i * width for j, m in enumerate(methods) if (m, part) in cell]
-        ys = [cell[m, part]["mean_test_top1"] for m in methods if (m, part) in cell]
-        es = [cell[m, part]["std_test_top1"] for m in methods if (m, part) in cell]
-        ax.bar(xs, ys, width, yerr=es, capsize=3, label=part)
-    ax.set_xticks([j + width * (len(parts) - 1) / 2 for j in range(len(methods))], methods)
-    ax.set_ylabel("test top-1 (%)")
-    low = min(s["mean_test_top1"] - s["std_test_top1"] for s in summary)
-    ax.set_ylim(max(0.0, low - 2), None)
-    ax.legend(ncol=len(parts), fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def plot_curves(curve: dict, methods: list[str], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4), dpi=110)
+    axes = figure.subplots(1, 3, sharey=True)
+    for ax, part in zip(axes, ("m0", "m1", "ensemble")):
+        for method in methods:
+            if (method, part) in curve:
+                xs, ys = zip(*curve[method, part])
+                ax.plot(xs, ys, marker=".", label=method, linewidth=2.5 if method == "vanilla" else 1.2)
+        ax.set_title(f"{part}: test top-1, mean over seeds")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test top-1 (%)")
+    axes[-1].legend(fontsize="small")
+    figure.suptitle("Fashion-MNIST study: test top-1 per epoch (vanilla bold)")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def plot_differences(diffs: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    shown = [d for d in diffs if d["comparison"] == "vs vanilla"]
+    figure = Figure(figsize=(7, 0.28 * len(shown) + 1.2), dpi=110)
+    ax = figure.subplots()
+    for i, d in enumerate(shown):
+        ax.errorbar(d["mean_diff"], i, xerr=[[d["mean_diff"] - d["ci_low"]], [d["ci_high"] - d["mean_diff"]]],
+                    fmt="o", color="tab:blue" if established(d) == "yes" else "tab:gray", capsize=3)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(shown)), [f"{d['method']} {d['part']}" for d in shown], fontsize="small")
+    ax.invert_yaxis()
+    ax.set_xlabel("difference to vanilla (points), paired 95 % interval")
+    ax.set_title("Each method minus vanilla, seed by seed (blue: interval excludes 0)")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def report(methods: list[str], seeds: list[int], runs: Path, out: Path) -> str:
+    rows = collect(methods, seeds, runs)
+    final = final_top1(rows)
+    diffs = differences(final, methods, seeds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out.with_suffix(".parquet"))
+    pq.write_table(pa.Table.from_pylist(diffs), out.parent / f"{out.name}_intervals.parquet")
+    text = markdown(final, diffs, rows, methods, seeds)
+    out.with_suffix(".md").write_text(text)
+    plot_curves(curves(rows, methods), methods, out.parent / f"{out.name}_curves.png")
+    plot_differences(diffs, out.parent / f"{out.name}_differences.png")
+    return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=METHODS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--runs", default="runs/study-fashion-mnist", help="where the runs' folders go")
-    parser.add_argument("--out", default=str(HERE / "results" / "study_fashion_mnist"), help="table and plot prefix")
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one torch thread each)")
+    parser.add_argument("--out", default=str(HERE / "results" / "study_fashion_mnist"), help="results prefix")
+    parser.add_argument("--report-only", action="store_true", help="no training: the report of the runs there are")
     parser.add_argument("overrides", nargs="*", help="key=value for every run (the same budget for all methods)")
     args = parser.parse_args()
-    rows = run_study(args.methods, args.seeds, Path(args.runs), args.overrides)
-    summary = summarize(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(summary), out.with_suffix(".parquet"))
-    out.with_suffix(".md").write_text(markdown(summary))
-    plot(summary, out.with_suffix(".png"))
-    print(markdown(summary))
-    print(f"wrote {out}.parquet, .md, .png")
+    if not args.report_only:
+        run_study(args.methods, args.seeds, Path(args.runs), args.overrides, args.jobs)
+    print(report(args.methods, args.seeds, Path(args.runs), Path(args.out)))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from ray.experimental.collective import create_collective_group
 from ray.exceptions import GetTimeoutError, RayActorError, RayChannelError, RayChannelTimeoutError, RayTaskError
 
 from okd_ray.config import TrainConfig, validate
-from okd_ray.errors import OkdRayError, PopulationLost
+from okd_ray.errors import ConfigError, OkdRayError, PopulationLost
 from okd_ray.metrics import EpochMeters, test_accuracy
 from okd_ray.population import (PartId, Population, PopulationPlan, StepMetrics, build_part, part_class, parts_of,
                                 population_eval, population_step)
@@ -215,6 +215,13 @@ class RayEngine:
         self.config, self.plan = config, plan
         self.ids = parts_of(config)
         self.resources: PartResources = reserve(config)
+        self.transport = config.ray.transport if config.ray.transport != "auto" else auto_transport(self.resources)
+        if self.transport == "direct":
+            try:
+                check_direct(self.resources)
+            except ConfigError:
+                self.resources.release()
+                raise
         raw, run_id = config.model_dump(mode="json"), uuid.uuid4().hex[:8]
 
         def start(i: int, pid: PartId):
@@ -229,7 +236,6 @@ class RayEngine:
             "parts": [{"part": pid.name, "bundle": self.resources.bundle(i), **w}
                       for i, (pid, w) in enumerate(zip(self.ids, where))],
         }
-        self.transport = config.ray.transport if config.ray.transport != "auto" else auto_transport(self.resources)
         self.steps = self._guard(self._make_steps)
 
     def handles(self, **mode: Any) -> list[RemotePart]:
@@ -241,9 +247,9 @@ class RayEngine:
             return CompiledSteps(self.actors, self.ids, len(self.config.members), needs)
         mode = {}
         if self.transport == "direct":
-            backend = "nccl" if self.resources.gpus_per_part() else "torch_gloo"
-            create_collective_group(self.actors, backend=backend)
-            mode = {"tensor_transport": "nccl" if backend == "nccl" else "gloo"}
+            nccl = bool(self.resources.gpus_per_part())
+            create_collective_group(self.actors, backend="nccl" if nccl else "torch_gloo")
+            mode = {"tensor_transport": "nccl" if nccl else "gloo"}
         return CallSteps(Population.of(self.ids, self.handles(**mode), needs))
 
     def _guard(self, fn: Callable[[], Any]) -> Any:
@@ -319,5 +325,20 @@ class RayEngine:
 
 
 def auto_transport(resources: PartResources) -> str:
-    """``direct`` (NCCL) between GPUs; on CPUs what ``experiments/bench_engine.py`` measured fastest."""
-    return "direct" if resources.gpus_per_part() else "object_store"
+    """``direct`` (NCCL) when every part has its own GPU (not measured yet); on a shared GPU and on CPUs,
+    what ``experiments/bench_engine.py`` measured fastest (README, "What the engines cost")."""
+    gpus = [b.get("GPU", 0) for b in resources.bundles]
+    if gpus and min(gpus) >= 1:
+        return "direct"
+    return "compiled" if any(gpus) else "object_store"
+
+
+def check_direct(resources: PartResources) -> None:
+    """NCCL needs one whole GPU per part (two ranks on one GPU are refused: NCCL_ERROR_INVALID_USAGE, measured
+    on an H100); gloo needs every part on the CPU."""
+    gpus = [b.get("GPU", 0) for b in resources.bundles]
+    if any(gpus) and min(gpus) < 1:
+        raise ConfigError(
+            f"ray.transport=direct: the parts' GPU shares are {gpus}; NCCL needs one whole GPU per part, members "
+            "and fusion alike. Set ray.num_gpus_per_member=1 and ray.num_gpus_fusion=1 on a cluster with that many "
+            "GPUs, or use ray.transport=compiled (measured fastest on a shared GPU) or object_store")

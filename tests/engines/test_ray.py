@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from okd_ray.checkpoint import MANIFEST
+from okd_ray.engines.ray_engine import auto_transport, check_direct
+from okd_ray.engines.resources import PartResources
 from okd_ray.run import train
 from okd_ray.errors import ConfigError
 
@@ -96,3 +98,22 @@ def test_unmeetable_resources_are_a_clear_error(ray_cluster, tiny_config):
     config = tiny_config("engine=ray", "ray.num_gpus_per_member=4")
     with pytest.raises(ConfigError, match=r"needs 8 GPU .* the cluster has 0; set ray.num_gpus_per_member=0"):
         train(config, quiet=True)
+
+
+def bundles(*gpus):
+    return PartResources(group=None, bundles=[{"CPU": 1, **({"GPU": g} if g else {})} for g in gpus], first_bundle=0,
+                         owned=False)
+
+
+def test_auto_transport_follows_what_was_measured():
+    assert auto_transport(bundles(0, 0, 0)) == "object_store"  # CPUs
+    assert auto_transport(bundles(0.5, 0.5)) == "compiled"  # parts sharing a GPU (measured on an H100)
+    assert auto_transport(bundles(1, 1, 1)) == "direct"  # a GPU each: NCCL
+
+
+def test_direct_transport_on_a_shared_gpu_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match=r"NCCL needs one whole GPU per part.*ray.num_gpus_fusion=1"):
+        check_direct(bundles(0.5, 0.5, 0.5))
+    with pytest.raises(ConfigError, match="GPU shares are \\[1, 1, 0\\]"):
+        check_direct(bundles(1, 1, 0))  # the fusion on the CPU could not join an NCCL group
+    check_direct(bundles(0, 0, 0))  # gloo

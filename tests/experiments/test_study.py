@@ -1,8 +1,9 @@
-"""The Fashion-MNIST study script: finished runs are skipped, so it can be rerun and extended."""
+"""The Fashion-MNIST study script: resumable runs side by side, and the paired intervals of its report."""
 
 import importlib.util
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).parents[2]
@@ -10,33 +11,37 @@ spec = importlib.util.spec_from_file_location("study", ROOT / "experiments" / "s
 study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)
 
-DIGITS = ["data.name=digits", "epochs=1", "data.train_limit=256", "data.test_limit=128", "data.batch_size=32"]
+DIGITS = ["data.name=digits", "epochs=2", "data.train_limit=256", "data.test_limit=128", "data.batch_size=32"]
 
 
-def test_finished_runs_are_skipped(tmp_path, capsys):
-    runs = tmp_path / "runs"
-    first = study.run_study(["vanilla", "afd+ffl"], [0, 1], runs, DIGITS)
-    assert "training" in capsys.readouterr().out
+def test_runs_are_resumable_and_the_report_pairs_seeds(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "results" / "study"
+    study.run_study(["vanilla", "ffl"], [0, 1], runs, DIGITS, jobs=2)
+    assert capsys.readouterr().out.count("trained") == 4
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("manifest.json")}
-    assert len(stamps) == 4
+    study.run_study(["vanilla", "ffl"], [0, 1, 2], runs, DIGITS, jobs=2)  # one more seed: only it trains
+    out_text = capsys.readouterr().out
+    assert out_text.count("finished, skipped") == 4 and out_text.count("trained") == 2
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
-    again = study.run_study(["vanilla", "afd+ffl"], [0, 1], runs, DIGITS)
-    out = capsys.readouterr().out
-    assert out.count("finished, skipped") == 4 and "training" not in out
-    assert {p: p.stat().st_mtime_ns for p in runs.rglob("manifest.json")} == stamps
-    assert again == first
-
-    extended = study.run_study(["vanilla"], [0, 1, 2], runs, DIGITS)  # one more seed: only it trains
-    assert capsys.readouterr().out.count("training") == 1 and len({r["seed"] for r in extended}) == 3
+    text = study.report(["vanilla", "ffl"], [0, 1, 2], runs, out)
+    diffs = pq.read_table(out.parent / "study_intervals.parquet").to_pylist()
+    final = study.final_top1(pq.read_table(out.with_suffix(".parquet")).to_pylist())
+    m0 = next(d for d in diffs if d["comparison"] == "vs vanilla" and d["part"] == "m0")
+    assert m0["seeds"] == 3
+    assert m0["mean_diff"] == pytest.approx(sum(final["ffl", "m0", s] - final["vanilla", "m0", s] for s in range(3)) / 3)
+    assert any(d["comparison"] == "fused vs own parts" for d in diffs) and "| ffl |" in text
+    for name in ("study_curves.png", "study_differences.png"):
+        assert (out.parent / name).stat().st_size > 1000
 
     with pytest.raises(SystemExit, match="another config"):  # a changed budget never mixes with old runs
         study.run_study(["vanilla"], [0], runs, [*DIGITS, "data.train_limit=300"])
 
 
-def test_summary_is_mean_and_std_over_seeds(tmp_path):
-    rows = [{"method": "afd", "part": "m0:cnn16", "test_top1": v} for v in (80.0, 82.0, 84.0)]
-    (summary,) = study.summarize(rows)
-    assert summary["mean_test_top1"] == 82.0 and summary["std_test_top1"] == 2.0 and summary["seeds"] == 3
-    assert "82.00 ± 2.00" in study.markdown([summary])
-    study.plot([summary], tmp_path / "plot.png")
-    assert (tmp_path / "plot.png").stat().st_size > 1000
+def test_paired_interval_by_hand():
+    d = study.paired([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])  # differences 1, 2, 3: mean 2, sd 1
+    half = 4.302652729911275 / 3**0.5  # t(0.975, 2 degrees of freedom) · sd / √n
+    assert d["mean_diff"] == 2.0 and d["sd_diff"] == 1.0
+    assert d["ci_low"] == pytest.approx(2 - half) and d["ci_high"] == pytest.approx(2 + half)
+    assert study.established(d) == "no"  # [-0.48, 4.48] holds zero
+    assert study.established(study.paired([2.0, 3.0, 4.0], [0.0, 0.0, 0.0])) == "yes"  # [0.52, 5.48]
