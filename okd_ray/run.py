@@ -34,7 +34,7 @@ class RunResult:
 
 def new_run_dir(config: TrainConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return f"{config.output_dir.rstrip('/')}/{config.name}-{stamp}"
+    return f"{config.output_dir.rstrip('/')}/{config.run_name}-{stamp}"
 
 
 EpochCallback = Callable[[int, list[dict], bool], None]  # (epoch, its rows, whether a checkpoint was saved)
@@ -134,7 +134,7 @@ def make_rows(config: TrainConfig, epoch: int, lrs, train_stats, test_stats, sec
     """One row per part, plus the ensemble's: every loss term, accuracy and learning rate it reported."""
     rows = []
     for pid in [*parts_of(config), *([PartId("ensemble")] if "ensemble" in test_stats else [])]:
-        row = {"run": config.name, "method": config.method.name, "epoch": epoch, "part": pid.name,
+        row = {"run": config.run_name, "method": config.method.name, "epoch": epoch, "part": pid.name,
                "kind": pid.kind, "arch": pid.arch}
         for stats in (train_stats, test_stats, lrs):
             row.update(stats.get(pid.name, {}))

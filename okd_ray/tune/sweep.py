@@ -61,7 +61,7 @@ class Sweep:
 def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -> Sweep:
     config = validate(raw_config)
     space = parse_space(raw_space, raw_config)
-    options.name = options.name or config.name
+    options.name = options.name or config.run_name
     valid = metric_names(config)
     if len(options.modes) == 1 and len(options.metrics) > 1:
         options.modes = options.modes * len(options.metrics)
