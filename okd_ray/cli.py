@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.console import Console
+from rich.text import Text
 
 from okd_ray.errors import OkdRayError
+from okd_ray.terminal import console
 
 
 def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except OkdRayError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), str(e)))
         return 2
 
 

@@ -22,6 +22,9 @@ def run_cli(capsys, *args):
         (["method.transfer.learn=false"], ["method.transfer.learn", "set method.transfer.learn=true"]),
         (["missing.yaml"], ["missing.yaml", "not found"]),
         (["epochs=-1"], ["epochs", "greater than or equal to 1"]),
+        (["epoch=3"], ["epoch: unknown key; did you mean epochs?"]),
+        (["members.1.arch=tv:resnet_nope"], ["members.1.arch: unknown torchvision", "'resnet_nope'", "resnet18"]),
+        (["search={method.kl_weight: {uniform: [0, 1]}}"], ["the search space is no override"]),
     ],
 )
 def test_bad_input_is_a_clear_error(capsys, tmp_path, args, expected):
@@ -40,3 +43,11 @@ def test_train_runs_and_writes_its_folder(capsys, tmp_path):
     (run_dir,) = list(tmp_path.iterdir())
     assert {"config.yaml", "metrics.parquet", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
     assert "m0:cnn16" in out and "test@1" in out
+
+
+def test_names_print_as_they_are(capsys, tmp_path):
+    """rich would print m1:tv:resnet18 as m1📺resnet18 (and take [...] for markup)."""
+    code, out, err = run_cli(capsys, "train", "members.1.arch=tv:resnet18", "epochs=1", "data.train_limit=64",
+                             "data.test_limit=32", "data.batch_size=32", f"output_dir={tmp_path}")
+    assert code == 0, err
+    assert "m1:tv:resnet18" in out and "📺" not in out
