@@ -7,7 +7,7 @@ import sys
 
 from rich.text import Text
 
-from okd_ray.errors import OkdRayError
+from okd_ray.errors import Interrupted, OkdRayError
 from okd_ray.terminal import console
 
 
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 a user error, 130 interrupted."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # key=value items may come after options too
     if extra and (not hasattr(args, "items") or any(item.startswith("-") for item in extra)):
@@ -117,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except OkdRayError as e:
-        console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), str(e)))
-        return 2
+        prefix = "" if isinstance(e, Interrupted) else "error: "  # an interruption is no error: it says how to go on
+        console(stderr=True, soft_wrap=True).print(Text.assemble((prefix, "bold red"), str(e)))
+        return 130 if isinstance(e, Interrupted) else 2
 
 
 if __name__ == "__main__":

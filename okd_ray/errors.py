@@ -30,5 +30,9 @@ class TrainingDiverged(OkdRayError, RuntimeError):
     """A loss became NaN or infinite; the message names member, term, epoch and step."""
 
 
+class Interrupted(OkdRayError):
+    """The user stopped the work (Ctrl-C); the message says what was kept and the command that continues it."""
+
+
 class PopulationLost(OkdRayError, RuntimeError):
     """An actor of the population died; the run restarts from its last checkpoint (ray.max_restarts)."""

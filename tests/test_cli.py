@@ -1,8 +1,12 @@
 """The okd-ray command: bad input gets a clear error that names the fix, before any work starts."""
 
+from pathlib import Path
+
 import pytest
 
 from okd_ray.cli import main
+
+SWEEP = Path(__file__).parents[1] / "experiments" / "configs" / "tune-digits.yaml"
 
 
 def run_cli(capsys, *args):
@@ -51,3 +55,23 @@ def test_names_print_as_they_are(capsys, tmp_path):
                              "data.test_limit=32", "data.batch_size=32", f"output_dir={tmp_path}")
     assert code == 0, err
     assert "m1:tv:resnet18" in out and "📺" not in out
+
+
+@pytest.mark.parametrize(
+    "args, files, expected",
+    [
+        (["train", "bad.yaml"], {"bad.yaml": "epochs: 2\nmembers: [{arch: cnn16}\n"},
+         ["bad.yaml, line 3, column 1: YAML syntax error", "from line 2, column 10", "fix the YAML there"]),
+        (["tune", SWEEP, "--space", "space.yaml"], {"space.yaml": "search:\n  method.kl_weight: {uniform: [0, 1]\n"},
+         ["space.yaml, line 3, column 1: YAML syntax error", "fix the YAML there"]),
+        (["train", "members=[{arch: cnn16"], {},
+         ["the value of override 'members=[{arch: cnn16', line 1, column 14: YAML syntax error", "close its brackets"]),
+    ],
+    ids=["config", "space", "override"],
+)
+def test_yaml_syntax_errors_name_the_file_and_line_without_a_traceback(okd_ray, tmp_path, args, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    okd_ray.assert_error(okd_ray.run(*args), 2, *expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files), "an error wrote something"
+

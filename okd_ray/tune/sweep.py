@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 from rich.table import Table
 
-from okd_ray.config import TrainConfig, apply_overrides, dump_config, read_raw, validate
+from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
 from okd_ray.engines import connect, part_bundles
 from okd_ray.population import parts_of
 from okd_ray.errors import ConfigError
@@ -214,8 +214,8 @@ def load_sweep_files(config_path: str | None, overrides: list[str], space_path: 
     if space_path is not None:
         if not Path(space_path).is_file():
             raise ConfigError(f"--space {space_path!r} not found")
-        loaded = yaml.safe_load(Path(space_path).read_text()) or {}
-        raw_space = loaded.get("search", loaded)
+        loaded = load_yaml(Path(space_path).read_text(), space_path) or {}
+        raw_space = loaded.get("search", loaded) if isinstance(loaded, dict) else loaded
     if raw_space is None:
         raise ConfigError("no search space: add a top-level 'search:' mapping to the config, or give --space FILE")
     return apply_overrides(raw, overrides), raw_space
