@@ -34,5 +34,9 @@ class Interrupted(OkdRayError):
     """The user stopped the work (Ctrl-C); the message says what was kept and the command that continues it."""
 
 
+class NoResult(OkdRayError):
+    """The work ran but nothing of it can be used (no trial of a sweep finished); exit code 1, not 2."""
+
+
 class PopulationLost(OkdRayError, RuntimeError):
     """An actor of the population died; the run restarts from its last checkpoint (ray.max_restarts)."""

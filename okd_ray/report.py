@@ -15,6 +15,7 @@ from rich.table import Table
 from okd_ray.errors import ConfigError
 from okd_ray.storage import RunStore
 
+SEARCH = "search.yaml"  # a sweep's metric, mode, number of trials and search space, written by okd-ray tune
 RUN_COLUMNS = ["part", "test_top1", "test_top5", "train_top1", "ce"]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,6 +15,7 @@ from okd_ray.checkpoint import FOLDER as CHECKPOINTS
 from okd_ray.checkpoint import MANIFEST
 from okd_ray.config import TrainConfig, apply_overrides, validate
 from okd_ray.engines import part_bundles
+from okd_ray.errors import TrainingDiverged
 from okd_ray.metrics import TIMINGS
 from okd_ray.population import PartId, parts_of
 from okd_ray.population.fusion import COLUMNS as FUSION_COLUMNS
@@ -57,8 +60,13 @@ def trial_resources(config: TrainConfig, cpus_per_trial: float) -> tune.Placemen
                                       strategy=config.ray.placement.upper())
 
 
-def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
-    """The Tune function trainable: the base config with this trial's sampled values, run epoch by epoch."""
+def run_trial(params: dict[str, Any], raw_config: dict[str, Any], quiet: bool = False) -> None:
+    """The Tune function trainable: the base config with this trial's sampled values, run epoch by epoch.
+
+    A trial that diverges ends with its metrics NaN and a ``diverged`` message instead of an error: the same
+    values would diverge again, so Tune's retries (meant for lost workers) would only repeat it."""
+    if quiet:
+        logging.getLogger("ray.train").setLevel(logging.WARNING)  # Tune's "Checkpoint successfully created" lines
     config = validate(apply_overrides(raw_config, params_to_overrides(params)))
     run_dir = Path(tune.get_context().get_trial_dir()) / "run"
     restored = tune.get_checkpoint()
@@ -79,4 +87,7 @@ def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
             shutil.copytree(run_dir / CHECKPOINTS, Path(folder) / CHECKPOINTS)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    train(config, run_dir=str(run_dir), quiet=True, on_epoch=report)
+    try:
+        train(config, run_dir=str(run_dir), quiet=True, on_epoch=report)
+    except TrainingDiverged as e:
+        tune.report({**{name: math.nan for name in metric_names(config)}, "diverged": str(e)})
