@@ -55,8 +55,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         name=args.name, cpus_per_trial=args.cpus_per_trial, resume=args.resume, overwrite=args.overwrite,
         quiet=args.quiet, resume_command=resume_command(args.argv),
     )
-    rows = run_sweep(prepare(raw_config, raw_space, options), address=args.address)
-    return 0 if rows else 1
+    run_sweep(prepare(raw_config, raw_space, options), address=args.address)  # raises unless a trial finished
+    return 0
 
 
 def resume_command(argv: list[str]) -> str:
@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         prefix = "" if isinstance(e, Interrupted) else "error: "  # an interruption is no error: it says how to go on
         console(stderr=True, soft_wrap=True).print(Text.assemble((prefix, "bold red"), str(e)))
         return 130 if isinstance(e, Interrupted) else 1 if isinstance(e, NoResult) else 2
+    except KeyboardInterrupt:  # Ctrl-C before a run or a sweep began: nothing of it was written
+        console(stderr=True).print("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

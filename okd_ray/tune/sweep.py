@@ -150,14 +150,17 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> list[dict]:
     store = RunStore(sweep.path)
     if sweep.options.overwrite:
         store.delete()
-    if not sweep.options.resume:  # what the report needs to draw each searched key on the right axis
+    try:
+        with ray_output(sweep.options.quiet):
+            connect(address)
+            _resolve_auto_resources(sweep)
+            results = tuner(sweep).fit()  # the first Ctrl-C stops the trials and saves the sweep's state
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over
+        raise Interrupted(f"sweep interrupted; continue with: {sweep.options.resume_command}") from None
+    if not sweep.options.resume:  # how --resume goes on, and what the report needs to draw each key's axis
         store.write_text(SEARCH, yaml.safe_dump({"metric": sweep.options.metrics, "mode": sweep.options.modes,
                                                  "num_samples": sweep.options.num_samples,
                                                  "search": sweep.raw_space}, sort_keys=False))
-    with ray_output(sweep.options.quiet):
-        connect(address)
-        _resolve_auto_resources(sweep)
-        results = tuner(sweep).fit()
     trials = tune.ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials
     rows = trial_rows(trials, sweep)
     finished = [r for r in rows if r["status"] in FINISHED]
