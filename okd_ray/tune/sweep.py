@@ -16,13 +16,14 @@ from typing import Any
 
 import optuna
 import pyarrow as pa
+import ray
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search.optuna import OptunaSearch
 
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
-from okd_ray.engines import connect, part_bundles
+from okd_ray.engines import part_bundles
 from okd_ray.errors import ConfigError, Interrupted, NoResult
 from okd_ray.population import parts_of
 from okd_ray.report import SEARCH
@@ -103,7 +104,7 @@ def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -
 def tuner(sweep: Sweep) -> tune.Tuner:
     opts, config = sweep.options, sweep.config
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, raw_config=sweep.raw_config, quiet=opts.quiet),
+        tune.with_parameters(run_trial, raw_config=sweep.raw_config),
         trial_resources(config, opts.cpus_per_trial),
     )
     run_config = tune.RunConfig(
@@ -152,7 +153,9 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> list[dict]:
         store.delete()
     try:
         with ray_output(sweep.options.quiet):
-            connect(address)
+            if not ray.is_initialized():  # trials print nothing of their own (each run is quiet), so their
+                # workers' output (Tune's checkpoint lines, workers stopped at the end) stays in Ray's log files
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
             _resolve_auto_resources(sweep)
             results = tuner(sweep).fit()  # the first Ctrl-C stops the trials and saves the sweep's state
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over
@@ -161,7 +164,8 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> list[dict]:
         store.write_text(SEARCH, yaml.safe_dump({"metric": sweep.options.metrics, "mode": sweep.options.modes,
                                                  "num_samples": sweep.options.num_samples,
                                                  "search": sweep.raw_space}, sort_keys=False))
-    trials = tune.ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials
+    with ray_output(quiet=True):  # each trial's status, read back without repeating Tune's warnings
+        trials = tune.ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials
     rows = trial_rows(trials, sweep)
     finished = [r for r in rows if r["status"] in FINISHED]
     best = best_row(finished, sweep)
@@ -197,7 +201,7 @@ ENDED = ("diverged", "error")  # trials that ended without a result
 @contextlib.contextmanager
 def ray_output(quiet: bool):
     """Never Tune's ``Tuner.restore(...)`` hint (okd-ray prints its own command); with ``quiet``, nothing of
-    Ray's, Tune's or Optuna's own output either."""
+    the driver's Ray, Tune or Optuna output either."""
     logging.getLogger("ray.tune.tune").addFilter(_no_restore_hint)
     if not quiet:
         yield
@@ -293,7 +297,8 @@ def _sort_value(value: Any) -> float:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)  # trials.parquet holds every digit
+    """Three digits for the screen; trials.parquet holds them all."""
+    return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _absolute(path: str) -> str:

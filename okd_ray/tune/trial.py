@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import shutil
 import tempfile
@@ -60,13 +59,11 @@ def trial_resources(config: TrainConfig, cpus_per_trial: float) -> tune.Placemen
                                       strategy=config.ray.placement.upper())
 
 
-def run_trial(params: dict[str, Any], raw_config: dict[str, Any], quiet: bool = False) -> None:
+def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
     """The Tune function trainable: the base config with this trial's sampled values, run epoch by epoch.
 
     A trial that diverges ends with its metrics NaN and a ``diverged`` message instead of an error: the same
     values would diverge again, so Tune's retries (meant for lost workers) would only repeat it."""
-    if quiet:
-        logging.getLogger("ray.train").setLevel(logging.WARNING)  # Tune's "Checkpoint successfully created" lines
     config = validate(apply_overrides(raw_config, params_to_overrides(params)))
     run_dir = Path(tune.get_context().get_trial_dir()) / "run"
     restored = tune.get_checkpoint()
