@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
-from rich.console import Console
+from rich.text import Text
 
-from okd_ray.errors import OkdRayError
+from okd_ray.errors import Interrupted, NoResult, OkdRayError
+from okd_ray.terminal import console
 
 
 def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
@@ -50,10 +52,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     options = SweepOptions(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, scheduler=args.scheduler,
         metrics=args.metric.split(","), modes=args.mode.split(","), storage_path=args.storage_path,
-        name=args.name, cpus_per_trial=args.cpus_per_trial, resume=args.resume, quiet=args.quiet,
+        name=args.name, cpus_per_trial=args.cpus_per_trial, resume=args.resume, overwrite=args.overwrite,
+        quiet=args.quiet, resume_command=resume_command(args.argv),
     )
-    rows = run_sweep(prepare(raw_config, raw_space, options), address=args.address)
-    return 0 if rows else 1
+    run_sweep(prepare(raw_config, raw_space, options), address=args.address)  # raises unless a trial finished
+    return 0
+
+
+def resume_command(argv: list[str]) -> str:
+    """The exact command that continues the sweep ``argv`` started: the same arguments, with ``--resume``."""
+    return shlex.join(["okd-ray", *(a for a in argv if a not in ("--resume", "--overwrite")), "--resume"])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -93,10 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "comma-separated for a multi-objective search (with --scheduler none)")
     tune.add_argument("--mode", default="max", help="max or min (comma-separated, one per metric)")
     tune.add_argument("--storage-path", default="runs/tune", help="local folder or s3:// / gs:// URI")
-    tune.add_argument("--name", default=None, help="the sweep's folder under --storage-path (default: config name)")
+    tune.add_argument("--name", default=None,
+                      help="the sweep's folder under --storage-path (default: the config's name, or DATA-METHOD)")
     tune.add_argument("--address", help="the Ray cluster to join; default: start a local one")
     tune.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs of a trial with engine=local")
     tune.add_argument("--resume", action="store_true", help="continue the interrupted sweep --storage-path/--name")
+    tune.add_argument("--overwrite", action="store_true", help="replace an earlier sweep --storage-path/--name")
     tune.add_argument("--quiet", action="store_true", help="print nothing but errors and the final table")
     tune.set_defaults(func=cmd_tune)
 
@@ -107,17 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 nothing usable came out (no trial finished), 2 a user error, 130 interrupted."""
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # key=value items may come after options too
     if extra and (not hasattr(args, "items") or any(item.startswith("-") for item in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.items = args.items + extra
+    args.argv = argv
     try:
         return args.func(args)
     except OkdRayError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
-        return 2
+        prefix = "" if isinstance(e, Interrupted) else "error: "  # an interruption is no error: it says how to go on
+        console(stderr=True, soft_wrap=True).print(Text.assemble((prefix, "bold red"), str(e)))
+        return 130 if isinstance(e, Interrupted) else 1 if isinstance(e, NoResult) else 2
+    except KeyboardInterrupt:  # Ctrl-C before a run or a sweep began: nothing of it was written
+        console(stderr=True).print("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

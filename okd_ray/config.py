@@ -136,7 +136,7 @@ class RayConfig(Strict):
 
 
 class TrainConfig(Strict):
-    name: str = "run"
+    name: str | None = None  # labels the run and prefixes its folder; None: {data.name}-{method.name}
     seed: int = 0
     epochs: int = Field(10, ge=1)
     members: list[MemberConfig] = Field(min_length=1)
@@ -159,6 +159,11 @@ class TrainConfig(Strict):
     # Modules or .py files that register terms and methods; imported before the config is validated,
     # in the driver, in every Ray actor and in every Tune trial.
     plugins: list[str] = []
+
+    @property
+    def run_name(self) -> str:
+        """``name``, or what ran (``digits-ffl``): a run folder is named after the run it holds."""
+        return self.name or f"{self.data.name}-{self.method.name}"
 
     @model_validator(mode="after")
     def _population_fits_method(self) -> TrainConfig:
@@ -208,10 +213,24 @@ def read_raw(path: str | Path | None = None) -> dict[str, Any]:
 
 
 def raw_from_text(text: str, source: str) -> dict[str, Any]:
-    raw = yaml.safe_load(text) or {}
+    raw = load_yaml(text, source) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     return raw
+
+
+def load_yaml(text: str, source: str, fix: str = "fix the YAML there") -> Any:
+    """``yaml.safe_load``; a syntax error becomes one message naming ``source``, the line and the column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+        context = f" ({context}" + (f" from line {start.line + 1}, column {start.column + 1}" if start else "") \
+            + ")" if context else ""
+        raise ConfigError(f"{source}{where}: YAML syntax error: {problem}{context}; {fix}") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -221,8 +240,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value, e.g. method.name=dml")
-        set_dotted(raw, key, yaml.safe_load(text) if text else None)
+        if key.split(".")[0] == "search":
+            raise ConfigError(f"override {item!r}: the search space is no override; put it in the config's "
+                              "search: mapping, or give okd-ray tune --space FILE")
+        set_dotted(raw, key, load_yaml(text, f"the value of override {item!r}", "quote it, or close its brackets"))
     return raw
+
+
+def override(key: str, value: Any) -> str:
+    """``key=value`` with the value in YAML flow syntax: what ``apply_overrides`` reads back as ``value``."""
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

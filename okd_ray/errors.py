@@ -30,5 +30,13 @@ class TrainingDiverged(OkdRayError, RuntimeError):
     """A loss became NaN or infinite; the message names member, term, epoch and step."""
 
 
+class Interrupted(OkdRayError):
+    """The user stopped the work (Ctrl-C); the message says what was kept and the command that continues it."""
+
+
+class NoResult(OkdRayError):
+    """The work ran but nothing of it can be used (no trial of a sweep finished); exit code 1, not 2."""
+
+
 class PopulationLost(OkdRayError, RuntimeError):
     """An actor of the population died; the run restarts from its last checkpoint (ray.max_restarts)."""

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from okd_ray.metrics import ACCURACY, loss_columns
 from okd_ray.metrics import columns as columns_of
+from okd_ray.terminal import console as plain_console
 
 HEADERS = {"train_top1": "train@1", "test_top1": "test@1", "test_top5": "test@5"}
 
@@ -16,7 +17,7 @@ class RunDisplay:
     """Progress bars only on an interactive terminal; the per-epoch table always (unless quiet)."""
 
     def __init__(self, quiet: bool = False, console: Console | None = None):
-        self.console = console or Console()
+        self.console = console or plain_console()
         self.quiet = quiet
         self.progress: Progress | None = None
         self.task = None
@@ -35,30 +36,35 @@ class RunDisplay:
         if self.progress is not None:
             self.progress.advance(self.task, steps)
 
-    def end_epoch(self, epoch: int, epochs: int, rows: list[dict], seconds: float) -> None:
-        """One line per epoch (test top-1 of every part); the full table after the last epoch."""
+    def stop(self) -> None:
+        """End the epoch's progress bar, if one is shown (also when the epoch was interrupted)."""
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+    def end_epoch(self, epoch: int, epochs: int, rows: list[dict], seconds: float) -> None:
+        """One line per epoch (test top-1 of every part); the full table after the last epoch."""
+        self.stop()
         if self.quiet:
             return
         accuracies = "  ".join(f"{r['part']} {r['test_top1']:.2f}" for r in rows if r.get('test_top1') is not None)
-        self.console.print(f"epoch {epoch + 1}/{epochs} ({seconds:.1f} s)  test top-1: {accuracies}", highlight=False)
+        self.console.print(f"epoch {epoch + 1}/{epochs} ({seconds:.1f} s)  test top-1: {accuracies}")
         if epoch + 1 == epochs:
             self.console.print(epoch_table(rows, f"after epoch {epoch + 1}"))
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(text, soft_wrap=True, highlight=False)
+            self.console.print(text, soft_wrap=True)
 
 
 def epoch_table(rows: list[dict], title: str) -> Table:
-    columns = [c for c in loss_columns(columns_of(rows)) + ACCURACY if any(r.get(c) is not None for r in rows)]
+    """Metrics down, parts across: a population has fewer parts than metrics, so the table fits 80 columns."""
+    metrics = [c for c in loss_columns(columns_of(rows)) + ACCURACY if any(r.get(c) is not None for r in rows)]
     table = Table(title=title, title_justify="left")
-    table.add_column("part")
-    for c in columns:
-        table.add_column(HEADERS.get(c, c), justify="right")
+    table.add_column("")
     for row in rows:
-        table.add_row(row["part"], *("" if row.get(c) is None else f"{row[c]:.3f}" if "top" not in c
-                                     else f"{row[c]:.2f}" for c in columns))
+        table.add_column(row["part"], justify="right", overflow="fold")
+    for c in metrics:
+        table.add_row(HEADERS.get(c, c), *("" if r.get(c) is None else f"{r[c]:.3f}" if "top" not in c
+                                           else f"{r[c]:.2f}" for r in rows))
     return table

@@ -1,21 +1,27 @@
 """``okd-ray report``: a table, plots and a Markdown summary of a run's or a sweep's folder.
 
-A run folder (either engine) holds ``metrics.parquet``; a sweep folder (``okd-ray tune``) ``trials.parquet``.
-Everything is written beside them, local or on ``s3://``/``gs://``.
+A run folder (either engine) holds ``metrics.parquet``; a sweep folder (``okd-ray tune``) ``trials.parquet`` and
+``search.yaml``. The report goes to the folder's ``report/``, replaced whole each time, local or on ``s3://``/``gs://``.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
+import yaml
 from rich.console import Console
-from rich.table import Table
 
 from okd_ray.errors import ConfigError
+from okd_ray.metrics import columns, loss_columns
 from okd_ray.storage import RunStore
+from okd_ray.terminal import console as plain_console
+from okd_ray.terminal import fitted_table, short_names
 
-RUN_COLUMNS = ["part", "test_top1", "test_top5", "train_top1", "ce"]
+REPORT = "report"  # the report's own folder inside the run or sweep folder
+SEARCH = "search.yaml"  # a sweep's metric, mode, number of trials and search space, written by okd-ray tune
+RUN_COLUMNS = ["part", "test_top1", "test_top5", "train_top1"]
 
 
 @dataclass
@@ -23,7 +29,7 @@ class Report:
     kind: str  # "run" or "sweep"
     header: list[str]
     rows: list[list]  # the table, as written to report.md
-    images: list[str]
+    images: dict[str, object] = field(default_factory=dict)  # file name -> matplotlib figure
 
     def markdown(self, title: str) -> str:
         lines = [f"# {title}", "", "| " + " | ".join(self.header) + " |", "|---" * len(self.header) + "|"]
@@ -39,73 +45,133 @@ def fmt(value) -> str:
 
 
 def make_report(folder: str, console: Console | None = None) -> Report:
-    """Write ``report.md`` and PNGs into ``folder`` and print the table."""
+    """Write ``report/report.md`` and its PNGs into ``folder`` (replacing an earlier report) and print the table."""
     store = RunStore(folder)
     if store.exists("metrics.parquet"):
-        report = run_report(store)
+        report = run_report(store.read_table("metrics.parquet").to_pylist())
         title = f"run {folder}"
     elif store.exists("trials.parquet"):
-        report = sweep_report(store)
+        search = yaml.safe_load(store.read_text(SEARCH)) if store.exists(SEARCH) else {}
+        report = sweep_report(store.read_table("trials.parquet").to_pylist(), search)
         title = f"sweep {folder}"
     else:
         raise ConfigError(f"{folder}: neither metrics.parquet (a run) nor trials.parquet (a sweep) is there; "
                           "give the folder okd-ray train or okd-ray tune printed at its end")
-    store.write_text("report.md", report.markdown(title))
-    table = Table(title=title, title_justify="left")
-    for column in report.header:
-        table.add_column(column, justify="left" if column in ("part", "trial") else "right")
-    for row in report.rows:
-        table.add_row(*(fmt(v) for v in row))
-    (console or Console()).print(table)
-    (console or Console()).print(f"wrote {store.path('report.md')} and {', '.join(report.images)}", soft_wrap=True)
+    store.delete(REPORT)
+    store.write_text(f"{REPORT}/report.md", report.markdown(title))
+    for name, figure in report.images.items():
+        _save(store, figure, f"{REPORT}/{name}")
+    console = console or plain_console()
+    header = short_names(report.header)
+    console.print(fitted_table(title, header, [[fmt(v) for v in row] for row in report.rows], left=("part", "trial")))
+    console.print(f"wrote {store.path(REPORT)}: report.md, {', '.join(report.images)}", soft_wrap=True)
     return report
 
 
-def run_report(store: RunStore) -> Report:
-    rows = store.read_table("metrics.parquet").to_pylist()
+def run_report(rows: list[dict]) -> Report:
+    """The final epoch's accuracies; test top-1 per epoch, train against test top-1, one panel per loss term
+    (the terms are the columns metrics.parquet holds, so a new term needs no list here)."""
     last = max(r["epoch"] for r in rows)
-    final = [r for r in rows if r["epoch"] == last]
-    table = [[r[c] for c in RUN_COLUMNS] for r in final]
-    figure = _figure()
-    ax = figure.subplots()
-    for part in dict.fromkeys(r["part"] for r in rows):
-        points = [(r["epoch"] + 1, r["test_top1"]) for r in rows if r["part"] == part]
-        ax.plot(*zip(*points), marker="o", label=part)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 (%)")
-    ax.legend(fontsize="small")
-    _save(store, figure, "test_top1.png")
-    return Report("run", RUN_COLUMNS, table, ["test_top1.png"])
+    table = [[r[c] for c in RUN_COLUMNS] for r in rows if r["epoch"] == last]
+    run = rows[0]["run"]
+    parts = list(dict.fromkeys(r["part"] for r in rows))
+
+    def curve(ax, part: str, column: str, **style) -> None:
+        points = [(r["epoch"], r[column]) for r in rows if r["part"] == part and r.get(column) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, **style)
+
+    test = _figure()
+    ax = test.subplots()
+    for part in parts:
+        curve(ax, part, "test_top1", label=part)
+    _axes(ax, f"{run}: test top-1 per epoch", "test top-1 (%)")
+
+    gap = _figure()
+    ax = gap.subplots()
+    trained = [p for p in parts if any(r["part"] == p and r.get("train_top1") is not None for r in rows)]
+    for i, part in enumerate(trained):
+        curve(ax, part, "train_top1", color=f"C{i}", label=f"{part} train")
+        curve(ax, part, "test_top1", color=f"C{i}", linestyle="--", label=f"{part} test")
+    _axes(ax, f"{run}: train (solid) against test (dashed) top-1", "top-1 (%)")
+
+    terms = [c for c in loss_columns(columns(rows)) if any(r.get(c) is not None for r in rows)]
+    cols = min(3, len(terms)) or 1
+    losses = _figure(size=(4 * cols, 3 * math.ceil(len(terms) / cols) + 0.6))
+    losses.suptitle(f"{run}: loss terms per epoch (training means)")
+    for i, term in enumerate(terms):
+        ax = losses.add_subplot(math.ceil(len(terms) / cols), cols, i + 1)
+        for part in parts:
+            curve(ax, part, term, label=part)
+        _axes(ax, term, "mean over the epoch", fontsize="small")
+    images = {"test_top1.png": test, "train_vs_test_top1.png": gap}
+    if terms:
+        images["loss_terms.png"] = losses
+    return Report("run", RUN_COLUMNS, table, images)
 
 
-def sweep_report(store: RunStore) -> Report:
-    trials = store.read_table("trials.parquet").to_pylist()
+def sweep_report(trials: list[dict], search: dict) -> Report:
+    """The trials, best first; per searched key, the metric against its values (log axis for loguniform keys,
+    one category per choice), early-stopped trials hollow, the best trial a star."""
+    space = search.get("search", {})
     keys = sorted({k for t in trials for k in t if k.startswith("config/")})
-    metric = next(m for m in ("mean_test_top1", "fused_test_top1", "best_test_top1") if any(m in t for t in trials))
-    trials.sort(key=lambda t: t.get(metric) or float("-inf"), reverse=True)
-    header = ["trial", *[k.removeprefix("config/") for k in keys], "epochs", metric]
-    table = [[t["trial_id"], *[t.get(k) for k in keys], t["epochs"], t.get(metric)] for t in trials]
-    images = []
+    metric = (search.get("metric") or [next(m for m in ("mean_test_top1", "fused_test_top1", "best_test_top1")
+                                            if any(m in t for t in trials))])[0]
+    reverse = (search.get("mode") or ["max"])[0] == "max"
+    trials = sorted(trials, key=lambda t: (math.isnan(_number(t.get(metric))),
+                                           -_number(t.get(metric)) if reverse else _number(t.get(metric))))
+    header = ["trial", *[k.removeprefix("config/") for k in keys], "epochs", "status", metric]
+    table = [[t["trial_id"] + (" *" if t.get("best") else ""), *[t.get(k) for k in keys], t["epochs"],
+              t.get("status"), t.get(metric)] for t in trials]
+    images = {}
     for key in keys:
+        name = key.removeprefix("config/")
+        kind, args = next(iter(space.get(name, {"uniform": None}).items()))
+        scored = [t for t in trials if t.get(key) is not None and not math.isnan(_number(t.get(metric)))]
+        if not scored:
+            continue
         figure = _figure()
         ax = figure.subplots()
-        points = [(t[key], t[metric]) for t in trials if isinstance(t.get(key), (int, float)) and t.get(metric) is not None]
-        if not points:
-            continue
-        ax.scatter(*zip(*points))
-        ax.set_xlabel(key.removeprefix("config/"))
-        ax.set_ylabel(metric)
-        name = f"{metric}_vs_{key.removeprefix('config/').replace('.', '_')}.png"
-        _save(store, figure, name)
-        images.append(name)
+        categories = list(dict.fromkeys([*(args if kind == "choice" else []), *(t[key] for t in scored)]))
+        x = (lambda t: categories.index(t[key])) if kind == "choice" else (lambda t: t[key])
+        for label, status, style in (("finished", "done", {}), ("stopped early", "stopped", {"facecolors": "none"}),
+                                     ("unfinished", "unfinished", {"marker": "x"})):
+            points = [(x(t), t[metric]) for t in scored if t.get("status") == status]
+            if points:
+                ax.scatter(*zip(*points), label=label, **{"marker": "o", "edgecolors": "C0", "color": "C0", **style})
+        best = [t for t in scored if t.get("best")]
+        if best:
+            ax.scatter([x(best[0])], [best[0][metric]], marker="*", s=250, color="C3", zorder=3,
+                       label=f"best: {best[0]['trial_id']}")
+        if kind == "loguniform":
+            ax.set_xscale("log")
+        elif kind == "choice":
+            ax.set_xticks(range(len(categories)), [str(c) for c in categories])
+            ax.set_xlim(-0.5, len(categories) - 0.5)
+        _axes(ax, f"{metric} against {name}", metric, f"{name} ({kind})", integer_x=kind == "int")
+        images[f"{metric}_vs_{name.replace('.', '_')}.png"] = figure
     return Report("sweep", header, table, images)
 
 
-def _figure():
+def _number(value) -> float:
+    return value if isinstance(value, (int, float)) and not math.isnan(value) else float("nan")
+
+
+def _axes(ax, title: str, ylabel: str, xlabel: str = "epoch", fontsize: str | None = None,
+          integer_x: bool = True) -> None:
+    ax.set_title(title, fontsize=fontsize)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if integer_x:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize or "small")
+
+
+def _figure(size: tuple[float, float] = (6.4, 4.2)):
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
-    return Figure(figsize=(6, 4), dpi=110)
+    return Figure(figsize=size, dpi=110)
 
 
 def _save(store: RunStore, figure, name: str) -> None:

@@ -8,15 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from okd_ray.config import TrainConfig, dump_config, parse_config
+from okd_ray.config import TrainConfig, parse_config
 from okd_ray.engines import make_engine
-from okd_ray.errors import ConfigError, PopulationLost, TrainingDiverged
+from okd_ray.errors import ConfigError, Interrupted, PopulationLost, TrainingDiverged
 from okd_ray.checkpoint import MANIFEST, Manifest, commit, read_manifest, shard_folder
 from okd_ray.metrics import to_table
 from okd_ray.population import PartId, PopulationPlan, parts_of, plan_population
 from okd_ray.progress import RunDisplay
+from okd_ray.runfolder import CONFIG, check_same_run, write_config
 from okd_ray.storage import RunStore
-
 
 
 @dataclass
@@ -34,10 +34,10 @@ class RunResult:
 
 def new_run_dir(config: TrainConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return f"{config.output_dir.rstrip('/')}/{config.name}-{stamp}"
+    return f"{config.output_dir.rstrip('/')}/{config.run_name}-{stamp}"
 
 
-EpochCallback = Callable[[int, list[dict], bool], None]  # (epoch, its rows, whether a checkpoint was saved)
+EpochCallback = Callable[[int, list[dict], bool], None]  # (epoch from 1, its rows, whether a checkpoint was saved)
 
 
 def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
@@ -47,8 +47,8 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
     ``on_epoch`` sees every finished epoch (a Tune trial reports through it)."""
     plan = plan_population(config)  # every config error surfaces here, before any work
     store = RunStore(run_dir or new_run_dir(config))
+    check_same_run(store, config)
     display = RunDisplay(quiet)
-    store.write_text("config.yaml", dump_config(config))
     restarts = 0
     while True:
         try:
@@ -74,39 +74,42 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
 
 def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay,
                on_epoch: EpochCallback | None = None) -> RunResult:
-    """Train from the last checkpoint in ``store`` (or from scratch) to ``config.epochs``."""
+    """Train from the last checkpoint in ``store`` (or from scratch) to ``config.epochs``. The config is written
+    with this call's first results, so a run that fails to start leaves no folder behind."""
     start_epoch, rows, elapsed = 0, [], 0.0
     saved = read_manifest(store)
     if saved is not None:
         start_epoch, elapsed = saved.epoch, saved.elapsed
         if store.exists("metrics.parquet"):
-            rows = [r for r in store.read_table("metrics.parquet").to_pylist() if r["epoch"] < start_epoch]
+            rows = [r for r in store.read_table("metrics.parquet").to_pylist() if r["epoch"] <= start_epoch]
         display.message(f"resuming {store.uri} after epoch {start_epoch}")
-    engine = make_engine(config, plan)
-    if engine.placement():
-        store.write_text("placement.json", json.dumps(engine.placement(), indent=1))
+    first, engine = start_epoch, None
     try:
+        engine = make_engine(config, plan)
         if saved is not None:
             engine.load(store, saved.folder)
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(start_epoch, config.epochs):  # 0-based here; from 1 in metrics and on screen
             started = time.perf_counter()
             display.begin_epoch(epoch, config.epochs, plan.num_train_batches)
             lrs = engine.begin_epoch(epoch)
             try:
                 train_stats = engine.train_epoch(plan.num_train_batches, display.advance)
             except TrainingDiverged as e:
-                kept = f"the last good checkpoint (epoch {start_epoch}) is kept in {store.path(MANIFEST)}" \
-                    if store.exists(MANIFEST) else "no checkpoint had been written yet"
-                raise TrainingDiverged(f"{e}; {kept}") from None
+                raise TrainingDiverged(f"{e}; {kept(store, start_epoch, 'last good checkpoint')}") from None
             test_stats = engine.evaluate()
             seconds = time.perf_counter() - started
             elapsed += seconds
-            epoch_rows = make_rows(config, epoch, lrs, train_stats, test_stats, seconds, elapsed)
+            done = epoch + 1
+            epoch_rows = make_rows(config, done, lrs, train_stats, test_stats, seconds, elapsed)
+            if epoch == first:  # the results below belong to this config; an earlier report is stale
+                write_config(store, config)
+                if engine.placement():
+                    store.write_text("placement.json", json.dumps(engine.placement(), indent=1))
+                store.delete("report")
             table = to_table(rows + epoch_rows)
             store.write_table("metrics.parquet", table)
             rows = table.to_pylist()  # as the file holds them: every column in every row
             epoch_rows = rows[-len(epoch_rows):]
-            done = epoch + 1
             saved_now = done % config.checkpoint_every == 0 or done == config.epochs
             if saved_now:
                 folder = shard_folder(done)
@@ -115,18 +118,32 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
                 start_epoch = done
             display.end_epoch(epoch, config.epochs, epoch_rows, seconds)
             if on_epoch is not None:
-                on_epoch(epoch, epoch_rows, saved_now)
+                on_epoch(done, epoch_rows, saved_now)
+    except KeyboardInterrupt:
+        if not store.exists(CONFIG):
+            raise Interrupted("interrupted before the first epoch ended; nothing was written") from None
+        raise Interrupted(f"interrupted; {kept(store, start_epoch, 'last checkpoint')}; continue with: "
+                          f"okd-ray train --resume {store.uri}") from None
     finally:
-        engine.close()
+        display.stop()
+        if engine is not None:
+            engine.close()
     return RunResult(store.uri, rows, elapsed)
+
+
+def kept(store: RunStore, epoch: int, what: str) -> str:
+    """Where the last checkpoint of ``store`` (written after ``epoch``) is, or that there is none yet."""
+    if store.exists(MANIFEST):
+        return f"the {what} (epoch {epoch}) is kept in {store.path(MANIFEST)}"
+    return "no checkpoint had been written yet"
 
 
 def resume(run_dir: str, overrides: list[str] = (), quiet: bool = False) -> RunResult:
     """Continue the run in ``run_dir`` from its last checkpoint (``epochs=N`` extends it)."""
     store = RunStore(run_dir)
-    if not store.exists("config.yaml"):
-        raise ConfigError(f"--resume {run_dir}: no config.yaml there; give the folder of an earlier okd-ray run")
-    config = parse_config(store.read_text("config.yaml"), overrides, source=f"{run_dir}/config.yaml")
+    if not store.exists(CONFIG):
+        raise ConfigError(f"--resume {run_dir}: no {CONFIG} there; give the folder of an earlier okd-ray run")
+    config = parse_config(store.read_text(CONFIG), overrides, source=store.path(CONFIG))
     return train(config, run_dir, quiet)
 
 
@@ -134,7 +151,7 @@ def make_rows(config: TrainConfig, epoch: int, lrs, train_stats, test_stats, sec
     """One row per part, plus the ensemble's: every loss term, accuracy and learning rate it reported."""
     rows = []
     for pid in [*parts_of(config), *([PartId("ensemble")] if "ensemble" in test_stats else [])]:
-        row = {"run": config.name, "method": config.method.name, "epoch": epoch, "part": pid.name,
+        row = {"run": config.run_name, "method": config.method.name, "epoch": epoch, "part": pid.name,
                "kind": pid.kind, "arch": pid.arch}
         for stats in (train_stats, test_stats, lrs):
             row.update(stats.get(pid.name, {}))

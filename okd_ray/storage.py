@@ -13,24 +13,34 @@ import torch
 
 
 class RunStore:
+    """The folder is made by the first write: a run that fails to start leaves nothing behind."""
+
     def __init__(self, uri: str):
         if "://" in uri:
             self.fs, self.root = pafs.FileSystem.from_uri(uri)
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(uri).resolve())
         self.uri = uri
-        self.fs.create_dir(self.root, recursive=True)
 
     @property
     def address(self) -> str:
         """Where any process (an actor, a Tune trial in another folder) finds this store: a URI or an absolute path."""
         return self.uri if "://" in self.uri else self.root
 
-    def path(self, name: str) -> str:
-        return posixpath.join(self.root, name)
+    def path(self, name: str = "") -> str:
+        return posixpath.join(self.root, name) if name else self.root
 
-    def exists(self, name: str) -> bool:
+    def exists(self, name: str = "") -> bool:
+        """Whether ``name`` (a file or folder; by default the store's own folder) is there."""
         return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
+
+    def delete(self, name: str = "") -> None:
+        """Remove the file or folder ``name`` (by default the whole store), if it is there."""
+        info = self.fs.get_file_info(self.path(name))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(info.path)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(info.path)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write to a temporary name, then move: a crash mid-write never spoils the last good file."""

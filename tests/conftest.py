@@ -1,4 +1,9 @@
-"""Shared fixtures: small configs on the embedded digits data set."""
+"""Shared fixtures: small configs on the embedded digits data set, and the real okd-ray command."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +51,42 @@ def population_state():
     from okd_ray.storage import RunStore
 
     return lambda run_dir: flatten(load_shards(RunStore(run_dir)))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Command:
+    """The real ``okd-ray`` command of this checkout in a subprocess (``python -m okd_ray.cli`` with the checkout
+    first on PYTHONPATH, so it runs this code whether or not okd-ray is installed), in folder ``cwd``."""
+
+    def __init__(self, cwd: Path):
+        self.cwd = cwd
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        self.env = {**os.environ, "PYTHONPATH": path}
+
+    def argv(self, *args) -> list[str]:
+        return [sys.executable, "-m", "okd_ray.cli", *map(str, args)]
+
+    def run(self, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), cwd=self.cwd, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def start(self, *args) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def assert_error(result, code: int, *texts: str) -> str:
+        """Exit ``code``, no traceback, every one of ``texts`` in stderr (whitespace folded); returns that stderr."""
+        err = " ".join(result.stderr.split())
+        assert result.returncode == code, (result.returncode, result.stderr[-3000:])
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        for text in texts:
+            assert text in err, (text, err)
+        return err
+
+
+@pytest.fixture
+def okd_ray(tmp_path):
+    return Command(tmp_path)

@@ -1,8 +1,12 @@
 """The okd-ray command: bad input gets a clear error that names the fix, before any work starts."""
 
+from pathlib import Path
+
 import pytest
 
 from okd_ray.cli import main
+
+SWEEP = Path(__file__).parents[1] / "experiments" / "configs" / "tune-digits.yaml"
 
 
 def run_cli(capsys, *args):
@@ -22,6 +26,9 @@ def run_cli(capsys, *args):
         (["method.transfer.learn=false"], ["method.transfer.learn", "set method.transfer.learn=true"]),
         (["missing.yaml"], ["missing.yaml", "not found"]),
         (["epochs=-1"], ["epochs", "greater than or equal to 1"]),
+        (["epoch=3"], ["epoch: unknown key; did you mean epochs?"]),
+        (["members.1.arch=tv:resnet_nope"], ["members.1.arch: unknown torchvision", "'resnet_nope'", "resnet18"]),
+        (["search={method.kl_weight: {uniform: [0, 1]}}"], ["the search space is no override"]),
     ],
 )
 def test_bad_input_is_a_clear_error(capsys, tmp_path, args, expected):
@@ -40,3 +47,31 @@ def test_train_runs_and_writes_its_folder(capsys, tmp_path):
     (run_dir,) = list(tmp_path.iterdir())
     assert {"config.yaml", "metrics.parquet", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
     assert "m0:cnn16" in out and "test@1" in out
+
+
+def test_names_print_as_they_are(capsys, tmp_path):
+    """rich would print m1:tv:resnet18 as m1📺resnet18 (and take [...] for markup)."""
+    code, out, err = run_cli(capsys, "train", "members.1.arch=tv:resnet18", "epochs=1", "data.train_limit=64",
+                             "data.test_limit=32", "data.batch_size=32", f"output_dir={tmp_path}")
+    assert code == 0, err
+    assert "m1:tv:resnet18" in out and "📺" not in out
+
+
+@pytest.mark.parametrize(
+    "args, files, expected",
+    [
+        (["train", "bad.yaml"], {"bad.yaml": "epochs: 2\nmembers: [{arch: cnn16}\n"},
+         ["bad.yaml, line 3, column 1: YAML syntax error", "from line 2, column 10", "fix the YAML there"]),
+        (["tune", SWEEP, "--space", "space.yaml"], {"space.yaml": "search:\n  method.kl_weight: {uniform: [0, 1]\n"},
+         ["space.yaml, line 3, column 1: YAML syntax error", "fix the YAML there"]),
+        (["train", "members=[{arch: cnn16"], {},
+         ["the value of override 'members=[{arch: cnn16', line 1, column 14: YAML syntax error", "close its brackets"]),
+    ],
+    ids=["config", "space", "override"],
+)
+def test_yaml_syntax_errors_name_the_file_and_line_without_a_traceback(okd_ray, tmp_path, args, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    okd_ray.assert_error(okd_ray.run(*args), 2, *expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files), "an error wrote something"
+

@@ -34,6 +34,7 @@ def test_dumped_config_round_trips():
         ("method.terms.ring_kl.temperature=0", "method.terms.ring_kl.temperature: Input should be greater than 0"),
         ("method.terms.ring_kll.weight=2", "method.terms.ring_kll: unknown term; did you mean ring_kl? the terms of afd"),
         ("method.terms.peer_kl.weight=-1", "method.terms.peer_kl.weight: Input should be greater than or equal to 0"),
+        ("epoch=3", "epoch: unknown key; did you mean epochs? valid keys here: name, seed, epochs"),
         ("epochs=0", "epochs: Input should be greater than or equal to 1"),
         ("method.name=kd", "method.name: unknown method 'kd'; did you mean kdcl? valid: vanilla, dml"),
         ("members.5.arch=x", "members has 2 items"),
@@ -42,6 +43,9 @@ def test_dumped_config_round_trips():
          "method.name=vanilla"),
         ("method.name=one", "trunk_stages: method 'one' gates branches on a shared trunk; set trunk_stages"),
         ("trunk_stages=2", "trunk_stages: members sharing a trunk must have one architecture"),
+        ("search={method.kl_weight: {uniform: [0, 1]}}", "the search space is no override; put it in the config's"),
+        ("search.method.kl_weight=1", "give okd-ray tune --space FILE"),
+        ("members=[{arch: cnn16", "the value of override 'members=[{arch: cnn16', line 1, column 14: YAML syntax"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):
@@ -73,8 +77,24 @@ def test_shipped_configs_are_valid(path):
     assert config.members and config.method.name in path.read_text()
 
 
-def test_fashion_mnist_set_differs_only_in_the_method():
-    configs = [load_config(p) for p in SHIPPED if p.parent.name == "fashion-mnist"]
-    assert sorted(c.method.name for c in configs) == sorted(["vanilla", "dml", "l1", "l2", "afd", "ffl", "afd+ffl"])
-    stripped = {c.model_copy(update={"name": "", "method": None}).model_dump_json() for c in configs}
-    assert len(stripped) == 1
+def test_the_fashion_mnist_config_serves_every_method_of_the_study():
+    """One file for all methods (experiments/study_fashion_mnist.py): each method validates on it."""
+    path = Path(__file__).parents[1] / "experiments" / "configs" / "fashion-mnist.yaml"
+    methods = ["vanilla", "dml", "kdcl", "l1", "afd", "ffl", "afd+ffl"]
+    configs = [load_config(path, [f"method.name={m}"]) for m in methods]
+    assert [c.method.name for c in configs] == methods
+
+
+def test_name_defaults_to_what_runs_and_an_explicit_name_is_kept():
+    assert load_config(None, ["method.name=ffl"]).run_name == "digits-ffl"
+    assert load_config(None, ["method.name=ffl", "data.name=fashion-mnist"]).run_name == "fashion-mnist-ffl"
+    assert load_config(None, ["name=mine", "method.name=ffl"]).run_name == "mine"
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: 2\nmembers: [{arch: cnn16}\ndata: {name: digits}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"{path}, line 3, column 1: YAML syntax error" in str(err.value)
+    assert "flow sequence from line 2, column 10" in str(err.value)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
 from ray import tune
 
-from okd_ray.config import apply_overrides, validate
+from okd_ray.config import apply_overrides, override, validate
 from okd_ray.errors import ConfigError
 
 KINDS = ("uniform", "loguniform", "choice", "int")
@@ -69,5 +68,4 @@ def _domain(kind: str, args: Any):
 
 def params_to_overrides(params: dict[str, Any]) -> list[str]:
     """A trial's sampled values as ``key=value`` overrides (values in YAML syntax)."""
-    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for key, value in params.items()]
+    return [override(key, value) for key, value in params.items()]

@@ -6,25 +6,29 @@ during training, exploiting through checkpoints; ``--resume`` continues an inter
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pyarrow as pa
+import ray
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search.optuna import OptunaSearch
-from rich.console import Console
-from rich.table import Table
 
-from okd_ray.config import TrainConfig, apply_overrides, dump_config, read_raw, validate
-from okd_ray.engines import connect, part_bundles
+from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
+from okd_ray.engines import part_bundles
+from okd_ray.errors import ConfigError, Interrupted, NoResult
 from okd_ray.population import parts_of
-from okd_ray.errors import ConfigError
+from okd_ray.report import SEARCH
 from okd_ray.storage import RunStore
+from okd_ray.terminal import console, fitted_table, short_names
 
 from .space import params_to_overrides, parse_space
 from .trial import TRAINABLE_CPUS, metric_names, run_trial, trial_resources
@@ -41,7 +45,9 @@ class SweepOptions:
     name: str | None = None
     cpus_per_trial: float = 1.0
     resume: bool = False
+    overwrite: bool = False  # replace an earlier sweep of the same name
     quiet: bool = False
+    resume_command: str = "okd-ray tune ... --resume"  # what the user types to continue this sweep
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Sweep:
     """Everything checked before any trial starts."""
 
     raw_config: dict[str, Any]
+    raw_space: dict[str, Any]
     config: TrainConfig
     space: dict[str, Any]
     options: SweepOptions
@@ -61,7 +68,20 @@ class Sweep:
 def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -> Sweep:
     config = validate(raw_config)
     space = parse_space(raw_space, raw_config)
-    options.name = options.name or config.name
+    options.name = options.name or config.run_name
+    sweep = Sweep(raw_config, raw_space, config, space, options)
+    store = RunStore(sweep.path)
+    if options.resume and options.overwrite:
+        raise ConfigError("--resume continues the sweep and --overwrite replaces it; give one of them")
+    if options.resume:
+        if not tune.Tuner.can_restore(_absolute(sweep.path)):
+            raise ConfigError(f"--resume: no sweep to resume at {sweep.path}; check --storage-path and --name")
+        if store.exists(SEARCH):  # the sweep goes on as it started, whatever these options say
+            held = yaml.safe_load(store.read_text(SEARCH))
+            options.metrics, options.modes, options.num_samples = held["metric"], held["mode"], held["num_samples"]
+    elif store.exists() and not options.overwrite:
+        raise ConfigError(f"sweep folder {sweep.path} exists: continue that sweep with --resume, replace it with "
+                          "--overwrite, or give another --name")
     valid = metric_names(config)
     if len(options.modes) == 1 and len(options.metrics) > 1:
         options.modes = options.modes * len(options.metrics)
@@ -78,23 +98,23 @@ def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -
                           "rank; add --scheduler none")
     if options.scheduler not in ("asha", "pbt", "none"):
         raise ConfigError(f"--scheduler {options.scheduler}: use asha, pbt or none")
-    return Sweep(raw_config, config, space, options)
+    return sweep
 
 
 def tuner(sweep: Sweep) -> tune.Tuner:
     opts, config = sweep.options, sweep.config
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, raw_config=sweep.raw_config), trial_resources(config, opts.cpus_per_trial)
+        tune.with_parameters(run_trial, raw_config=sweep.raw_config),
+        trial_resources(config, opts.cpus_per_trial),
     )
     run_config = tune.RunConfig(
         name=opts.name, storage_path=_absolute(opts.storage_path),
+        # retries are for lost workers and nodes; a diverged trial ends without an error (see run_trial)
         failure_config=tune.FailureConfig(max_failures=2),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4),  # PBT may still need a trial's older one
         verbose=0 if opts.quiet else 1,
     )
     if opts.resume:
-        if not tune.Tuner.can_restore(_absolute(sweep.path)):
-            raise ConfigError(f"--resume: no sweep to resume at {sweep.path}; check --storage-path and --name")
         return tune.Tuner.restore(_absolute(sweep.path), trainable, resume_unfinished=True, resume_errored=True)
     single = len(opts.metrics) == 1
     metric, mode = (opts.metrics[0], opts.modes[0]) if single else (None, None)
@@ -125,23 +145,85 @@ def tuner(sweep: Sweep) -> tune.Tuner:
 
 
 def run_sweep(sweep: Sweep, address: str | None = None) -> list[dict]:
-    """Run (or resume) the sweep, then write ``trials.parquet``, ``best_config.yaml`` and print a table."""
-    connect(address)
-    _resolve_auto_resources(sweep)
-    results = tuner(sweep).fit()
-    rows = trial_rows(results, sweep)
+    """Run (or resume) the sweep, then write ``trials.parquet`` and, once every trial has ended and one finished,
+    ``best_config.yaml``; print a table. An interrupted sweep, or one where no trial finished, is an error that
+    gives the command to continue."""
     store = RunStore(sweep.path)
+    if sweep.options.overwrite:
+        store.delete()
+    try:
+        with ray_output(sweep.options.quiet):
+            if not ray.is_initialized():  # trials print nothing of their own (each run is quiet), so their
+                # workers' output (Tune's checkpoint lines, workers stopped at the end) stays in Ray's log files
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            _resolve_auto_resources(sweep)
+            results = tuner(sweep).fit()  # the first Ctrl-C stops the trials and saves the sweep's state
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over
+        raise Interrupted(f"sweep interrupted; continue with: {sweep.options.resume_command}") from None
+    if not sweep.options.resume:  # how --resume goes on, and what the report needs to draw each key's axis
+        store.write_text(SEARCH, yaml.safe_dump({"metric": sweep.options.metrics, "mode": sweep.options.modes,
+                                                 "num_samples": sweep.options.num_samples,
+                                                 "search": sweep.raw_space}, sort_keys=False))
+    with ray_output(quiet=True):  # each trial's status, read back without repeating Tune's warnings
+        trials = tune.ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials
+    rows = trial_rows(trials, sweep)
+    finished = [r for r in rows if r["status"] in FINISHED]
+    best = best_row(finished, sweep)
+    for r in rows:
+        r["best"] = r is best
     store.write_table("trials.parquet", pa.Table.from_pylist(rows))
-    best = best_row(rows, sweep)
-    if best is not None:
-        overrides = params_to_overrides({k.removeprefix("config/"): v for k, v in best.items()
-                                         if k.startswith("config/")})
-        best_config = validate(apply_overrides(sweep.raw_config, overrides))
-        store.write_text("best_config.yaml", dump_config(best_config))
+    store.delete("best_config.yaml")  # written below only from this sweep's finished trials
+    store.delete("report")  # a report of the sweep before this run is stale
+    show(rows, sweep)
+    unfinished = sweep.options.num_samples - len(finished) - sum(r["status"] in ENDED for r in rows)
+    if unfinished > 0:
+        raise Interrupted(f"sweep interrupted: {len(finished)} of {sweep.options.num_samples} trials finished; "
+                          f"continue with: {sweep.options.resume_command}")
+    if best is None:
+        failures = "; ".join(f"{r['trial_id']} {r['status']}: {r['message']}" for r in rows if r["message"])
+        retry = any(r["status"] == "error" for r in rows)
+        raise NoResult(f"no trial of sweep {sweep.path} finished ({failures})"
+                       + (f"; retry the failed trials with: {sweep.options.resume_command}" if retry else
+                          "; make the diverging values less extreme in the search space"))
+    overrides = params_to_overrides({k.removeprefix("config/"): v for k, v in best.items() if k.startswith("config/")})
+    store.write_text("best_config.yaml", dump_config(validate(apply_overrides(sweep.raw_config, overrides))))
     if not sweep.options.quiet:
-        show(rows, sweep, best)
-        Console().print(f"sweep folder: {sweep.path} (trials.parquet, best_config.yaml)")
+        metric = sweep.options.metrics[0]
+        console().print(f"sweep folder: {sweep.path}; best_config.yaml is the config of trial {best['trial_id']} "
+                        f"({metric} {best[metric]:.4g} after {best['epochs']} epochs)", soft_wrap=True)
     return rows
+
+
+FINISHED = ("done", "stopped")  # trials whose last result stands: they ran to the end or the scheduler stopped them
+ENDED = ("diverged", "error")  # trials that ended without a result
+
+
+@contextlib.contextmanager
+def ray_output(quiet: bool):
+    """Never Tune's ``Tuner.restore(...)`` hint (okd-ray prints its own command); with ``quiet``, nothing of
+    the driver's Ray, Tune or Optuna output either."""
+    logging.getLogger("ray.tune.tune").addFilter(_no_restore_hint)
+    if not quiet:
+        yield
+        return
+    ray_logger, optuna_verbosity = logging.getLogger("ray"), optuna.logging.get_verbosity()
+    ray_level, air_output = ray_logger.level, os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter is silent at verbose=0; the new one is not
+    ray_logger.setLevel(logging.CRITICAL)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        ray_logger.setLevel(ray_level)
+        optuna.logging.set_verbosity(optuna_verbosity)
+        if air_output is None:
+            del os.environ["RAY_AIR_NEW_OUTPUT"]
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = air_output
+
+
+def _no_restore_hint(record: logging.LogRecord) -> bool:
+    return "Tuner.restore(" not in record.getMessage()
 
 
 def _resolve_auto_resources(sweep: Sweep) -> None:
@@ -157,19 +239,32 @@ def _resolve_auto_resources(sweep: Sweep) -> None:
     sweep.config = validate(sweep.raw_config)
 
 
-def trial_rows(results: tune.ResultGrid, sweep: Sweep) -> list[dict]:
-    """One row per trial: its sampled values (``config/...``), final metrics, epochs run and status."""
+def trial_rows(trials: list, sweep: Sweep) -> list[dict]:
+    """One row per trial: its sampled values (``config/...``), last metrics, epochs run, status and message."""
     rows = []
-    for result in results:
-        metrics = result.metrics or {}
-        row = {"trial_id": metrics.get("trial_id") or Path(result.path).name, "path": result.path,
-               "status": "error" if result.error else "done",
-               "epochs": int(metrics.get("epoch", 0)),
-               "stopped_early": int(metrics.get("epoch", 0)) < sweep.config.epochs and not result.error}
-        row.update({f"config/{k}": v for k, v in (result.config or {}).items()})
-        row.update({k: float(v) for k, v in metrics.items() if _is_metric(k, v)})
+    for trial in trials:
+        result = trial.last_result or {}
+        epochs = int(trial.metric_analysis.get("epoch", {}).get("max", 0))
+        status, message = trial_status(trial, result, epochs, sweep.config.epochs)
+        row = {"trial_id": trial.trial_id, "path": trial.path, "status": status, "epochs": epochs, "message": message}
+        row.update({f"config/{k}": v for k, v in (trial.config or {}).items()})
+        row.update({k: float(v) for k, v in result.items() if _is_metric(k, v)})
         rows.append(row)
     return rows
+
+
+def trial_status(trial, result: dict, epochs: int, total: int) -> tuple[str, str]:
+    """done | stopped (early, by the scheduler) | diverged | error | unfinished (interrupted or not started),
+    and what went wrong, in one line."""
+    if trial.status == "ERROR":
+        error = trial.get_error()
+        lines = [line for line in str(error or "").splitlines() if line.strip()]
+        return "error", lines[-1].strip() if lines else "failed"
+    if trial.status != "TERMINATED":
+        return "unfinished", ""
+    if "diverged" in result:
+        return "diverged", result["diverged"]
+    return ("done" if epochs >= total else "stopped"), ""
 
 
 def _is_metric(key: str, value: Any) -> bool:
@@ -178,7 +273,7 @@ def _is_metric(key: str, value: Any) -> bool:
 
 
 def best_row(rows: list[dict], sweep: Sweep) -> dict | None:
-    """The best finished trial by the first metric (the first objective of a multi-objective search)."""
+    """The best of ``rows`` by the first metric (the first objective of a multi-objective search)."""
     metric, mode = sweep.options.metrics[0], sweep.options.modes[0]
     scored = [r for r in rows if isinstance(r.get(metric), float) and not math.isnan(r[metric])]
     if not scored:
@@ -186,21 +281,24 @@ def best_row(rows: list[dict], sweep: Sweep) -> dict | None:
     return (max if mode == "max" else min)(scored, key=lambda r: r[metric])
 
 
-def show(rows: list[dict], sweep: Sweep, best: dict | None) -> None:
-    metrics = sweep.options.metrics
-    keys = sorted({k for r in rows for k in r if k.startswith("config/")})
-    table = Table(title=f"sweep {sweep.options.name}: {len(rows)} trials")
-    for column in ["trial", *[k.removeprefix("config/") for k in keys], "epochs", *metrics]:
-        table.add_column(column, justify="left" if column == "trial" else "right")
-    for r in sorted(rows, key=lambda r: r.get(metrics[0], float("nan")), reverse=sweep.options.modes[0] == "max"):
-        mark = " *" if r is best else ""
-        table.add_row(r["trial_id"] + mark, *[_fmt(r.get(k)) for k in keys], f"{r['epochs']}"
-                      + (" (stopped)" if r["stopped_early"] else ""), *[_fmt(r.get(m)) for m in metrics])
-    Console().print(table)
+def show(rows: list[dict], sweep: Sweep) -> None:
+    """The table of trials, best first; it is the one thing ``--quiet`` prints on stdout."""
+    metrics, keys = sweep.options.metrics, sorted({k for r in rows for k in r if k.startswith("config/")})
+    order = sorted(rows, key=lambda r: _sort_value(r.get(metrics[0])), reverse=sweep.options.modes[0] == "max")
+    cells = [[r["trial_id"] + (" *" if r["best"] else ""), *[_fmt(r.get(k)) for k in keys], str(r["epochs"]),
+              r["status"], *[_fmt(r.get(m)) for m in metrics]] for r in order]
+    headers = ["trial", *short_names([k.removeprefix("config/") for k in keys]), "epochs", "status", *metrics]
+    title = f"sweep {sweep.options.name}: {len(rows)} trials (* best)"
+    console().print(fitted_table(title, headers, cells, left=("trial", "status")))
+
+
+def _sort_value(value: Any) -> float:
+    return value if isinstance(value, float) and not math.isnan(value) else float("-inf")
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """Three digits for the screen; trials.parquet holds them all."""
+    return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _absolute(path: str) -> str:
@@ -214,8 +312,8 @@ def load_sweep_files(config_path: str | None, overrides: list[str], space_path: 
     if space_path is not None:
         if not Path(space_path).is_file():
             raise ConfigError(f"--space {space_path!r} not found")
-        loaded = yaml.safe_load(Path(space_path).read_text()) or {}
-        raw_space = loaded.get("search", loaded)
+        loaded = load_yaml(Path(space_path).read_text(), space_path) or {}
+        raw_space = loaded.get("search", loaded) if isinstance(loaded, dict) else loaded
     if raw_space is None:
         raise ConfigError("no search space: add a top-level 'search:' mapping to the config, or give --space FILE")
     return apply_overrides(raw, overrides), raw_space

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 from ray import tune
 
 from okd_ray.checkpoint import FOLDER as CHECKPOINTS
+from okd_ray.checkpoint import MANIFEST
 from okd_ray.config import TrainConfig, apply_overrides, validate
 from okd_ray.engines import part_bundles
+from okd_ray.errors import TrainingDiverged
 from okd_ray.metrics import TIMINGS
 from okd_ray.population import PartId, parts_of
 from okd_ray.population.fusion import COLUMNS as FUSION_COLUMNS
@@ -26,7 +29,7 @@ def trial_metrics(rows: list[dict], config: TrainConfig) -> dict[str, float]:
     """One epoch's rows as flat Tune metrics: ``m0_test_top1``, ``m0_ring_kl``, ``fused_test_top1``,
     ``mean_test_top1``, ... (every loss term and accuracy of every part)."""
     keys = {p.name: p.key for p in [*parts_of(config), PartId("ensemble")]}
-    metrics: dict[str, float] = {"epoch": rows[0]["epoch"] + 1}
+    metrics: dict[str, float] = {"epoch": rows[0]["epoch"]}
     for row in rows:
         for key, value in row.items():
             if isinstance(value, float) and key not in TIMINGS:
@@ -57,14 +60,20 @@ def trial_resources(config: TrainConfig, cpus_per_trial: float) -> tune.Placemen
 
 
 def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
-    """The Tune function trainable: the base config with this trial's sampled values, run epoch by epoch."""
+    """The Tune function trainable: the base config with this trial's sampled values, run epoch by epoch.
+
+    A trial that diverges ends with its metrics NaN and a ``diverged`` message instead of an error: the same
+    values would diverge again, so Tune's retries (meant for lost workers) would only repeat it."""
     config = validate(apply_overrides(raw_config, params_to_overrides(params)))
     run_dir = Path(tune.get_context().get_trial_dir()) / "run"
     restored = tune.get_checkpoint()
-    if restored is not None:  # resume, a retry, or PBT's exploit of a better trial: its shards and manifest
+    if restored is not None:  # resume, a retry, or PBT's exploit of a better trial (with new values)
         with restored.as_directory() as folder:
-            shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
-            shutil.copytree(Path(folder) / CHECKPOINTS, run_dir / CHECKPOINTS)
+            own = run_dir / MANIFEST
+            if not (own.exists() and own.read_text() == (Path(folder) / MANIFEST).read_text()):
+                # another trial's checkpoint, or an older one: the run folder starts over from it
+                shutil.rmtree(run_dir, ignore_errors=True)
+                shutil.copytree(Path(folder) / CHECKPOINTS, run_dir / CHECKPOINTS)
 
     def report(epoch: int, rows: list[dict], saved: bool) -> None:
         metrics = trial_metrics(rows, config)
@@ -75,4 +84,7 @@ def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
             shutil.copytree(run_dir / CHECKPOINTS, Path(folder) / CHECKPOINTS)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    train(config, run_dir=str(run_dir), quiet=True, on_epoch=report)
+    try:
+        train(config, run_dir=str(run_dir), quiet=True, on_epoch=report)
+    except TrainingDiverged as e:
+        tune.report({**{name: math.nan for name in metric_names(config)}, "diverged": str(e)})

@@ -1,10 +1,9 @@
 """Real Tune sweeps (Optuna TPE, ASHA, PBT) on digits, resume, and the errors raised before any trial."""
 
 import json
-import os
+import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,14 +34,19 @@ def test_asha_sweep_writes_every_trial_and_a_best_config_that_trains(ray_cluster
     )
     assert code == 0, err
     trials = pq.read_table(tmp_path / "asha" / "trials.parquet").to_pylist()
-    assert len(trials) == 5 and all(t["status"] == "done" for t in trials)
-    assert any(t["stopped_early"] for t in trials), [t["epochs"] for t in trials]
+    assert len(trials) == 5 and {t["status"] for t in trials} == {"done", "stopped"}, [t["epochs"] for t in trials]
+    assert all(t["epochs"] < 2 for t in trials if t["status"] == "stopped")
     assert all("config/method.terms.ring_kl.weight" in t and "mean_test_top1" in t for t in trials)
-    best = max(trials, key=lambda t: t["mean_test_top1"])
+    (best,) = [t for t in trials if t["best"]]
+    assert best["mean_test_top1"] == max(t["mean_test_top1"] for t in trials)
     best_yaml = tmp_path / "asha" / "best_config.yaml"
     config = load_config(best_yaml)
     assert config.method.settings("ring_kl").weight == pytest.approx(best["config/method.terms.ring_kl.weight"])
     assert main(["train", str(best_yaml), f"output_dir={tmp_path / 'rerun'}", "--quiet"]) == 0
+    # Tune's epoch and the trial run's metrics.parquet count the same way, from 1
+    run = Path(best["path"]) / "run"
+    assert [json.loads(line)["epoch"] for line in (run.parent / "result.json").read_text().splitlines()] == [1, 2]
+    assert sorted({r["epoch"] for r in pq.read_table(run / "metrics.parquet").to_pylist()}) == [1, 2]
 
 
 def write_space(folder, space):
@@ -84,27 +88,76 @@ def test_pbt_exploits_through_checkpoints(ray_cluster, capsys, tmp_path):
     assert exploits and all(e[0] != e[1] and e[4] != e[5] for e in exploits)
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
+def test_interrupted_sweep_exits_130_with_its_resume_command_and_resumes_without_rerunning(ray_cluster, tmp_path,
+                                                                                           okd_ray):
     address = ray_cluster.get_runtime_context().gcs_address
     # four trials of 3 full-digits epochs: slow enough that the interrupt lands mid-sweep
-    args = [sys.executable, "-m", "okd_ray.cli", "tune", str(SWEEP), *SMALL, "epochs=3", "data.train_limit=1437",
-            "--num-samples", "4",
-            "--max-concurrent", "1", "--scheduler", "none", "--storage-path", str(tmp_path), "--name", "resume",
-            "--address", address, "--quiet"]
+    args = ["tune", SWEEP, *SMALL, "epochs=3", "data.train_limit=1437", "--num-samples", "4", "--max-concurrent", "1",
+            "--scheduler", "none", "--storage-path", tmp_path, "--name", "resume", "--address", address]
     sweep = tmp_path / "resume"
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = okd_ray.start(*args)
     finished = wait_for_finished_trial(sweep, epochs=3, process=process)
     process.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves the sweep's state and stops
-    process.wait(timeout=120)
+    out, err = process.communicate(timeout=120)
+    command = shlex.join(["okd-ray", *map(str, args), "--resume"])
+    okd_ray.assert_error(subprocess.CompletedProcess(args, process.returncode, out, err), 130,
+                         "sweep interrupted: ", f"continue with: {command}")
+    assert "Tuner.restore" not in out + err
+    assert not (sweep / "best_config.yaml").exists(), "a best config from a partial sweep"
+    assert "unfinished" in {t["status"] for t in pq.read_table(sweep / "trials.parquet").to_pylist()}
     before = {path.parent.name: path.read_text() for path in sweep.glob("*/result.json")}
     assert finished in before
     assert sum(lines(t) == 3 for t in before.values()) < 4, "interrupted too late"
 
-    assert subprocess.run([*args, "--resume"], timeout=300).returncode == 0
+    resumed = okd_ray.run(*shlex.split(command)[1:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = {path.parent.name: path.read_text() for path in sweep.glob("*/result.json")}
     # every trial reached its last epoch (an interrupted one re-runs what followed its last checkpoint)
     assert len(after) == 4 and all(last_epoch(text) == 3 for text in after.values())
     assert after[finished] == before[finished], "the finished trial was run again"
+    (best,) = [t for t in pq.read_table(sweep / "trials.parquet").to_pylist() if t["best"]]
+    assert f"best_config.yaml is the config of trial {best['trial_id']}" in " ".join(resumed.stdout.split())
+    assert (sweep / "best_config.yaml").exists()
+
+
+def test_diverging_trials_are_not_retried_and_a_sweep_without_result_fails(ray_cluster, tmp_path, okd_ray):
+    address = ray_cluster.get_runtime_context().gcs_address
+    result = okd_ray.run("tune", SWEEP, *SMALL, "epochs=1", "members.0.optimizer.lr=1e30", "--num-samples", "2",
+                         "--scheduler", "none", "--storage-path", tmp_path, "--name", "nan", "--address", address)
+    okd_ray.assert_error(result, 1, f"no trial of sweep {tmp_path}/nan finished", "diverged: m0:cnn16",
+                         "make the diverging values less extreme")
+    assert "best_config.yaml" not in result.stdout and not (tmp_path / "nan" / "best_config.yaml").exists()
+    trials = pq.read_table(tmp_path / "nan" / "trials.parquet").to_pylist()
+    assert [t["status"] for t in trials] == ["diverged", "diverged"]
+    for trial in (tmp_path / "nan").glob("run_trial_*"):  # one attempt each: Tune retried nothing
+        assert lines((trial / "result.json").read_text()) == 1 and not (trial / "error.txt").exists()
+
+
+def test_a_sweep_name_is_used_once_unless_resumed_or_overwritten(ray_cluster, tmp_path, okd_ray):
+    address = ray_cluster.get_runtime_context().gcs_address
+    args = ["tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
+            "--storage-path", tmp_path, "--name", "once", "--address", address, "--quiet"]
+    first = okd_ray.run(*args)
+    assert first.returncode == 0 and first.stderr == "", first.stderr[-3000:]
+    # --quiet: the final table is all there is
+    assert first.stdout.startswith("sweep once: 1 trials (* best)") and "Checkpoint" not in first.stdout
+    assert okd_ray.run("report", tmp_path / "once").returncode == 0
+    before = snapshot(tmp_path / "once")
+
+    again = okd_ray.run(*args)
+    okd_ray.assert_error(again, 2, f"sweep folder {tmp_path}/once exists: continue that sweep with --resume, "
+                         "replace it with --overwrite, or give another --name")
+    assert snapshot(tmp_path / "once") == before
+
+    replaced = okd_ray.run(*args, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert not (tmp_path / "once" / "report").exists(), "the old report outlived its sweep"
+    assert len(pq.read_table(tmp_path / "once" / "trials.parquet")) == 1
+    assert len(list((tmp_path / "once").glob("run_trial_*"))) == 1
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
 def last_epoch(text: str) -> int:

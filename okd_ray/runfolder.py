@@ -1,0 +1,64 @@
+"""A run folder holds one run: continuing it (``--resume``, ``--run-dir``) may change how, where and how long
+the run computes, never what. Checked before anything is written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from okd_ray.config import TrainConfig, dump_config, override, parse_config
+from okd_ray.errors import ConfigError
+from okd_ray.storage import RunStore
+
+CONFIG = "config.yaml"
+
+# The keys a continued run may change: its length, its engine and resources, where its data and outputs lie.
+MAY_CHANGE = ("epochs", "engine", "device", "threads", "checkpoint_every", "output_dir", "ray", "search",
+              "data.root", "data.download", "data.num_workers", "data.test_batch_size")
+
+
+def check_same_run(store: RunStore, config: TrainConfig) -> None:
+    """Raise an error naming the keys when ``store`` holds a run that ``config`` would change beyond MAY_CHANGE."""
+    if not store.exists(CONFIG):
+        return
+    held = parse_config(store.read_text(CONFIG), source=store.path(CONFIG))
+    old, new = flatten(held.model_dump(mode="json")), flatten(config.model_dump(mode="json"))
+    changed = [key for key in dict.fromkeys([*old, *new])
+               if old.get(key, ABSENT) != new.get(key, ABSENT) and not may_change(key)]
+    if not changed:
+        return
+    # keys both configs hold first; a key only one holds (a term of another method, a member more) follows
+    direct = [k for k in changed if k in old and k in new]
+    changed = direct + [k for k in changed if k not in direct]
+    differences = "; ".join(f"{key} is {show(old.get(key, ABSENT))} there, {show(new.get(key, ABSENT))} here"
+                            for key in changed[:4]) + ("; ..." if len(changed) > 4 else "")
+    exact = direct and all(k in direct or k.startswith("method.terms.") for k in changed)  # terms follow the method
+    new_run = (f"okd-ray train {store.uri}/{CONFIG} {' '.join(override(k, new[k]) for k in direct)}"
+               if exact else "okd-ray train CONFIG KEY=VALUE ...")
+    raise ConfigError(
+        f"{store.uri} holds another run ({differences}). A run folder holds one run: continuing it may change only "
+        f"{', '.join(MAY_CHANGE)}. To train the changed config, start a new run: {new_run}"
+    )
+
+
+def write_config(store: RunStore, config: TrainConfig) -> None:
+    store.write_text(CONFIG, dump_config(config))
+
+
+def may_change(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in MAY_CHANGE)
+
+
+ABSENT = object()
+
+
+def show(value: Any) -> str:
+    return "absent" if value is ABSENT else repr(value)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": [1]}}`` -> ``{"a.b.0": 1}``: every leaf under its dotted override key."""
+    if isinstance(obj, dict) and obj:
+        return {k: v for key, value in obj.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    if isinstance(obj, list) and obj:
+        return {k: v for i, value in enumerate(obj) for k, v in flatten(value, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): obj}

@@ -1,0 +1,108 @@
+"""A run folder holds one run: named after what ran, never mixed with another config, never left half-made,
+and Ctrl-C says how to continue. The okd-ray command runs in a subprocess wherever exit codes matter."""
+
+import re
+import signal
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from okd_ray.errors import ConfigError
+from okd_ray.checkpoint import MANIFEST, read_manifest
+from okd_ray.run import resume, train
+from okd_ray.storage import RunStore
+
+TINY = ["data.train_limit=128", "data.test_limit=64", "data.batch_size=32"]
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resume_with_another_method_is_one_clean_error_and_the_run_stays_whole(tiny_config, tmp_path, okd_ray):
+    run = train(tiny_config("method.name=dml", "epochs=1", *TINY), run_dir=str(tmp_path / "run"), quiet=True)
+    before = snapshot(tmp_path / "run")
+    result = okd_ray.run("train", "--resume", run.run_dir, "method.name=ffl", "--quiet")
+    okd_ray.assert_error(result, 2, f"{run.run_dir} holds another run (method.name is 'dml' there, 'ffl' here;",
+                         f"start a new run: okd-ray train {run.run_dir}/config.yaml method.name=ffl")
+    assert snapshot(tmp_path / "run") == before, "a refused override changed the run folder"
+    # a plain --resume still continues it, with a change the folder allows
+    assert okd_ray.run("train", "--resume", run.run_dir, "epochs=2", "--quiet").returncode == 0
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["epochs"] == 2
+    assert [r["epoch"] for r in pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()][::3] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["members.1.arch=resnet8"], "members.1.arch is 'cnn32' there, 'resnet8' here"),
+        (["members=[{arch: cnn16}, {arch: cnn32}, {arch: cnn16}]"], "members.2.arch is absent there, 'cnn16' here"),
+        (["data.train_limit=100"], "data.train_limit is 128 there, 100 here"),
+        (["method.terms.peer_kl.weight=2"], "method.terms.peer_kl.weight is 1.0 there, 2.0 here"),
+    ],
+)
+def test_resume_and_run_dir_refuse_a_changed_population(tiny_config, tmp_path, args, named):
+    config = tiny_config("method.name=dml", "epochs=1", *TINY)
+    run = train(config, run_dir=str(tmp_path / "run"), quiet=True)
+    before = snapshot(tmp_path / "run")
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        resume(run.run_dir, args, quiet=True)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        train(tiny_config("method.name=dml", "epochs=2", *TINY, *args), run_dir=run.run_dir, quiet=True)
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_run_dir_on_a_run_of_another_method_is_refused(tiny_config, tmp_path):
+    run = train(tiny_config("method.name=afd", "epochs=1"), run_dir=str(tmp_path / "run"), quiet=True)
+    with pytest.raises(ConfigError, match="method.name is 'afd' there, 'dml' here"):
+        train(tiny_config("method.name=dml", "epochs=2"), run_dir=run.run_dir, quiet=True)
+    assert {r["method"] for r in RunStore(run.run_dir).read_table("metrics.parquet").to_pylist()} == {"afd"}
+
+
+def test_folder_and_rows_are_named_after_what_ran(tmp_path, okd_ray):
+    assert okd_ray.run("train", "method.name=ffl", "epochs=1", *TINY, f"output_dir={tmp_path / 'runs'}",
+                       "--quiet").returncode == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert folder.name.startswith("digits-ffl-")
+    rows = pq.read_table(folder / "metrics.parquet").to_pylist()
+    assert {r["run"] for r in rows} == {"digits-ffl"} and {r["method"] for r in rows} == {"ffl"}
+
+
+def test_epochs_count_from_one_in_metrics_and_a_resume_keeps_each_once(tiny_config, tmp_path):
+    config = tiny_config("epochs=2")
+    train(config, run_dir=str(tmp_path / "run"), quiet=True)
+    rows = RunStore(str(tmp_path / "run")).read_table("metrics.parquet").to_pylist()
+    assert sorted({r["epoch"] for r in rows}) == [1, 2]
+    resumed = train(config.model_copy(update={"epochs": 3}), run_dir=str(tmp_path / "run"), quiet=True)
+    epochs = [r["epoch"] for r in resumed.rows if r["part"] == "ensemble"]
+    assert epochs == [1, 2, 3]
+
+
+def test_a_failed_start_leaves_no_folder(ray_cluster, tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="num_gpus_per_member"):
+        train(tiny_config("engine=ray", "ray.num_gpus_per_member=4"), run_dir=str(tmp_path / "run"), quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, okd_ray):
+    folder = tmp_path / "run"
+    process = okd_ray.start("train", "epochs=300", "data.train_limit=64", "data.test_limit=32", "--run-dir", folder,
+                            "--quiet")
+    deadline = time.monotonic() + 120
+    while not (folder / MANIFEST).exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"is kept in {folder / MANIFEST}" in err and f"continue with: okd-ray train --resume {folder}" in err
+    done = read_manifest(RunStore(str(folder))).epoch
+    assert done < 300, "interrupted too late"
+
+    resumed = okd_ray.run("train", "--resume", folder, f"epochs={done + 1}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {folder} after epoch {done}" in resumed.stdout
+    assert read_manifest(RunStore(str(folder))).epoch == done + 1
