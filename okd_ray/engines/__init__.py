@@ -13,8 +13,6 @@ from okd_ray.config import TrainConfig
 from okd_ray.population import PopulationPlan
 from okd_ray.storage import RunStore
 
-from .resources import connect, part_bundles
-
 __all__ = ["Engine", "PartMetrics", "connect", "make_engine", "part_bundles"]
 
 PartMetrics = dict[str, dict[str, float]]  # part name -> metric -> value
@@ -40,6 +38,15 @@ class Engine(Protocol):
         """Every part loads its shard from ``folder``."""
 
     def close(self) -> None: ...
+
+
+def __getattr__(name: str):
+    """``connect`` and ``part_bundles`` (for okd-ray tune) import Ray, which a local run never needs."""
+    if name in ("connect", "part_bundles"):
+        from . import resources
+
+        return getattr(resources, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_engine(config: TrainConfig, plan: PopulationPlan) -> Engine:
