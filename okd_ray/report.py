@@ -26,7 +26,6 @@ RUN_COLUMNS = ["part", "test_top1", "test_top5", "train_top1"]
 
 @dataclass
 class Report:
-    kind: str  # "run" or "sweep"
     header: list[str]
     rows: list[list]  # the table, as written to report.md
     images: dict[str, object] = field(default_factory=dict)  # file name -> matplotlib figure
@@ -107,7 +106,7 @@ def run_report(rows: list[dict]) -> Report:
     images = {"test_top1.png": test, "train_vs_test_top1.png": gap}
     if terms:
         images["loss_terms.png"] = losses
-    return Report("run", RUN_COLUMNS, table, images)
+    return Report(RUN_COLUMNS, table, images)
 
 
 def sweep_report(trials: list[dict], search: dict) -> Report:
@@ -150,7 +149,7 @@ def sweep_report(trials: list[dict], search: dict) -> Report:
             ax.set_xlim(-0.5, len(categories) - 0.5)
         _axes(ax, f"{metric} against {name}", metric, f"{name} ({kind})", integer_x=kind == "int")
         images[f"{metric}_vs_{name.replace('.', '_')}.png"] = figure
-    return Report("sweep", header, table, images)
+    return Report(header, table, images)
 
 
 def _number(value) -> float:

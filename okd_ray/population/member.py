@@ -76,7 +76,7 @@ class Member(Part):
         with self.rng.active(self.device):
             self._input = x
             self._feature, self._logits, self._public = self._run(x)
-        self.check_finite({"logits": self._logits}, "lower this member's learning rate (members.N.optimizer.lr)")
+        self.check_finite({"logits": self._logits}, f"lower members.{self.index}.optimizer.lr")
         return outgoing(MemberForward(
             ring=RingMessage(self._public if Need.RING_MAP in self.needs else None,
                              self._logits if Need.RING_LOGITS in self.needs else None),
@@ -103,12 +103,12 @@ class Member(Part):
         )
         with self.rng.active(self.device):
             losses = {term.name: term.loss(batch) for term in self.terms}
-            self.check_finite(losses, "lower its weight (method.terms.<term>.weight) or this member's learning rate")
+            self.check_finite(losses, f"lower method.terms.{{name}}.weight or members.{self.index}.optimizer.lr")
             self._step_network(batch, losses, to_device(fused.feature_grad) if fused else None)
             for term in self.terms:
                 extra = term.after_update(batch)
                 if extra:
-                    self.check_finite(extra, f"lower the learning rates of method.terms.{term.name}'s optimizers")
+                    self.check_finite(extra, f"lower the learning rate of method.terms.{term.name}'s optimizer")
                     losses.update(extra)
         metrics = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
         metrics["train_correct"] = int((self._logits.detach().argmax(1) == self._labels).sum())

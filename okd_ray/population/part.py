@@ -39,13 +39,14 @@ class Part:
             module.eval()
 
     def check_finite(self, values: dict[str, torch.Tensor], fix: str) -> None:
-        """Name the part, the value, the epoch and the step where training diverged, and what to lower."""
+        """Name the part, the value, the epoch and the step where training diverged, and the config keys to
+        lower (``fix``, where ``{name}`` stands for the value that diverged)."""
         stacked = torch.stack([v.detach().float().sum() for v in values.values()])
         if bool(torch.isfinite(stacked).all()):
             return
         name, value = next((n, float(v)) for n, v in zip(values, stacked) if not torch.isfinite(v))
         raise TrainingDiverged(f"{self.name}: {name!r} is {value} at epoch {self.epoch + 1}, step "
-                               f"{self.step_index + 1}; {fix}")
+                               f"{self.step_index + 1}; {fix.format(name=name)}")
 
     def state_dict(self) -> dict:
         return {

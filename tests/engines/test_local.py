@@ -1,5 +1,7 @@
 """The local engine: learning on real data for every method, exact resume, divergence handling."""
 
+import re
+
 import pytest
 import torch
 
@@ -54,9 +56,13 @@ def test_divergence_names_member_term_epoch_step_and_keeps_checkpoint(tiny_confi
     message = str(err.value)
     assert "m0:cnn16" in message and "epoch 2" in message and "step" in message
     assert "last good checkpoint (epoch 1)" in message
+    # the fix names real config keys: the member's learning rate, or the weight of the term that diverged
+    fix = re.search(r"; lower ([\w.]+)", message).group(1)
+    assert fix == "members.0.optimizer.lr" or re.fullmatch(r"method\.terms\.(ce|peer_kl)\.weight", fix), message
     store = RunStore(str(tmp_path / "run"))
     assert read_manifest(store).epoch == 1
     assert {r["epoch"] for r in store.read_table("metrics.parquet").to_pylist()} == {1}
+
 
 def test_a_crash_between_shards_and_manifest_keeps_the_previous_checkpoint(tiny_config, tmp_path, population_state,
                                                                           monkeypatch):
