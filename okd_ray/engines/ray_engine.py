@@ -69,10 +69,8 @@ class PartActor:
     def run_one(self, method: str, *args):
         """``run`` for transports that return one value per call: the first now, the rest by ``take``."""
         result = self.run(method, *args)
-        values = result if isinstance(result, tuple) and num_returns(getattr(self.part, method), self.members) > 1 \
-            else (result,)
-        self.outbox = values
-        return values[0]
+        self.outbox = result if num_returns(getattr(self.part, method), self.members) > 1 else (result,)
+        return self.outbox[0]
 
     def take(self, index: int):
         return self.outbox[index]

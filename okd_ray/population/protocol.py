@@ -135,7 +135,7 @@ class TrunkPart(Protocol):
 
 def outputs(method: Callable) -> type[tuple] | None:
     """The NamedTuple a part method returns, or None for a single value."""
-    returned = typing.get_type_hints(method)["return"]
+    returned = typing.get_type_hints(method).get("return")
     return returned if isinstance(returned, type) and issubclass(returned, tuple) and hasattr(returned, "_fields") else None
 
 
