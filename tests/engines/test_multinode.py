@@ -16,7 +16,7 @@ from okd_ray.run import train
 from okd_ray.storage import RunStore
 
 # afd+ffl: two members and the fusion, one whole CPU each, one part per node.
-POPULATION = ["method.name=afd+ffl", "epochs=3", "data.train_limit=96", "data.batch_size=32", "data.test_limit=64",
+POPULATION = ["method.name=afd+ffl", "epochs=4", "data.train_limit=192", "data.batch_size=32", "data.test_limit=64",
               "threads=1", "schedule={kind: multistep, milestones: [2]}", "engine=ray", "ray.placement=strict_spread",
               "ray.num_cpus_per_member=1", "ray.num_cpus_fusion=1"]
 
