@@ -52,13 +52,17 @@ def finished(folder: Path, config) -> bool:
     return manifest is not None and manifest.epoch >= config.epochs
 
 
+def run_overrides(method: str, seed: int, overrides: list[str]) -> list[str]:
+    return [f"method.name={method}", f"seed={seed}", *overrides]
+
+
 def train_one(method: str, seed: int, runs: Path, overrides: list[str]) -> str:
     """One run in its own process (so runs go side by side), resumed if it was interrupted."""
     folder = run_dir(runs, method, seed)
-    items = [str(CONFIG), f"method.name={method}", f"seed={seed}", *overrides]
-    if finished(folder, load_config(CONFIG, items[1:])):
+    items = run_overrides(method, seed, overrides)
+    if finished(folder, load_config(CONFIG, items)):
         return f"{folder.name}: finished, skipped"
-    command = [sys.executable, "-m", "okd_ray.cli", "train", *items, "--run-dir", str(folder), "--quiet"]
+    command = [sys.executable, "-m", "okd_ray.cli", "train", str(CONFIG), *items, "--run-dir", str(folder), "--quiet"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{folder.name} failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -72,14 +76,14 @@ def run_study(methods: list[str], seeds: list[int], runs: Path, overrides: list[
             print(line, flush=True)
 
 
-def collect(methods: list[str], seeds: list[int], runs: Path) -> list[dict]:
-    """Every epoch's rows of every finished run, tagged with its seed."""
+def collect(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = ()) -> list[dict]:
+    """Every epoch's rows of every finished run, tagged with its seed; a run still training is left out."""
     rows = []
     for method in methods:
         for seed in seeds:
-            path = run_dir(runs, method, seed) / "metrics.parquet"
-            if path.exists():
-                rows += [{**r, "seed": seed} for r in pq.read_table(path).to_pylist()]
+            folder = run_dir(runs, method, seed)
+            if finished(folder, load_config(CONFIG, run_overrides(method, seed, list(overrides)))):
+                rows += [{**r, "seed": seed} for r in pq.read_table(folder / "metrics.parquet").to_pylist()]
     return rows
 
 
@@ -213,8 +217,8 @@ def plot_differences(diffs: list[dict], path: Path) -> None:
     figure.savefig(path)
 
 
-def report(methods: list[str], seeds: list[int], runs: Path, out: Path) -> str:
-    rows = collect(methods, seeds, runs)
+def report(methods: list[str], seeds: list[int], runs: Path, out: Path, overrides: list[str] = ()) -> str:
+    rows = collect(methods, seeds, runs, overrides)
     final = final_top1(rows)
     diffs = differences(final, methods, seeds)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +243,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.report_only:
         run_study(args.methods, args.seeds, Path(args.runs), args.overrides, args.jobs)
-    print(report(args.methods, args.seeds, Path(args.runs), Path(args.out)))
+    print(report(args.methods, args.seeds, Path(args.runs), Path(args.out), args.overrides))
 
 
 if __name__ == "__main__":

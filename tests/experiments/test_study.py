@@ -24,7 +24,7 @@ def test_runs_are_resumable_and_the_report_pairs_seeds(tmp_path, capsys):
     assert out_text.count("finished, skipped") == 4 and out_text.count("trained") == 2
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
-    text = study.report(["vanilla", "ffl"], [0, 1, 2], runs, out)
+    text = study.report(["vanilla", "ffl"], [0, 1, 2], runs, out, DIGITS)
     diffs = pq.read_table(out.parent / "study_intervals.parquet").to_pylist()
     final = study.final_top1(pq.read_table(out.with_suffix(".parquet")).to_pylist())
     m0 = next(d for d in diffs if d["comparison"] == "vs vanilla" and d["part"] == "m0")
@@ -33,6 +33,11 @@ def test_runs_are_resumable_and_the_report_pairs_seeds(tmp_path, capsys):
     assert any(d["comparison"] == "fused vs own parts" for d in diffs) and "| ffl |" in text
     for name in ("study_curves.png", "study_differences.png"):
         assert (out.parent / name).stat().st_size > 1000
+
+    (study.run_dir(runs, "ffl", 2) / "checkpoints" / "manifest.json").unlink()  # as if still training
+    study.report(["vanilla", "ffl"], [0, 1, 2], runs, out, DIGITS)
+    diffs = pq.read_table(out.parent / "study_intervals.parquet").to_pylist()
+    assert {d["seeds"] for d in diffs if d["comparison"] == "vs vanilla"} == {2}
 
     with pytest.raises(SystemExit, match="another config"):  # a changed budget never mixes with old runs
         study.run_study(["vanilla"], [0], runs, [*DIGITS, "data.train_limit=300"])
