@@ -22,6 +22,12 @@ class MemberConfig(Strict):
     arch: str
     optimizer: OptimizerConfig = OptimizerConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _arch_alone(cls, value: Any) -> Any:
+        """``members=[cnn16, resnet8]``: a member given by its architecture alone takes the default optimizer."""
+        return {"arch": value} if isinstance(value, str) else value
+
 
 class DataConfig(Strict):
     name: str = "digits"

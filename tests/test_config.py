@@ -6,6 +6,7 @@ import pytest
 
 from okd_ray.config import dump_config, load_config, parse_config
 from okd_ray.errors import ConfigError
+from okd_ray.optim import OptimizerConfig
 
 
 def test_embedded_default_is_digits_afd_with_two_members():
@@ -18,6 +19,12 @@ def test_overrides_reach_nested_keys_and_list_items():
     assert config.method.settings("adversarial").weight == 0.5
     assert config.members[1].arch == "resnet8"
     assert config.data.train_limit == 10
+
+
+def test_a_member_given_by_its_architecture_alone_takes_the_default_optimizer():
+    config = load_config(None, ["members=[cnn16, cnn32, {arch: resnet8, optimizer: {lr: 0.05}}]"])
+    assert [m.arch for m in config.members] == ["cnn16", "cnn32", "resnet8"]
+    assert config.members[0].optimizer == OptimizerConfig() and config.members[2].optimizer.lr == 0.05
 
 
 def test_dumped_config_round_trips():
