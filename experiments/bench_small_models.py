@@ -9,7 +9,7 @@
 The study budget this checks: a study runs ~40 population runs, each training a small and a large member
 together on a 2-core CPU, in about 5 CPU-hours. Training here is what the population trainer does for one
 member with method `vanilla`: plain cross-entropy, SGD with Nesterov momentum 0.9 and weight decay 5e-4,
-batch 128, the learning rate set per epoch by the cosine schedule (okd_ray.population.optim), and the
+batch 128, the learning rate set per epoch by the cosine schedule (okd_ray.optim), and the
 whole 10k test set evaluated after every epoch. Training runs at 1 thread per process (`--jobs` processes
 at once, the way a study runs two trials side by side); afterwards each model trains one more epoch alone
 at 2 threads, for the 2-thread figure. CPU seconds are the process's own (time.process_time), so other
@@ -38,10 +38,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from okd_ray.config import OptimizerConfig, ScheduleConfig
 from okd_ray.data import build_dataset
 from okd_ray.models import build_model
-from okd_ray.population.optim import lr_factor, make_optimizer, set_lr
+from okd_ray.optim import OptimizerConfig, ScheduleConfig, make_optimizer, set_epoch_lr
 
 OUT = Path(__file__).parent / "results" / "small_models.parquet"
 STUDY_RUNS = 40  # 8 methods x 5 seeds
@@ -84,12 +83,12 @@ def train(job: dict) -> list[dict]:
         "epochs": job["epochs"], "params": sum(p.numel() for p in model.parameters()),
         "mmacs": macs(model, info.in_channels, info.image_size) / 1e6,
     }
-    optimizer = make_optimizer(model.parameters(), OptimizerConfig(lr=job["lr"], momentum=0.9, nesterov=True,
-                                                                   weight_decay=5e-4))
+    settings = OptimizerConfig(lr=job["lr"], momentum=0.9, nesterov=True, weight_decay=5e-4)
+    optimizer = make_optimizer(model.parameters(), settings)
     schedule = ScheduleConfig(kind="cosine")
     rows = []
     for epoch in range(job["epochs"]):
-        lr = set_lr(optimizer, job["lr"], lr_factor(schedule, epoch, job["epochs"]))
+        lr = set_epoch_lr(optimizer, settings, schedule, epoch, job["epochs"])
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         wall, cpu = time.perf_counter(), time.process_time()
