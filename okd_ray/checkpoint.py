@@ -29,6 +29,10 @@ def shard_folder(epoch: int) -> str:
     return f"{FOLDER}/epoch-{epoch:04d}"
 
 
+def shard_path(folder: str, part_key: str) -> str:
+    return f"{folder}/{part_key}.pt"
+
+
 def read_manifest(store: RunStore) -> Manifest | None:
     return Manifest(**json.loads(store.read_text(MANIFEST))) if store.exists(MANIFEST) else None
 
@@ -44,4 +48,4 @@ def commit(store: RunStore, manifest: Manifest) -> None:
 def load_shards(store: RunStore) -> dict[str, dict]:
     """The whole population's state, part key -> state dict (tests and tools; engines load their own)."""
     manifest = read_manifest(store)
-    return {key: store.load_torch(f"{manifest.folder}/{key}.pt") for key in manifest.parts}
+    return {key: store.load_torch(shard_path(manifest.folder, key)) for key in manifest.parts}

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from okd_ray.checkpoint import shard_path
 from okd_ray.config import TrainConfig
 from okd_ray.metrics import EpochMeters, test_accuracy
 from okd_ray.population import Population, PopulationPlan, build_part, parts_of, population_eval, population_step
@@ -26,7 +27,11 @@ class LocalEngine:
             torch.set_num_threads(config.threads)
         self.config, self.plan = config, plan
         self.ids = parts_of(config)
-        self.parts = [build_part(config, plan, pid, device) for pid in self.ids]
+        try:
+            self.parts = [build_part(config, plan, pid, device) for pid in self.ids]
+        except BaseException:  # the process's thread count goes back as it was
+            self.close()
+            raise
         self.population = Population.of(self.ids, self.parts, config.method.method.needs)
 
     def begin_epoch(self, epoch: int) -> dict[str, dict[str, float]]:
@@ -48,11 +53,11 @@ class LocalEngine:
 
     def save(self, store: RunStore, folder: str) -> None:
         for pid, part in zip(self.ids, self.parts):
-            part.save(store.address, f"{folder}/{pid.key}.pt")
+            part.save(store.address, shard_path(folder, pid.key))
 
     def load(self, store: RunStore, folder: str) -> None:
         for pid, part in zip(self.ids, self.parts):
-            part.load(store.address, f"{folder}/{pid.key}.pt")
+            part.load(store.address, shard_path(folder, pid.key))
 
     def close(self) -> None:
         torch.set_num_threads(self.threads_before)

@@ -29,6 +29,7 @@ from ray.dag import DAGNode, InputNode, MultiOutputNode
 from ray.experimental.collective import create_collective_group
 from ray.exceptions import GetTimeoutError, RayActorError, RayChannelError, RayChannelTimeoutError, RayTaskError
 
+from okd_ray.checkpoint import shard_path
 from okd_ray.config import TrainConfig, validate
 from okd_ray.errors import ConfigError, OkdRayError, PopulationLost
 from okd_ray.metrics import EpochMeters, test_accuracy
@@ -37,7 +38,7 @@ from okd_ray.population import (PartId, Population, PopulationPlan, StepMetrics,
 from okd_ray.population.protocol import flatten, nest, num_returns, return_names
 from okd_ray.storage import RunStore
 
-from .resources import PartResources, connect, reserve
+from .resources import PartResources, connect, part_bundles, reserve
 
 STEPS_IN_FLIGHT = 2  # the driver submits this many steps ahead before it reads a step's metrics
 LIVENESS_CHECK_S = 5.0  # how often a wait on a compiled step checks that its actors are alive
@@ -212,22 +213,24 @@ class RayEngine:
         connect(config.ray.address)
         self.config, self.plan = config, plan
         self.ids = parts_of(config)
-        self.resources: PartResources = reserve(config)
-        self.transport = config.ray.transport if config.ray.transport != "auto" else auto_transport(self.resources)
+        bundles = part_bundles(config)
+        self.transport = config.ray.transport if config.ray.transport != "auto" else auto_transport(bundles)
         if self.transport == "direct":
-            try:
-                check_direct(self.resources)
-            except ConfigError:
-                self.resources.release()
-                raise
-        raw, run_id = config.model_dump(mode="json"), uuid.uuid4().hex[:8]
+            check_direct(bundles)  # before anything is reserved or started
+        self.resources: PartResources = reserve(config)
+        self.actors, self.steps = [], None
+        try:
+            self._start(profile)
+        except BaseException:  # a half-started population gives back what it holds: a retry must not wait on it
+            self.close()
+            raise
 
-        def start(i: int, pid: PartId):
+    def _start(self, profile: bool) -> None:
+        raw, run_id = self.config.model_dump(mode="json"), uuid.uuid4().hex[:8]
+        for i, pid in enumerate(self.ids):
             options, threads = self.resources.options(i)
             name = f"okd-{run_id}-{pid.key}"  # findable: ray.get_actor(name)
-            return PartActor.options(name=name, **options).remote(raw, plan, pid, threads, profile)
-
-        self.actors = [start(i, pid) for i, pid in enumerate(self.ids)]
+            self.actors.append(PartActor.options(name=name, **options).remote(raw, self.plan, pid, threads, profile))
         where = self._guard(lambda: ray.get([a.ready.remote() for a in self.actors]))
         self.where = {
             "driver_placement_group": ray.get_runtime_context().get_placement_group_id(),  # a Tune trial's
@@ -245,7 +248,7 @@ class RayEngine:
             return CompiledSteps(self.actors, self.ids, len(self.config.members), needs)
         mode = {}
         if self.transport == "direct":
-            nccl = bool(self.resources.gpus_per_part())
+            nccl = any(gpu_shares(self.resources.bundles))
             create_collective_group(self.actors, backend="nccl" if nccl else "torch_gloo")
             mode = {"tensor_transport": "nccl" if nccl else "gloo"}
         return CallSteps(Population.of(self.ids, self.handles(**mode), needs))
@@ -303,11 +306,11 @@ class RayEngine:
 
     def save(self, store: RunStore, folder: str) -> None:
         """Every part writes its own shard, all at once; the driver only waits."""
-        self._guard(lambda: ray.get([a.call.remote("save", store.address, f"{folder}/{pid.key}.pt")
+        self._guard(lambda: ray.get([a.call.remote("save", store.address, shard_path(folder, pid.key))
                                      for a, pid in zip(self.actors, self.ids)]))
 
     def load(self, store: RunStore, folder: str) -> None:
-        self._guard(lambda: ray.get([a.call.remote("load", store.address, f"{folder}/{pid.key}.pt")
+        self._guard(lambda: ray.get([a.call.remote("load", store.address, shard_path(folder, pid.key))
                                      for a, pid in zip(self.actors, self.ids)]))
 
     def close(self) -> None:
@@ -315,26 +318,31 @@ class RayEngine:
         teardown (measured: 30 s, then Ray force-kills); with its actors gone the teardown is immediate."""
         for actor in self.actors:
             ray.kill(actor)
-        try:
-            self.steps.close()
-        except Exception:  # noqa: BLE001 - a graph whose actors are gone cannot tear down cleanly
-            pass
+        if self.steps is not None:
+            try:
+                self.steps.close()
+            except Exception:  # noqa: BLE001 - a graph whose actors are gone cannot tear down cleanly
+                pass
         self.resources.release()
 
 
-def auto_transport(resources: PartResources) -> str:
+def gpu_shares(bundles: list[dict[str, float]]) -> list[float]:
+    return [b.get("GPU", 0) for b in bundles]
+
+
+def auto_transport(bundles: list[dict[str, float]]) -> str:
     """``direct`` (NCCL) when every part has its own GPU (not measured yet); on a shared GPU and on CPUs,
     what ``experiments/bench_engine.py`` measured fastest (README, "What the engines cost")."""
-    gpus = [b.get("GPU", 0) for b in resources.bundles]
+    gpus = gpu_shares(bundles)
     if gpus and min(gpus) >= 1:
         return "direct"
     return "compiled" if any(gpus) else "object_store"
 
 
-def check_direct(resources: PartResources) -> None:
+def check_direct(bundles: list[dict[str, float]]) -> None:
     """NCCL needs one whole GPU per part (two ranks on one GPU are refused: NCCL_ERROR_INVALID_USAGE, measured
     on an H100); gloo needs every part on the CPU."""
-    gpus = [b.get("GPU", 0) for b in resources.bundles]
+    gpus = gpu_shares(bundles)
     if any(gpus) and min(gpus) < 1:
         raise ConfigError(
             f"ray.transport=direct: the parts' GPU shares are {gpus}; NCCL needs one whole GPU per part, members "

@@ -71,9 +71,6 @@ class PartResources:
     def bundle(self, part: int) -> int:
         return self.first_bundle + part
 
-    def gpus_per_part(self) -> float:
-        return self.bundles[0].get("GPU", 0)
-
     def release(self) -> None:
         if self.owned:
             ray.util.remove_placement_group(self.group)

@@ -1,5 +1,6 @@
 """The Ray engine against the local one: the spine of the project."""
 
+import os
 import threading
 import time
 
@@ -8,9 +9,8 @@ import torch
 
 from okd_ray.checkpoint import MANIFEST
 from okd_ray.engines.ray_engine import auto_transport, check_direct
-from okd_ray.engines.resources import PartResources
 from okd_ray.run import train
-from okd_ray.errors import ConfigError
+from okd_ray.errors import ConfigError, OkdRayError
 
 POPULATIONS = {
     "afd-3-heterogeneous": ["method.name=afd", "members=[{arch: cnn16}, {arch: cnn32}, {arch: resnet8}]"],
@@ -100,9 +100,21 @@ def test_unmeetable_resources_are_a_clear_error(ray_cluster, tiny_config):
         train(config, quiet=True)
 
 
+def test_a_population_that_fails_to_start_gives_back_what_it_reserved(ray_cluster, tiny_config, tmp_path):
+    """Parts that cannot start (here a plugin that fails off the driver, as missing data on a worker would):
+    the actors already started and the placement group are given back, so a retry or the next run can start."""
+    plugin = tmp_path / "driver_only.py"
+    plugin.write_text(f"import os\nif os.getpid() != {os.getpid()}:\n    raise RuntimeError('not on this worker')\n")
+    with pytest.raises(OkdRayError, match="a population actor failed to start"):
+        train(tiny_config("engine=ray", f"plugins=[{plugin}]", "ray.num_cpus_per_member=0.5"), quiet=True)
+    deadline = time.monotonic() + 30
+    while ray_cluster.available_resources().get("CPU") != ray_cluster.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, f"still held: {ray_cluster.available_resources()}"
+        time.sleep(0.2)
+
+
 def bundles(*gpus):
-    return PartResources(group=None, bundles=[{"CPU": 1, **({"GPU": g} if g else {})} for g in gpus], first_bundle=0,
-                         owned=False)
+    return [{"CPU": 1, **({"GPU": g} if g else {})} for g in gpus]
 
 
 def test_auto_transport_follows_what_was_measured():
