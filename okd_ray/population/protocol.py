@@ -9,6 +9,7 @@ the engines derive their Ray return counts and compiled-graph outputs from that 
 
 from __future__ import annotations
 
+import functools
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -135,10 +136,16 @@ class TrunkPart(Protocol):
 
 def outputs(method: Callable) -> type[tuple] | None:
     """The NamedTuple a part method returns, or None for a single value."""
-    returned = typing.get_type_hints(method).get("return")
+    return _outputs(getattr(method, "__func__", method))  # a bound method: its function's annotations
+
+
+@functools.cache  # read on every remote call; annotations are fixed once a class is defined
+def _outputs(function: Callable) -> type[tuple] | None:
+    returned = typing.get_type_hints(function).get("return")
     return returned if isinstance(returned, type) and issubclass(returned, tuple) and hasattr(returned, "_fields") else None
 
 
+@functools.cache
 def _per_member(shape: type[tuple], field: str) -> bool:
     hint = typing.get_type_hints(shape)[field]
     return typing.get_origin(hint) is tuple and typing.get_args(hint)[-1:] == (Ellipsis,)
