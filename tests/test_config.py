@@ -61,6 +61,11 @@ def test_bad_values_name_the_key(override, expected):
     assert expected in str(err.value)
 
 
+def test_per_member_augmentation_on_a_shared_trunk_is_refused():
+    with pytest.raises(ConfigError, match="data.augment_per_member: members on a shared trunk see the trunk's one"):
+        load_config(None, ["members=[resnet8, resnet8]", "trunk_stages=2", "data.augment_per_member=true"])
+
+
 def test_ffl_with_one_member_is_refused():
     with pytest.raises(ConfigError, match="method 'ffl' needs at least 2 members"):
         load_config(None, ["method.name=ffl", "members=[{arch: cnn16}]"])

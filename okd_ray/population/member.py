@@ -49,7 +49,8 @@ class Member(Part):
         for term in self.terms:
             self.optimizers.update(term.optimizers())
         self.stream = index if config.data.augment_per_member else None
-        self.dataset = load_dataset(config.data, config.seed)
+        # On a trunk the batches come from the trunk (in the messages); only a member on its own reads data.
+        self.dataset = None if config.trunk_stages else load_dataset(config.data, config.seed)
         self._batches = self._test_batches = None
 
     # --- training -------------------------------------------------------------------------------------
@@ -58,7 +59,8 @@ class Member(Part):
         """Learning rates and term weights of this epoch; start the epoch's seeded batch order."""
         lrs = super().begin_epoch(epoch)
         self.weights = {term.name: term.settings.weight_at(epoch) for term in self.terms}
-        self._batches = iter(self.dataset.train_batches(epoch, self.stream))
+        if self.dataset is not None:
+            self._batches = iter(self.dataset.train_batches(epoch, self.stream))
         return lrs
 
     def forward(self, shared: SharedMessage | None = None) -> MemberForward:
@@ -158,7 +160,8 @@ class Member(Part):
 
     def begin_eval(self) -> None:
         super().begin_eval()
-        self._test_batches = iter(self.dataset.test_batches())
+        if self.dataset is not None:
+            self._test_batches = iter(self.dataset.test_batches())
 
     @torch.no_grad()
     def eval_next(self, shared: SharedMessage | None = None) -> MemberEval:

@@ -20,7 +20,9 @@ def engine(config):
 
 
 def first_batch(e):
-    return next(iter(e.parts[0].dataset.train_batches(0)))
+    """The population's first batch, read by the trunk when there is one, else by every member."""
+    reader = e.population.trunk or e.population.members[0]
+    return next(iter(reader.dataset.train_batches(0)))
 
 
 def assert_same_grads(split_modules, joint_modules):
