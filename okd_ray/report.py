@@ -116,9 +116,7 @@ def sweep_report(trials: list[dict], search: dict) -> Report:
     keys = sorted({k for t in trials for k in t if k.startswith("config/")})
     metric = (search.get("metric") or [next(m for m in ("mean_test_top1", "fused_test_top1", "best_test_top1")
                                             if any(m in t for t in trials))])[0]
-    reverse = (search.get("mode") or ["max"])[0] == "max"
-    trials = sorted(trials, key=lambda t: (math.isnan(_number(t.get(metric))),
-                                           -_number(t.get(metric)) if reverse else _number(t.get(metric))))
+    trials = rank_trials(trials, metric, (search.get("mode") or ["max"])[0])
     header = ["trial", *[k.removeprefix("config/") for k in keys], "epochs", "status", metric]
     table = [[t["trial_id"] + (" *" if t.get("best") else ""), *[t.get(k) for k in keys], t["epochs"],
               t.get("status"), t.get(metric)] for t in trials]
@@ -126,7 +124,7 @@ def sweep_report(trials: list[dict], search: dict) -> Report:
     for key in keys:
         name = key.removeprefix("config/")
         kind, args = next(iter(space.get(name, {"uniform": None}).items()))
-        scored = [t for t in trials if t.get(key) is not None and not math.isnan(_number(t.get(metric)))]
+        scored = [t for t in trials if t.get(key) is not None and not math.isnan(number(t.get(metric)))]
         if not scored:
             continue
         figure = _figure()
@@ -152,7 +150,16 @@ def sweep_report(trials: list[dict], search: dict) -> Report:
     return Report(header, table, images)
 
 
-def _number(value) -> float:
+def rank_trials(trials: list[dict], metric: str, mode: str) -> list[dict]:
+    """Best first by ``metric`` (``mode`` max or min); trials with no number for it (diverged, failed) last."""
+    def key(trial: dict) -> tuple[bool, float]:
+        value = number(trial.get(metric))
+        return math.isnan(value), -value if mode == "max" else value
+
+    return sorted(trials, key=key)
+
+
+def number(value) -> float:
     return value if isinstance(value, (int, float)) and not math.isnan(value) else float("nan")
 
 

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from okd_ray.cli import main
-from okd_ray.report import fmt, make_report, run_report, sweep_report
+from okd_ray.report import fmt, make_report, rank_trials, run_report, sweep_report
 
 TINY = ["epochs=2", "data.train_limit=128", "data.test_limit=64", "data.batch_size=32", "--quiet"]
 
@@ -119,3 +119,9 @@ def test_report_of_a_sweep(ray_cluster, tmp_path):
 def test_report_of_a_folder_without_results_names_the_fix(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "neither metrics.parquet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode, order", [("max", ["b", "a", "c", "d"]), ("min", ["a", "b", "c", "d"])])
+def test_trials_rank_best_first_and_diverged_or_failed_last_in_either_mode(mode, order):
+    trials = [{"id": "c", "m": float("nan")}, {"id": "a", "m": 0.2}, {"id": "d"}, {"id": "b", "m": 0.9}]
+    assert [t["id"] for t in rank_trials(trials, "m", mode)] == order

@@ -26,7 +26,7 @@ from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml,
 from okd_ray.engines import part_bundles
 from okd_ray.errors import ConfigError, Interrupted, NoResult
 from okd_ray.population import parts_of
-from okd_ray.report import SEARCH
+from okd_ray.report import SEARCH, number, rank_trials
 from okd_ray.storage import RunStore
 from okd_ray.terminal import console, fitted_table, short_names
 
@@ -274,26 +274,20 @@ def _is_metric(key: str, value: Any) -> bool:
 
 def best_row(rows: list[dict], sweep: Sweep) -> dict | None:
     """The best of ``rows`` by the first metric (the first objective of a multi-objective search)."""
-    metric, mode = sweep.options.metrics[0], sweep.options.modes[0]
-    scored = [r for r in rows if isinstance(r.get(metric), float) and not math.isnan(r[metric])]
-    if not scored:
-        return None
-    return (max if mode == "max" else min)(scored, key=lambda r: r[metric])
+    metric = sweep.options.metrics[0]
+    ranked = rank_trials(rows, metric, sweep.options.modes[0])
+    return ranked[0] if ranked and not math.isnan(number(ranked[0].get(metric))) else None
 
 
 def show(rows: list[dict], sweep: Sweep) -> None:
     """The table of trials, best first; it is the one thing ``--quiet`` prints on stdout."""
     metrics, keys = sweep.options.metrics, sorted({k for r in rows for k in r if k.startswith("config/")})
-    order = sorted(rows, key=lambda r: _sort_value(r.get(metrics[0])), reverse=sweep.options.modes[0] == "max")
+    order = rank_trials(rows, metrics[0], sweep.options.modes[0])
     cells = [[r["trial_id"] + (" *" if r["best"] else ""), *[_fmt(r.get(k)) for k in keys], str(r["epochs"]),
               r["status"], *[_fmt(r.get(m)) for m in metrics]] for r in order]
     headers = ["trial", *short_names([k.removeprefix("config/") for k in keys]), "epochs", "status", *metrics]
     title = f"sweep {sweep.options.name}: {len(rows)} trials (* best)"
     console().print(fitted_table(title, headers, cells, left=("trial", "status")))
-
-
-def _sort_value(value: Any) -> float:
-    return value if isinstance(value, float) and not math.isnan(value) else float("-inf")
 
 
 def _fmt(value: Any) -> str:
