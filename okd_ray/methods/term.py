@@ -128,6 +128,11 @@ class Term:
         """Runs after the member's own optimizers stepped; returns values named in ``extra_columns``."""
         return {}
 
+    def lr_keys(self) -> list[str]:
+        """The config keys of this term's own learning rates: what to lower when its update diverges."""
+        return [f"method.terms.{self.name}.{key}.lr" for key, value in self.settings
+                if isinstance(value, OptimizerConfig)]
+
 
 @dataclass(frozen=True)
 class TermSpec:

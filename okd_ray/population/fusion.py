@@ -45,7 +45,7 @@ class Fusion(Part):
         with self.rng.active(self.device):
             fused = self.module(maps)
             losses = dict(zip(COLUMNS, (F.cross_entropy(fused, labels), distill_kl(fused, ensemble, self.settings.temperature))))
-            self.check_finite(losses, "lower method.terms.fused_kl.fusion_optimizer.lr or method.terms.fused_kl.weight")
+            self.check_finite(losses, "method.terms.fused_kl.fusion_optimizer.lr", "method.terms.fused_kl.weight")
             optimizer = self.optimizers["fusion"].optimizer
             optimizer.zero_grad(set_to_none=True)
             (losses["ce"] + self.weight * losses["ensemble_kl"]).backward()

@@ -78,7 +78,7 @@ class Member(Part):
         with self.rng.active(self.device):
             self._input = x
             self._feature, self._logits, self._public = self._run(x)
-        self.check_finite({"logits": self._logits}, f"lower members.{self.index}.optimizer.lr")
+        self.check_finite({"logits": self._logits}, f"members.{self.index}.optimizer.lr")
         return outgoing(MemberForward(
             ring=RingMessage(self._public if Need.RING_MAP in self.needs else None,
                              self._logits if Need.RING_LOGITS in self.needs else None),
@@ -105,12 +105,13 @@ class Member(Part):
         )
         with self.rng.active(self.device):
             losses = {term.name: term.loss(batch) for term in self.terms}
-            self.check_finite(losses, f"lower method.terms.{{name}}.weight or members.{self.index}.optimizer.lr")
+            self.check_finite(losses, self._term_keys, f"members.{self.index}.optimizer.lr",
+                              *(["method.feature_update.optimizer.lr"] if "feature" in self.optimizers else []))
             self._step_network(batch, losses, to_device(fused.feature_grad) if fused else None)
             for term in self.terms:
                 extra = term.after_update(batch)
                 if extra:
-                    self.check_finite(extra, f"lower the learning rate of method.terms.{term.name}'s optimizer")
+                    self.check_finite(extra, *term.lr_keys())
                     losses.update(extra)
         metrics = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
         metrics["train_correct"] = int((self._logits.detach().argmax(1) == self._labels).sum())
@@ -121,6 +122,11 @@ class Member(Part):
         self.step_index += 1
         self._input = self._feature = self._public = self._logits = self._labels = self._shared = self._gate = None
         return MemberUpdate(metrics, to_trunk)
+
+    def _term_keys(self, name: str) -> list[str]:
+        """A diverged loss term: its weight, and its own optimizers (AFD's discriminator feeds the generator)."""
+        term = next(t for t in self.terms if t.name == name)
+        return [f"method.terms.{name}.weight", *term.lr_keys()]
 
     def _weighted(self, losses: dict[str, torch.Tensor], update: str) -> torch.Tensor | float:
         return sum(self.weights[t.name] * losses[t.name] for t in self.terms if t.update == update)

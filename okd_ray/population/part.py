@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -38,15 +40,16 @@ class Part:
         for module in self.modules.values():
             module.eval()
 
-    def check_finite(self, values: dict[str, torch.Tensor], fix: str) -> None:
+    def check_finite(self, values: dict[str, torch.Tensor], *keys: str | Callable[[str], list[str]]) -> None:
         """Name the part, the value, the epoch and the step where training diverged, and the config keys to
-        lower (``fix``, where ``{name}`` stands for the value that diverged)."""
+        lower: ``keys``, each a key or a function of the value's name that gives keys."""
         stacked = torch.stack([v.detach().float().sum() for v in values.values()])
         if bool(torch.isfinite(stacked).all()):
             return
         name, value = next((n, float(v)) for n, v in zip(values, stacked) if not torch.isfinite(v))
+        lower = [k for key in keys for k in ([key] if isinstance(key, str) else key(name))]
         raise TrainingDiverged(f"{self.name}: {name!r} is {value} at epoch {self.epoch + 1}, step "
-                               f"{self.step_index + 1}; {fix.format(name=name)}")
+                               f"{self.step_index + 1}; lower {' or '.join(lower)}")
 
     def state_dict(self) -> dict:
         return {

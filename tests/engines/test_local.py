@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from okd_ray.checkpoint import read_manifest
+from okd_ray.config import load_config
 from okd_ray.errors import TrainingDiverged
 from okd_ray.methods import METHODS, Need
 from okd_ray.run import resume, train
@@ -87,3 +88,13 @@ def test_a_crash_between_shards_and_manifest_keeps_the_previous_checkpoint(tiny_
     resumed = resume(str(run_dir), quiet=True)
     assert_same_state(population_state(straight.run_dir), population_state(resumed.run_dir))
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0003", "manifest.json"]
+
+
+def test_a_diverging_discriminator_names_keys_that_exist(tiny_config, tmp_path):
+    config = tiny_config("method.terms.adversarial.discriminator_optimizer.lr=1e30", "epochs=1")
+    with pytest.raises(TrainingDiverged) as err:
+        train(config, run_dir=str(tmp_path / "run"), quiet=True)
+    keys = re.search(r"; lower ([\w. ]+);", str(err.value)).group(1).split(" or ")
+    assert "method.terms.adversarial.discriminator_optimizer.lr" in keys, str(err.value)
+    for key in keys:  # each one a key a user can set
+        load_config(None, [f"{key}=0.001"])
