@@ -14,7 +14,7 @@ def console(stderr: bool = False, **options) -> Console:
 
 def short_names(keys: list[str]) -> list[str]:
     """Table headers for dotted keys: each key's shortest dotted suffix that no other key ends with
-    (``method.afd.adv_weight`` -> ``adv_weight``; ``members.0.optimizer.lr`` keeps ``0.optimizer.lr``)."""
+    (``method.terms.adversarial.weight`` -> ``adversarial.weight`` beside ``ring_kl.weight``; ``members.0.optimizer.lr`` keeps ``0.optimizer.lr``)."""
     names = []
     for key in keys:
         parts = key.split(".")

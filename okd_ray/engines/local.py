@@ -45,6 +45,8 @@ class LocalEngine:
         return meters.result()
 
     def evaluate(self) -> dict[str, dict[str, float]]:
+        for part in self.parts:
+            part.begin_eval()
         batches = population_eval(self.population, self.plan.num_test_batches)
         return test_accuracy(batches, [pid.name for pid in self.ids if pid.kind == "member"])
 

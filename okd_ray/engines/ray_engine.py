@@ -294,6 +294,7 @@ class RayEngine:
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Test batches by plain calls whatever the transport: the driver reads their logits."""
         population = Population.of(self.ids, self.handles(), self.config.method.method.needs)
+        self._call_all("begin_eval")  # waited for: a part that cannot start testing says so here
         batches = population_eval(population, self.plan.num_test_batches)
         resolved = self._guard(lambda: [
             (ray.get(labels), ray.get(logits), ray.get(fused) if fused is not None else None)

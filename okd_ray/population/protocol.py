@@ -1,7 +1,7 @@
 """What the parts of a population take and return, declared once.
 
 Each message is bundled for one consumer, so a transport moves only what that consumer needs. A part
-method returns a NamedTuple of messages (``MemberForward``, ``FusionStep``, ...), never a bare message;
+method returns a NamedTuple of messages (``MemberForward``, ``FusionStep``, ...) or a single value;
 the engines derive their Ray return counts and compiled-graph outputs from that annotation
 (``num_returns``, ``flatten``, ``nest``): one Ray return per field, and a field annotated
 ``tuple[X, ...]`` holds one value per member.

@@ -65,10 +65,9 @@ def population_step(population: Population) -> StepMetrics:
 
 
 def population_eval(population: Population, num_batches: int) -> list[tuple[Any, list[Any], Any]]:
-    """The test set through every member (and the fusion): per batch (labels, [member logits], fused)."""
+    """The test set through every member (and the fusion), once every part's ``begin_eval`` has run: per batch
+    (labels, [member logits], fused)."""
     members, fusion, trunk = population.members, population.fusion, population.trunk
-    for part in [*members, *([fusion] if fusion is not None else []), *([trunk] if trunk is not None else [])]:
-        part.begin_eval()
     batches = []
     for _ in range(num_batches):
         shared = trunk.eval_next().shared if trunk is not None else None

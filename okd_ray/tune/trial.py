@@ -52,7 +52,7 @@ def metric_names(config: TrainConfig) -> list[str]:
 
 
 def trial_resources(config: TrainConfig, cpus_per_trial: float) -> tune.PlacementGroupFactory:
-    """Bundle 0 for the trial itself; with the Ray engine, one per member and one for the fusion."""
+    """Bundle 0 for the trial itself; with the Ray engine, one per part (members, fusion, trunk)."""
     if config.engine == "local":
         return tune.PlacementGroupFactory([{"CPU": cpus_per_trial}])
     return tune.PlacementGroupFactory([{"CPU": TRAINABLE_CPUS}] + part_bundles(config),
