@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats
 
+from okd_ray import runfolder
 from okd_ray.checkpoint import read_manifest
 from okd_ray.config import dump_config, load_config
 from okd_ray.storage import RunStore
@@ -43,9 +44,9 @@ def run_dir(runs: Path, method: str, seed: int) -> Path:
 def finished(folder: Path, config) -> bool:
     """True when ``folder`` holds this very config run to its last epoch; another config there is an error."""
     store = RunStore(str(folder))
-    if not store.exists("config.yaml"):
+    if not store.exists(runfolder.CONFIG):
         return False
-    if store.read_text("config.yaml") != dump_config(config):
+    if store.read_text(runfolder.CONFIG) != dump_config(config):  # stricter than a resume: epochs count too
         raise SystemExit(f"{folder} holds a run of another config (budget or settings changed); "
                          "give a new --runs folder so that every method keeps the same budget")
     manifest = read_manifest(store)
