@@ -15,6 +15,7 @@ differences), study_fashion_mnist.md (tables) and the plots study_fashion_mnist_
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import subprocess
 import sys
@@ -106,12 +107,14 @@ def part_key(row: dict) -> str:
 
 
 def paired(a: list[float], b: list[float]) -> dict:
-    """Mean of a - b over paired seeds, its standard deviation and a paired-t 95 % interval."""
+    """Mean of a - b over paired seeds, its standard deviation, a paired-t 95 % interval and the t test's p."""
     d = [x - y for x, y in zip(a, b)]
     mean = statistics.mean(d)
     sd = statistics.stdev(d) if len(d) > 1 else float("nan")
-    half = stats.t.ppf(0.975, len(d) - 1) * sd / len(d) ** 0.5 if len(d) > 1 else float("nan")
-    return {"seeds": len(d), "mean_diff": mean, "sd_diff": sd, "ci_low": mean - half, "ci_high": mean + half}
+    t = stats.t(len(d) - 1) if len(d) > 1 else None
+    half = t.ppf(0.975) * sd / len(d) ** 0.5 if t and sd > 0 else float("nan")
+    p = 2 * t.sf(abs(mean) / (sd / len(d) ** 0.5)) if t and sd > 0 else float("nan")
+    return {"seeds": len(d), "mean_diff": mean, "sd_diff": sd, "ci_low": mean - half, "ci_high": mean + half, "p": p}
 
 
 def differences(final: dict, methods: list[str], seeds: list[int]) -> list[dict]:
@@ -138,12 +141,23 @@ def differences(final: dict, methods: list[str], seeds: list[int]) -> list[dict]
     for method in ("ffl", "afd+ffl"):
         for part in ("m0", "m1", "ensemble"):
             add("fused vs own parts", method, "fused", method, part)
+    tested = [d for d in out if not math.isnan(d["p"])]
+    qs = stats.false_discovery_control([d["p"] for d in tested]) if tested else []
+    for d in out:
+        d["q_bh"] = float("nan")
+    for d, q in zip(tested, qs):  # Benjamini-Hochberg over every comparison of the report
+        d["q_bh"] = float(q)
     return out
 
 
 def established(row: dict) -> str:
     """A difference is established when its 95 % interval excludes zero."""
     return "yes" if row["ci_low"] > 0 or row["ci_high"] < 0 else "no"
+
+
+def survives(row: dict) -> str:
+    """...and still holds among all the report's comparisons: Benjamini-Hochberg q below 0.05."""
+    return "yes" if row["q_bh"] < 0.05 else "no"
 
 
 def markdown(final: dict, diffs: list[dict], rows: list[dict], methods: list[str], seeds: list[int]) -> str:
@@ -159,12 +173,16 @@ def markdown(final: dict, diffs: list[dict], rows: list[dict], methods: list[str
             cells.append(f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Paired differences (percentage points, method minus the other, seed by seed), with a paired-t "
-              "95 % interval; *established* when the interval excludes zero.", "",
-              "| comparison | method | part | against | mean | 95 % interval | established |", "|---" * 7 + "|"]
+              "95 % interval; *established* when the interval excludes zero. With this many comparisons some "
+              f"intervals exclude zero by chance: *after BH* says whether it still holds when the false discovery "
+              f"rate over all {len(diffs)} comparisons is held at 5 % (Benjamini-Hochberg q < 0.05).", "",
+              "| comparison | method | part | against | mean | 95 % interval | established | p | after BH |",
+              "|---" * 9 + "|"]
     for d in diffs:
         against = d["against"] + ("" if d["against_part"] == d["part"] else f" {d['against_part']}")
         lines.append(f"| {d['comparison']} | {d['method']} | {names.get(d['part'], d['part'])} | {against} | "
-                     f"{d['mean_diff']:+.2f} | [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | {established(d)} |")
+                     f"{d['mean_diff']:+.2f} | [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | {established(d)} | "
+                     f"{d['p']:.3f} | {survives(d)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -48,5 +48,22 @@ def test_paired_interval_by_hand():
     half = 4.302652729911275 / 3**0.5  # t(0.975, 2 degrees of freedom) · sd / √n
     assert d["mean_diff"] == 2.0 and d["sd_diff"] == 1.0
     assert d["ci_low"] == pytest.approx(2 - half) and d["ci_high"] == pytest.approx(2 + half)
+    assert d["p"] == pytest.approx(0.07417990022744847)  # t = 2 / (1/√3) = 3.464 on 2 degrees of freedom
     assert study.established(d) == "no"  # [-0.48, 4.48] holds zero
     assert study.established(study.paired([2.0, 3.0, 4.0], [0.0, 0.0, 0.0])) == "yes"  # [0.52, 5.48]
+
+
+def test_benjamini_hochberg_over_the_reports_comparisons():
+    """q = min over j >= rank of p_(j)·m/j, worked out here from the report's own p values."""
+    seeds, final = [0, 1, 2, 3], {}
+    for s, diffs in zip(seeds, [(1.0, 0.2, 3.0), (1.2, -0.4, 2.5), (0.9, 0.5, 2.8), (1.1, 0.1, 3.1)]):
+        for part, d in zip(("m0", "m1", "ensemble"), diffs):
+            final["vanilla", part, s], final["dml", part, s] = 0.0, d
+    rows = study.differences(final, ["vanilla", "dml"], seeds)
+    ps, m = [r["p"] for r in rows], len(rows)
+    expected, running = [0.0] * m, 1.0
+    for rank, i in reversed(list(enumerate(sorted(range(m), key=ps.__getitem__), start=1))):
+        running = min(running, ps[i] * m / rank)
+        expected[i] = running
+    assert m == 6 and [r["q_bh"] for r in rows] == pytest.approx(expected)
+    assert [study.survives(r) for r in rows] == ["yes", "no", "yes"] * 2  # m1's differences straddle zero
