@@ -35,7 +35,6 @@ HERE = Path(__file__).parent
 CONFIG = HERE / "configs" / "fashion-mnist.yaml"
 METHODS = ["vanilla", "dml", "kdcl", "l1", "afd", "ffl", "afd+ffl"]
 BASELINES = ["vanilla", "dml"]
-PARTS = {"member": None, "ensemble": "ensemble", "fused": "fused"}  # what is compared, by row kind
 
 
 def run_dir(runs: Path, method: str, seed: int) -> Path:
@@ -107,14 +106,16 @@ def part_key(row: dict) -> str:
 
 
 def paired(a: list[float], b: list[float]) -> dict:
-    """Mean of a - b over paired seeds, its standard deviation, a paired-t 95 % interval and the t test's p."""
+    """Mean of a - b over two or more paired seeds, its standard deviation, and the paired t test's 95 %
+    interval and p (undefined, NaN, when the differences do not vary)."""
     d = [x - y for x, y in zip(a, b)]
-    mean = statistics.mean(d)
-    sd = statistics.stdev(d) if len(d) > 1 else float("nan")
-    t = stats.t(len(d) - 1) if len(d) > 1 else None
-    half = t.ppf(0.975) * sd / len(d) ** 0.5 if t and sd > 0 else float("nan")
-    p = 2 * t.sf(abs(mean) / (sd / len(d) ** 0.5)) if t and sd > 0 else float("nan")
-    return {"seeds": len(d), "mean_diff": mean, "sd_diff": sd, "ci_low": mean - half, "ci_high": mean + half, "p": p}
+    mean, sd = statistics.mean(d), statistics.stdev(d)
+    low = high = p = float("nan")
+    if sd > 0:
+        test = stats.ttest_rel(a, b)
+        (low, high), p = test.confidence_interval(0.95), test.pvalue
+    return {"seeds": len(d), "mean_diff": mean, "sd_diff": sd, "ci_low": float(low), "ci_high": float(high),
+            "p": float(p)}
 
 
 def differences(final: dict, methods: list[str], seeds: list[int]) -> list[dict]:
