@@ -83,7 +83,7 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
         if store.exists("metrics.parquet"):
             rows = [r for r in store.read_table("metrics.parquet").to_pylist() if r["epoch"] <= start_epoch]
         display.message(f"resuming {store.uri} after epoch {start_epoch}")
-    first, engine = start_epoch, None
+    engine = None
     try:
         engine = make_engine(config, plan)
         if saved is not None:
@@ -95,13 +95,13 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             try:
                 train_stats = engine.train_epoch(plan.num_train_batches, display.advance)
             except TrainingDiverged as e:
-                raise TrainingDiverged(f"{e}; {kept(store, start_epoch, 'last good checkpoint')}") from None
+                raise TrainingDiverged(f"{e}; {kept(store, 'last good checkpoint')}") from None
             test_stats = engine.evaluate()
             seconds = time.perf_counter() - started
             elapsed += seconds
             done = epoch + 1
             epoch_rows = make_rows(config, done, lrs, train_stats, test_stats, seconds, elapsed)
-            if epoch == first:  # the results below belong to this config; an earlier report is stale
+            if epoch == start_epoch:  # the results below belong to this config; an earlier report is stale
                 write_config(store, config)
                 if engine.placement():
                     store.write_text("placement.json", json.dumps(engine.placement(), indent=1))
@@ -115,14 +115,13 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
                 folder = shard_folder(done)
                 engine.save(store, folder)
                 commit(store, Manifest(done, elapsed, folder, [p.key for p in parts_of(config)]))
-                start_epoch = done
             display.end_epoch(epoch, config.epochs, epoch_rows, seconds)
             if on_epoch is not None:
                 on_epoch(done, epoch_rows, saved_now)
     except KeyboardInterrupt:
         if not store.exists(CONFIG):
             raise Interrupted("interrupted before the first epoch ended; nothing was written") from None
-        raise Interrupted(f"interrupted; {kept(store, start_epoch, 'last checkpoint')}; continue with: "
+        raise Interrupted(f"interrupted; {kept(store, 'last checkpoint')}; continue with: "
                           f"okd-ray train --resume {store.uri}") from None
     finally:
         display.stop()
@@ -131,10 +130,11 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
     return RunResult(store.uri, rows, elapsed)
 
 
-def kept(store: RunStore, epoch: int, what: str) -> str:
-    """Where the last checkpoint of ``store`` (written after ``epoch``) is, or that there is none yet."""
-    if store.exists(MANIFEST):
-        return f"the {what} (epoch {epoch}) is kept in {store.path(MANIFEST)}"
+def kept(store: RunStore, what: str) -> str:
+    """Where the last checkpoint of ``store`` is and its epoch, or that there is none yet."""
+    manifest = read_manifest(store)
+    if manifest is not None:
+        return f"the {what} (epoch {manifest.epoch}) is kept in {store.path(MANIFEST)}"
     return "no checkpoint had been written yet"
 
 
