@@ -40,7 +40,19 @@ class DataConfig(Strict):
     augment_per_member: bool = False
     train_limit: int | None = Field(None, ge=1)
     test_limit: int | None = Field(None, ge=1)
+    # Held out of the (limited) training images, seeded and stratified, never augmented: a share (0 < f < 1)
+    # or a count. Every epoch reports its accuracy beside the test set's; okd-ray tune selects on it.
+    validation: int | float = 0
+    image_size: int | None = Field(None, ge=1)  # imagefolder's input side (default 224); the others are fixed
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("validation", mode="before")
+    @classmethod
+    def _share_or_count(cls, value: Any) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
+                isinstance(value, float) and value >= 1):
+            raise ValueError(f"give a share 0 < f < 1, a whole count of training images, or 0; got {value!r}")
+        return value
 
 
 class FeatureUpdateConfig(Strict):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from okd_ray.config import TrainConfig
+from okd_ray.data.base import Split
 from okd_ray.population import PopulationPlan
 from okd_ray.storage import RunStore
 
@@ -25,8 +26,8 @@ class Engine(Protocol):
     def train_epoch(self, steps: int, on_step: Callable[[int], None]) -> PartMetrics:
         """Run ``steps`` population steps; returns each part's mean loss terms and training top-1."""
 
-    def evaluate(self) -> PartMetrics:
-        """Test top-1/top-5 of every member, the ensemble and the fused classifier."""
+    def evaluate(self, split: Split) -> PartMetrics:
+        """Top-1/top-5 on ``split`` (validation or test) of every member, the ensemble and the fused classifier."""
 
     def placement(self) -> dict:
         """Where each part runs (node, placement group, bundle), as the parts report it; empty for one process."""

@@ -20,7 +20,7 @@ def test_shapes_dtypes_and_labels():
     x, y = collect(batches)
     assert x.shape == (1437, 1, 8, 8) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and set(y.tolist()) == set(range(10))
-    tx, ty = collect(data.test_batches())
+    tx, ty = collect(data.eval_batches("test"))
     assert tx.shape == (360, 1, 8, 8) and ty.dtype == torch.int64
     assert ty.min() >= 0 and ty.max() <= 9
 
@@ -45,10 +45,10 @@ def test_limits_keep_the_first_samples():
     small = build_dataset("digits", batch_size=16, train_limit=50, test_limit=30, test_batch_size=7)
     assert small.num_train_batches() == 4
     assert [len(y) for _, y in small.train_batches(0)] == [16, 16, 16, 2]
-    assert [len(y) for _, y in small.test_batches()] == [7, 7, 7, 7, 2]
-    assert small.num_test_batches() == 5
-    x_small, _ = collect(small.test_batches())
-    x_full, _ = next(iter(full.test_batches()))
+    assert [len(y) for _, y in small.eval_batches("test")] == [7, 7, 7, 7, 2]
+    assert small.num_eval_batches("test") == 5
+    x_small, _ = collect(small.eval_batches("test"))
+    x_full, _ = next(iter(full.eval_batches("test")))
     assert torch.equal(x_small, x_full[:30])
 
 
@@ -62,5 +62,5 @@ def test_same_seed_same_batches_and_global_rng_untouched():
     assert not torch.equal(next(a.train_batches(0))[1], next(a.train_batches(1))[1])
     other = build_dataset("digits", batch_size=50, seed=4)
     assert not torch.equal(next(a.train_batches(0))[1], next(other.train_batches(0))[1])
-    list(a.test_batches())
+    list(a.eval_batches("test"))
     assert torch.equal(state, torch.random.get_rng_state())
