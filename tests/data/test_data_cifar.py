@@ -136,3 +136,10 @@ def test_labels_out_of_range_are_refused(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(written["test_batch"]))
     with pytest.raises(DataError, match=r"0\.\.9"):
         build_dataset("cifar10", root=tmp_path)
+
+
+def test_validation_split(tmp_path, check_validation_split):
+    """Held out of the five training batches; CIFAR-100 reads through the same code."""
+    write_cifar10(tmp_path)
+    check_validation_split(lambda **kw: build_dataset("cifar10", root=tmp_path, validation=30, **kw),
+                           5 * PER_BATCH, 30)

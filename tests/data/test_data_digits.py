@@ -1,5 +1,6 @@
 """The embedded digits data set: shapes, statistics, limits and seeded order."""
 
+import pytest
 import torch
 
 from okd_ray.data import DataInfo, Dataset, build_dataset
@@ -64,3 +65,12 @@ def test_same_seed_same_batches_and_global_rng_untouched():
     assert not torch.equal(next(a.train_batches(0))[1], next(other.train_batches(0))[1])
     list(a.eval_batches("test"))
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+@pytest.mark.parametrize("validation, held", [(0.1, 26), (30, 30)])
+def test_validation_split(check_validation_split, validation, held):
+    """A share or a count of the first 256 training images."""
+    data = build_dataset("digits", batch_size=64, train_limit=256, validation=validation)
+    assert data.num_eval_batches("val") == 1
+    check_validation_split(lambda **kw: build_dataset("digits", train_limit=256, validation=validation, **kw),
+                           256, held)

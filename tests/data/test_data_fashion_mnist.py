@@ -89,3 +89,8 @@ def test_a_corrupt_file_is_named(tmp_path):
     Path(tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
         build_dataset("fashion-mnist", root=tmp_path)
+
+
+def test_validation_split(tmp_path, check_validation_split):
+    write_fashion(tmp_path, compress=True, n_train=200)
+    check_validation_split(lambda **kw: build_dataset("fashion-mnist", root=tmp_path, validation=0.2, **kw), 200, 40)

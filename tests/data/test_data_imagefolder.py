@@ -83,3 +83,9 @@ def test_val_classes_must_match_train(tree, tmp_path):
             Image.new("RGB", (8, 8)).save(tmp_path / split / name / "0.png")
     with pytest.raises(DataError, match="same class"):
         build_dataset("imagefolder", root=tmp_path)
+
+
+def test_validation_split_is_held_out_of_train_and_val_stays_the_test_set(tree, check_validation_split):
+    check_validation_split(lambda **kw: build(tree, validation=4, **kw), 10, 4)
+    data = build(tree, validation=4, test_batch_size=8)
+    assert [y.tolist() for _, y in data.eval_batches("test")] == [[0, 0, 1, 1]]
