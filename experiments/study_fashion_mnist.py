@@ -22,13 +22,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats
 
 from okd_ray import runfolder
 from okd_ray.checkpoint import read_manifest
 from okd_ray.config import dump_config, load_config
+from okd_ray.metrics import union_table
 from okd_ray.storage import RunStore
 
 HERE = Path(__file__).parent
@@ -242,8 +242,8 @@ def report(methods: list[str], seeds: list[int], runs: Path, out: Path, override
     final = final_top1(rows)
     diffs = differences(final, methods, seeds)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), out.with_suffix(".parquet"))
-    pq.write_table(pa.Table.from_pylist(diffs), out.parent / f"{out.name}_intervals.parquet")
+    pq.write_table(union_table(rows), out.with_suffix(".parquet"))  # every method's loss columns
+    pq.write_table(union_table(diffs), out.parent / f"{out.name}_intervals.parquet")
     text = markdown(final, diffs, rows, methods, seeds)
     out.with_suffix(".md").write_text(text)
     plot_curves(curves(rows, methods), methods, out.parent / f"{out.name}_curves.png")

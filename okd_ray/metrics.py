@@ -96,6 +96,13 @@ def accuracy(batches: list[tuple], names: list[str], split: str) -> dict[str, di
             for name, (c1, c5) in counts.items()}
 
 
+def union_table(rows: list[dict]) -> pa.Table:
+    """Rows with different keys as one table of every key (None where a row lacks one); ``Table.from_pylist``
+    alone takes the columns from the first row and drops the rest."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return pa.Table.from_pylist([{k: row.get(k) for k in keys} for row in rows])
+
+
 def to_table(rows: list[dict]) -> pa.Table:
     """Rows as a table with every column (None where a part lacks a term): strings, the epoch, floats."""
     names = columns(rows)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pyarrow as pa
 import ray
 import yaml
 from ray import tune
@@ -26,6 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
 from okd_ray.engines import part_bundles
 from okd_ray.errors import ConfigError, Interrupted, NoResult
+from okd_ray.metrics import union_table
 from okd_ray.population import parts_of
 from okd_ray.report import SEARCH, TEST_SELECTION_WARNING, number, rank_trials
 from okd_ray.storage import RunStore
@@ -207,7 +207,7 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> list[dict]:
     best = best_row(finished, sweep)
     for r in rows:
         r["best"] = r is best
-    store.write_table("trials.parquet", pa.Table.from_pylist(rows))
+    store.write_table("trials.parquet", union_table(rows))
     store.delete("best_config.yaml")  # written below only from this sweep's finished trials
     store.delete("report")  # a report of the sweep before this run is stale
     show(rows, sweep)

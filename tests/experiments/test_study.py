@@ -26,7 +26,10 @@ def test_runs_are_resumable_and_the_report_pairs_seeds(tmp_path, capsys):
 
     text = study.report(["vanilla", "ffl"], [0, 1, 2], runs, out, DIGITS)
     diffs = pq.read_table(out.parent / "study_intervals.parquet").to_pylist()
-    final = study.final_top1(pq.read_table(out.with_suffix(".parquet")).to_pylist())
+    table = pq.read_table(out.with_suffix(".parquet")).to_pylist()
+    final = study.final_top1(table)
+    # every method's loss columns, though vanilla's rows (first) have none of FFL's
+    assert all(r["fused_kl"] is not None for r in table if r["method"] == "ffl" and r["kind"] == "member")
     m0 = next(d for d in diffs if d["comparison"] == "vs vanilla" and d["part"] == "m0")
     assert m0["seeds"] == 3
     assert m0["mean_diff"] == pytest.approx(sum(final["ffl", "m0", s] - final["vanilla", "m0", s] for s in range(3)) / 3)
