@@ -204,6 +204,10 @@ class TrainConfig(Strict):
             raise PydanticCustomError(
                 "population", "data.augment_per_member: members on a shared trunk see the trunk's one batch; set "
                 "data.augment_per_member=false, or trunk_stages=0 for each member's own augmentation")
+        if self.data.augment_per_member and not self.data.augment:
+            raise PydanticCustomError(
+                "population", "data.augment_per_member: with data.augment=false there is no augmentation to draw per "
+                "member, so it would change nothing; set data.augment=true (KDCL's recipe) or leave it false")
         return self
 
 
