@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from okd_ray.config import DataConfig, TrainConfig
-from okd_ray.data import DataInfo, Dataset, build_dataset
+from okd_ray.config import TrainConfig
+from okd_ray.data import DATASETS, DataConfig, DataInfo, Dataset
 from okd_ray.data.base import Split
 from okd_ray.errors import ConfigError, ModelError
 from okd_ray.methods import Need, common_shape
@@ -43,12 +43,8 @@ def load_dataset(data: DataConfig, seed: int) -> Dataset:
 
 @functools.lru_cache(maxsize=4)
 def _cached_dataset(data_json: str, seed: int) -> Dataset:
-    d = DataConfig.model_validate(json.loads(data_json))
-    return build_dataset(
-        d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, seed=seed,
-        download=d.download, augment=d.augment, train_limit=d.train_limit, test_limit=d.test_limit,
-        num_workers=d.num_workers, image_size=d.image_size, validation=d.validation,
-    )
+    data = DataConfig.model_validate(json.loads(data_json))
+    return DATASETS[data.name](data, seed)
 
 
 def plan_population(config: TrainConfig) -> PopulationPlan:
