@@ -6,6 +6,7 @@ import pytest
 from okd_ray.cli import main
 from okd_ray.config import load_config
 from okd_ray.errors import ConfigError
+from okd_ray.population import plan_population
 from okd_ray.run import train
 
 PLUGIN = '''
@@ -89,3 +90,84 @@ def test_a_broken_plugin_names_the_file_and_line(tmp_path):
         load_config(None, [f"plugins=[{path}]"])
     with pytest.raises(ConfigError, match="plugins: file 'missing.py' not found"):
         load_config(None, ["plugins=[missing.py]"])
+
+
+CLASHING = '''
+from torch import nn
+
+from okd_ray.errors import ConfigError
+from okd_ray.methods import CrossEntropy, OwnedOptimizer, Term, register_method
+from okd_ray.optim import OptimizerConfig, make_optimizer
+
+
+class Shadow(Term):
+    """Owns a module named like the member's network: it would replace the network in the checkpoint."""
+
+    name = "shadow"
+
+    def __init__(self, settings, member):
+        super().__init__(settings, member)
+        self.layer = nn.Linear(2, 2)
+
+    def loss(self, batch):
+        return batch.logits.sum() * 0
+
+    def modules(self):
+        return {"net": self.layer}
+
+
+class ShadowOptimizer(Shadow):
+    name = "shadow_optimizer"
+
+    def modules(self):
+        return {"shadow_layer": self.layer}
+
+    def optimizers(self):
+        config = OptimizerConfig()
+        return {"logit": OwnedOptimizer(make_optimizer(self.layer.parameters(), config), config)}
+
+
+class NeedsThree(Term):
+    name = "needs_three"
+
+    def __init__(self, settings, member):
+        super().__init__(settings, member)
+        if member.count < 3:
+            raise ConfigError(f"method needs-three: give at least 3 members, got {member.count}")
+
+    def loss(self, batch):
+        return batch.logits.sum() * 0
+
+
+register_method("shadow", [CrossEntropy, Shadow])
+register_method("shadow-optimizer", [CrossEntropy, ShadowOptimizer])
+register_method("needs-three", [CrossEntropy, NeedsThree])
+'''
+
+
+@pytest.fixture(scope="module")
+def clashing(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clashing") / "clashing.py"
+    path.write_text(CLASHING)
+    return path
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("shadow", "method shadow: term shadow's module 'net' is the member's own name; rename it in shadow.modules()"),
+    ("shadow-optimizer", "method shadow-optimizer: term shadow_optimizer's optimizer 'logit' is the member's own "
+                         "name; rename it in shadow_optimizer.optimizers()"),
+    ("needs-three", "method needs-three: give at least 3 members, got 2"),
+])
+def test_a_terms_clash_or_refusal_is_found_while_the_run_is_planned(clashing, method, expected):
+    """A term module named ``net`` once replaced the network in ``m0.pt``; now no part is built."""
+    with pytest.raises(ConfigError) as error:
+        plan_population(load_config(None, [f"plugins=[{clashing}]", f"method.name={method}", *TINY]))
+    assert str(error.value) == expected
+
+
+def test_a_terms_refusal_on_ray_is_one_message_before_any_actor_starts(clashing, tmp_path, okd_ray):
+    """It was an actor traceback and a 'Fatal Python error' dump (79 lines)."""
+    result = okd_ray.run("train", f"plugins=[{clashing}]", "method.name=needs-three", "engine=ray", *TINY,
+                         f"output_dir={tmp_path / 'runs'}")
+    okd_ray.assert_error(result, 2, "method needs-three: give at least 3 members, got 2")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
