@@ -38,5 +38,16 @@ class NoResult(OkdRayError):
     """The work ran but nothing of it can be used (no trial of a sweep finished); exit code 1, not 2."""
 
 
+class CheckpointDamaged(OkdRayError):
+    """A checkpoint file is missing or differs from what its manifest recorded."""
+
+    def __init__(self, path: str, problem: str, fix: str = ""):
+        super().__init__(path, problem, fix)  # the fields are the args: a pickled copy (from an actor) is equal
+        self.path, self.problem, self.fix = path, problem, fix
+
+    def __str__(self) -> str:
+        return f"checkpoint file {self.path} {self.problem}{self.fix}"
+
+
 class PopulationLost(OkdRayError, RuntimeError):
     """An actor of the population died; the run restarts from its last checkpoint (ray.max_restarts)."""

@@ -9,7 +9,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 
 
 class RunStore:
@@ -68,12 +67,3 @@ class RunStore:
 
     def read_table(self, name: str) -> pa.Table:
         return pq.read_table(self.path(name), filesystem=self.fs)
-
-    def save_torch(self, name: str, obj: object) -> None:
-        buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        self.write_bytes(name, buffer.getvalue())
-
-    def load_torch(self, name: str) -> object:
-        """State dicts only, loaded with ``weights_only=True``: a checkpoint cannot run code."""
-        return torch.load(io.BytesIO(self.read_bytes(name)), weights_only=True, map_location="cpu")

@@ -99,10 +99,10 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, okd_ray
     assert process.returncode == 130, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"is kept in {folder / MANIFEST}" in err and f"continue with: okd-ray train --resume {folder}" in err
-    done = read_manifest(RunStore(str(folder))).epoch
+    done = read_manifest(RunStore(str(folder))).latest.epoch
     assert done < 300, "interrupted too late"
 
     resumed = okd_ray.run("train", "--resume", folder, f"epochs={done + 1}")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {folder} after epoch {done}" in resumed.stdout
-    assert read_manifest(RunStore(str(folder))).epoch == done + 1
+    assert read_manifest(RunStore(str(folder))).latest.epoch == done + 1

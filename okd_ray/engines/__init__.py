@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from okd_ray.checkpoint import Checkpoint, Shard
 from okd_ray.config import TrainConfig
 from okd_ray.population import PopulationPlan
 from okd_ray.storage import RunStore
@@ -31,11 +32,11 @@ class Engine(Protocol):
     def placement(self) -> dict:
         """Where each part runs (node, placement group, bundle), as the parts report it; empty for one process."""
 
-    def save(self, store: RunStore, folder: str) -> None:
-        """Every part writes its checkpoint shard into ``folder`` of the run's storage."""
+    def save(self, store: RunStore, folder: str) -> dict[str, Shard]:
+        """Every part writes its checkpoint shard into ``folder`` of the run's storage; part key -> its shard."""
 
-    def load(self, store: RunStore, folder: str) -> None:
-        """Every part loads its shard from ``folder``."""
+    def load(self, store: RunStore, checkpoint: Checkpoint) -> None:
+        """Every part loads its shard of ``checkpoint``, checked first (CheckpointDamaged names a bad one)."""
 
     def close(self) -> None: ...
 

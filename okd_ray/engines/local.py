@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from okd_ray.checkpoint import shard_path
+from okd_ray.checkpoint import Checkpoint, Shard, shard_path
 from okd_ray.config import TrainConfig
 from okd_ray.metrics import EpochMeters, test_accuracy
 from okd_ray.population import Population, PopulationPlan, build_part, parts_of, population_eval, population_step
@@ -53,13 +53,13 @@ class LocalEngine:
     def placement(self) -> dict:
         return {}  # one process
 
-    def save(self, store: RunStore, folder: str) -> None:
-        for pid, part in zip(self.ids, self.parts):
-            part.save(store.address, shard_path(folder, pid.key))
+    def save(self, store: RunStore, folder: str) -> dict[str, Shard]:
+        return {pid.key: part.save(store.address, shard_path(folder, pid.key))
+                for pid, part in zip(self.ids, self.parts)}
 
-    def load(self, store: RunStore, folder: str) -> None:
+    def load(self, store: RunStore, checkpoint: Checkpoint) -> None:
         for pid, part in zip(self.ids, self.parts):
-            part.load(store.address, shard_path(folder, pid.key))
+            part.load(store.address, shard_path(checkpoint.folder, pid.key), checkpoint.shards[pid.key])
 
     def close(self) -> None:
         torch.set_num_threads(self.threads_before)

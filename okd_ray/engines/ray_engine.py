@@ -29,7 +29,7 @@ from ray.dag import DAGNode, InputNode, MultiOutputNode
 from ray.experimental.collective import create_collective_group
 from ray.exceptions import GetTimeoutError, RayActorError, RayChannelError, RayChannelTimeoutError, RayTaskError
 
-from okd_ray.checkpoint import shard_path
+from okd_ray.checkpoint import Checkpoint, Shard, shard_path
 from okd_ray.config import TrainConfig, validate
 from okd_ray.errors import ConfigError, OkdRayError, PopulationLost
 from okd_ray.metrics import EpochMeters, test_accuracy
@@ -305,13 +305,15 @@ class RayEngine:
     def placement(self) -> dict:
         return self.where
 
-    def save(self, store: RunStore, folder: str) -> None:
-        """Every part writes its own shard, all at once; the driver only waits."""
-        self._guard(lambda: ray.get([a.call.remote("save", store.address, shard_path(folder, pid.key))
-                                     for a, pid in zip(self.actors, self.ids)]))
+    def save(self, store: RunStore, folder: str) -> dict[str, Shard]:
+        """Every part writes its own shard, all at once; the driver only waits for their sizes and digests."""
+        shards = self._guard(lambda: ray.get([a.call.remote("save", store.address, shard_path(folder, pid.key))
+                                              for a, pid in zip(self.actors, self.ids)]))
+        return {pid.key: shard for pid, shard in zip(self.ids, shards)}
 
-    def load(self, store: RunStore, folder: str) -> None:
-        self._guard(lambda: ray.get([a.call.remote("load", store.address, shard_path(folder, pid.key))
+    def load(self, store: RunStore, checkpoint: Checkpoint) -> None:
+        self._guard(lambda: ray.get([a.call.remote("load", store.address, shard_path(checkpoint.folder, pid.key),
+                                                   checkpoint.shards[pid.key])
                                      for a, pid in zip(self.actors, self.ids)]))
 
     def close(self) -> None:
