@@ -49,5 +49,18 @@ class CheckpointDamaged(OkdRayError):
         return f"checkpoint file {self.path} {self.problem}{self.fix}"
 
 
+class FolderLocked(OkdRayError):
+    """Another okd-ray process works in the folder: two writers would overwrite each other's checkpoints."""
+
+    def __init__(self, folder: str, pid: int | None, host: str | None, since: str | None, fix: str = ""):
+        super().__init__(folder, pid, host, since, fix)
+        self.folder, self.pid, self.host, self.since = folder, pid, host, since
+        self.fix = fix or f"wait for it to end, or stop it (kill -INT {pid} on {host})"
+
+    def __str__(self) -> str:
+        return (f"{self.folder} is in use by okd-ray pid {self.pid} on host {self.host} (since {self.since}): one "
+                f"process writes a folder at a time; {self.fix}")
+
+
 class PopulationLost(OkdRayError, RuntimeError):
     """An actor of the population died; the run restarts from its last checkpoint (ray.max_restarts)."""

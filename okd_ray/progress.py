@@ -56,10 +56,6 @@ class RunDisplay:
         if not self.quiet:
             self.console.print(text, soft_wrap=True)
 
-    def warn(self, text: str) -> None:
-        """On stderr, even when quiet: something the user must know went wrong and what okd-ray did instead."""
-        plain_console(stderr=True).print(f"warning: {text}", soft_wrap=True)
-
 
 def epoch_table(rows: list[dict], title: str) -> Table:
     """Metrics down, parts across: a population has fewer parts than metrics, so the table fits 80 columns."""

@@ -12,11 +12,13 @@ from okd_ray.config import TrainConfig, parse_config
 from okd_ray.engines import Engine, make_engine
 from okd_ray.errors import CheckpointDamaged, ConfigError, Interrupted, PopulationLost, TrainingDiverged
 from okd_ray.checkpoint import MANIFEST, Checkpoint, commit, read_manifest, shard_folder
+from okd_ray.lock import folder_lock
 from okd_ray.metrics import to_table
 from okd_ray.population import PartId, PopulationPlan, parts_of, plan_population
 from okd_ray.progress import RunDisplay
 from okd_ray.runfolder import CONFIG, METRICS, check_resumable, check_same_run, write_config
 from okd_ray.storage import RunStore
+from okd_ray.terminal import warn
 
 
 @dataclass
@@ -47,9 +49,18 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
     ``on_epoch`` sees every finished epoch (a Tune trial reports through it)."""
     plan = plan_population(config)  # every config error surfaces here, before any work
     store = RunStore(run_dir or new_run_dir(config))
-    check_same_run(store, config)
-    check_resumable(store)
     display = RunDisplay(quiet)
+    with folder_lock(store, warn):
+        check_same_run(store, config)
+        check_resumable(store)
+        result = run_with_restarts(config, plan, store, display, on_epoch)
+    display.message(f"run folder: {store.uri}")
+    return result
+
+
+def run_with_restarts(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay,
+                      on_epoch: EpochCallback | None) -> RunResult:
+    """``run_epochs``, again from the last checkpoint each time an actor dies (``ray.max_restarts`` times)."""
     restarts = 0
     while True:
         try:
@@ -69,7 +80,6 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
             raise ConfigError(f"{e}. Finished epochs are kept in {store.uri}: continue with "
                               f"okd-ray train --resume {store.uri}") from None
         result.restarts = restarts
-        display.message(f"run folder: {store.uri}")
         return result
 
 
@@ -81,7 +91,7 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
     engine = None
     try:
         engine = make_engine(config, plan)
-        resumed = load_checkpoint(engine, store, display)
+        resumed = load_checkpoint(engine, store)
         if resumed is not None:
             start_epoch, elapsed = resumed.epoch, resumed.elapsed
             held = store.read_table(METRICS).to_pylist() if store.exists(METRICS) else []
@@ -130,7 +140,7 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
     return RunResult(store.uri, rows, elapsed)
 
 
-def load_checkpoint(engine: Engine, store: RunStore, display: RunDisplay) -> Checkpoint | None:
+def load_checkpoint(engine: Engine, store: RunStore) -> Checkpoint | None:
     """Load the newest intact checkpoint of ``store`` into the parts (None: a new run). A damaged newest one
     falls back to the one before it, saying so; with none intact the error names the damaged files."""
     start_over = (f"no intact checkpoint is left to resume from: start the run over with "
@@ -149,7 +159,7 @@ def load_checkpoint(engine: Engine, store: RunStore, display: RunDisplay) -> Che
             damaged.append((checkpoint, e))
             continue
         for bad, e in damaged:
-            display.warn(f"{e}, so the checkpoint of epoch {bad.epoch} is unusable; resuming from the one of "
+            warn(f"{e}, so the checkpoint of epoch {bad.epoch} is unusable; resuming from the one of "
                          f"epoch {checkpoint.epoch}: epochs {checkpoint.epoch + 1} to {bad.epoch} are trained again")
         return checkpoint
     (_, first), earlier = damaged[0], damaged[1:]

@@ -33,6 +33,10 @@ class RunStore:
         """Whether ``name`` (a file or folder; by default the store's own folder) is there."""
         return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
 
+    def names(self) -> list[str]:
+        """The names of the files and folders directly in the store's folder."""
+        return [info.base_name for info in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))]
+
     def delete(self, name: str = "") -> None:
         """Remove the file or folder ``name`` (by default the whole store), if it is there."""
         info = self.fs.get_file_info(self.path(name))

@@ -81,9 +81,10 @@ def test_epochs_count_from_one_in_metrics_and_a_resume_keeps_each_once(tiny_conf
 
 
 def test_a_failed_start_leaves_no_folder(ray_cluster, tiny_config, tmp_path):
-    with pytest.raises(ConfigError, match="num_gpus_per_member"):
-        train(tiny_config("engine=ray", "ray.num_gpus_per_member=4"), run_dir=str(tmp_path / "run"), quiet=True)
-    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="num_gpus_per_member"):  # after the folder was locked
+        train(tiny_config("engine=ray", "ray.num_gpus_per_member=4"), run_dir=str(tmp_path / "runs" / "run"),
+              quiet=True)
+    assert not (tmp_path / "runs").exists(), "the lock's folder, or a parent made for it, was left behind"
 
 
 def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, okd_ray):

@@ -25,10 +25,11 @@ from ray.tune.search.optuna import OptunaSearch
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
 from okd_ray.engines import part_bundles
 from okd_ray.errors import ConfigError, Interrupted, NoResult
+from okd_ray.lock import LOCK, folder_lock
 from okd_ray.population import parts_of
 from okd_ray.report import SEARCH, number, rank_trials
 from okd_ray.storage import RunStore
-from okd_ray.terminal import console, fitted_table, short_names
+from okd_ray.terminal import console, fitted_table, short_names, warn
 
 from .space import params_to_overrides, parse_space
 from .trial import TRAINABLE_CPUS, metric_names, run_trial, trial_resources
@@ -149,8 +150,16 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> list[dict]:
     ``best_config.yaml``; print a table. An interrupted sweep, or one where no trial finished, is an error that
     gives the command to continue."""
     store = RunStore(sweep.path)
+    with folder_lock(store, warn):
+        return run_locked_sweep(sweep, store, address)
+
+
+def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list[dict]:
+    """``run_sweep``'s work, the sweep folder held by this process."""
     if sweep.options.overwrite:
-        store.delete()
+        for name in store.names():
+            if name != LOCK:
+                store.delete(name)
     try:
         with ray_output(sweep.options.quiet):
             if not ray.is_initialized():  # trials print nothing of their own (each run is quiet), so their
