@@ -1,6 +1,7 @@
 """Errors a user can act on: each message says what was wrong and how to fix it."""
 
 import difflib
+import signal
 from collections.abc import Iterable
 
 
@@ -30,8 +31,30 @@ class TrainingDiverged(OkdRayError, RuntimeError):
     """A loss became NaN or infinite; the message names member, term, epoch and step."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop), raised where Ctrl-C raises KeyboardInterrupt, so that both stop
+    the work the same way, keeping what it finished; only the exit code differs."""
+
+
 class Interrupted(OkdRayError):
-    """The user stopped the work (Ctrl-C); the message says what was kept and the command that continues it."""
+    """The user stopped the work (Ctrl-C or SIGTERM); the message says what was kept and the command that
+    continues it. The exit code is the shell's for that signal: 130 or 143."""
+
+    def __init__(self, message: str, signal_number: int = signal.SIGINT):
+        super().__init__(message, signal_number)
+        self.message, self.signal_number = message, signal_number
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal_number
+
+
+def signal_of(interrupt: KeyboardInterrupt) -> int:
+    """The signal behind ``interrupt``: SIGTERM for a Terminated, else SIGINT (Ctrl-C)."""
+    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
 
 
 class NoResult(OkdRayError):
@@ -60,6 +83,18 @@ class FolderLocked(OkdRayError):
     def __str__(self) -> str:
         return (f"{self.folder} is in use by okd-ray pid {self.pid} on host {self.host} (since {self.since}): one "
                 f"process writes a folder at a time; {self.fix}")
+
+
+class ClusterUnreachable(OkdRayError):
+    """The Ray cluster at the given address does not answer."""
+
+    def __init__(self, address: str, reason: str):
+        super().__init__(address, reason)
+        self.address, self.reason = address, reason
+
+    def __str__(self) -> str:
+        return (f"cannot reach a Ray cluster at {self.address} ({self.reason}); check --address (ray.address) and "
+                "that the cluster runs: `ray status` on its head node lists its nodes")
 
 
 class PopulationLost(OkdRayError, RuntimeError):

@@ -10,7 +10,8 @@ from datetime import datetime
 
 from okd_ray.config import TrainConfig, parse_config
 from okd_ray.engines import Engine, make_engine
-from okd_ray.errors import CheckpointDamaged, ConfigError, Interrupted, PopulationLost, TrainingDiverged
+from okd_ray.errors import (CheckpointDamaged, ConfigError, Interrupted, PopulationLost, TrainingDiverged,
+                            signal_of)
 from okd_ray.checkpoint import MANIFEST, Checkpoint, commit, read_manifest, shard_folder
 from okd_ray.lock import folder_lock
 from okd_ray.metrics import to_table
@@ -128,11 +129,11 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             display.end_epoch(epoch, config.epochs, epoch_rows, seconds)
             if on_epoch is not None:
                 on_epoch(done, epoch_rows, saved_now)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         if not store.exists(CONFIG):
-            raise Interrupted("interrupted before the first epoch ended; nothing was written") from None
+            raise Interrupted("interrupted before the first epoch ended; nothing was written", signal_of(e)) from None
         raise Interrupted(f"interrupted; {kept(store, 'last checkpoint')}; continue with: "
-                          f"okd-ray train --resume {store.uri}") from None
+                          f"okd-ray train --resume {store.uri}", signal_of(e)) from None
     finally:
         display.stop()
         if engine is not None:

@@ -107,3 +107,22 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, okd_ray
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {folder} after epoch {done}" in resumed.stdout
     assert read_manifest(RunStore(str(folder))).latest.epoch == done + 1
+
+
+def test_sigterm_stops_a_ray_run_like_ctrl_c_with_exit_code_143(tmp_path, okd_ray):
+    """engine=ray: ray.init replaces the SIGTERM handler with a plain exit; okd-ray's must survive it."""
+    folder = tmp_path / "run"
+    process = okd_ray.start("train", "engine=ray", "epochs=300", "data.train_limit=64", "data.test_limit=32",
+                            "--run-dir", folder, "--quiet")
+    deadline = time.monotonic() + 180
+    while not (folder / MANIFEST).exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    last = err.strip().splitlines()[-1]  # the lines before it, if any, are Ray's own start-up notes
+    assert "Traceback" not in err and last.startswith("interrupted; "), err
+    assert f"is kept in {folder / MANIFEST}" in last and f"continue with: okd-ray train --resume {folder}" in last
+    assert read_manifest(RunStore(str(folder))).latest.epoch < 300, "stopped too late"
+    assert not (folder / ".okd-ray.lock").exists()

@@ -16,15 +16,14 @@ from typing import Any
 
 import optuna
 import pyarrow as pa
-import ray
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search.optuna import OptunaSearch
 
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
-from okd_ray.engines import part_bundles
-from okd_ray.errors import ConfigError, Interrupted, NoResult
+from okd_ray.engines import connect, part_bundles
+from okd_ray.errors import ConfigError, Interrupted, NoResult, signal_of
 from okd_ray.lock import LOCK, folder_lock
 from okd_ray.population import parts_of
 from okd_ray.report import SEARCH, number, rank_trials
@@ -162,13 +161,13 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
                 store.delete(name)
     try:
         with ray_output(sweep.options.quiet):
-            if not ray.is_initialized():  # trials print nothing of their own (each run is quiet), so their
-                # workers' output (Tune's checkpoint lines, workers stopped at the end) stays in Ray's log files
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            # trials print nothing of their own (each run is quiet), so their workers' output (Tune's
+            # checkpoint lines, workers stopped at the end) stays in Ray's log files
+            connect(address, log_to_driver=False)
             _resolve_auto_resources(sweep)
             results = tuner(sweep).fit()  # the first Ctrl-C stops the trials and saves the sweep's state
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over
-        raise Interrupted(f"sweep interrupted; continue with: {sweep.options.resume_command}") from None
+    except KeyboardInterrupt as e:  # a second Ctrl-C, one before Tune took over, or SIGTERM
+        raise Interrupted(f"sweep interrupted; continue with: {sweep.options.resume_command}", signal_of(e)) from None
     if not sweep.options.resume:  # how --resume goes on, and what the report needs to draw each key's axis
         store.write_text(SEARCH, yaml.safe_dump({"metric": sweep.options.metrics, "mode": sweep.options.modes,
                                                  "num_samples": sweep.options.num_samples,
