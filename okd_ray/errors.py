@@ -28,7 +28,22 @@ class ModelError(OkdRayError, ValueError):
 
 
 class TrainingDiverged(OkdRayError, RuntimeError):
-    """A loss became NaN or infinite; the message names member, term, epoch and step."""
+    """A value (a loss term) of a part became NaN or infinite at an epoch and step (both from 1); lowering one of
+    ``keys`` (config keys) is the fix; ``kept`` says where the last good checkpoint is, once the run knows."""
+
+    def __init__(self, part: str, value_name: str, value: float, epoch: int, step: int, keys: tuple[str, ...],
+                 kept: str = ""):
+        super().__init__(part, value_name, value, epoch, step, tuple(keys), kept)
+        self.part, self.value_name, self.value, self.epoch, self.step = part, value_name, value, epoch, step
+        self.keys, self.kept = tuple(keys), kept
+
+    def __str__(self) -> str:
+        return (f"{self.part}: {self.value_name!r} is {self.value} at epoch {self.epoch}, step {self.step}; "
+                f"lower {' or '.join(self.keys)}" + (f"; {self.kept}" if self.kept else ""))
+
+    def keeping(self, kept: str) -> "TrainingDiverged":
+        """This error, saying where the last good checkpoint is."""
+        return TrainingDiverged(*self.args[:-1], kept)
 
 
 class Terminated(KeyboardInterrupt):

@@ -107,7 +107,7 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             try:
                 train_stats = engine.train_epoch(plan.num_train_batches, display.advance)
             except TrainingDiverged as e:
-                raise TrainingDiverged(f"{e}; {kept(store, 'last good checkpoint')}") from None
+                raise e.keeping(kept(store, "last good checkpoint")) from None
             test_stats = engine.evaluate()
             seconds = time.perf_counter() - started
             elapsed += seconds

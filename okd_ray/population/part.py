@@ -49,8 +49,7 @@ class Part:
             return
         name, value = next((n, float(v)) for n, v in zip(values, stacked) if not torch.isfinite(v))
         lower = [k for key in keys for k in ([key] if isinstance(key, str) else key(name))]
-        raise TrainingDiverged(f"{self.name}: {name!r} is {value} at epoch {self.epoch + 1}, step "
-                               f"{self.step_index + 1}; lower {' or '.join(lower)}")
+        raise TrainingDiverged(self.name, name, value, self.epoch + 1, self.step_index + 1, tuple(lower))
 
     def state_dict(self) -> dict:
         return {

@@ -23,7 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
 from okd_ray.engines import connect, part_bundles
-from okd_ray.errors import ConfigError, Interrupted, NoResult, signal_of
+from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, signal_of
 from okd_ray.lock import LOCK, folder_lock
 from okd_ray.population import parts_of
 from okd_ray.report import SEARCH, number, rank_trials
@@ -265,8 +265,11 @@ def trial_status(trial, result: dict, epochs: int, total: int) -> tuple[str, str
     """done | stopped (early, by the scheduler) | diverged | error | unfinished (interrupted or not started),
     and what went wrong, in one line."""
     if trial.status == "ERROR":
-        error = trial.get_error()
-        lines = [line for line in str(error or "").splitlines() if line.strip()]
+        error = trial.get_pickled_error()
+        cause = getattr(error, "cause", error)  # a RayTaskError carries the trainable's own error
+        if isinstance(cause, OkdRayError):  # its message, built from its fields
+            return "error", str(cause)
+        lines = [line for line in str(trial.get_error() or "").splitlines() if line.strip()]  # a traceback's text
         return "error", lines[-1].strip() if lines else "failed"
     if trial.status != "TERMINATED":
         return "unfinished", ""

@@ -133,6 +133,20 @@ def test_diverging_trials_are_not_retried_and_a_sweep_without_result_fails(ray_c
         assert lines((trial / "result.json").read_text()) == 1 and not (trial / "error.txt").exists()
 
 
+def test_a_failed_trial_reports_its_okd_ray_error_as_it_was_raised(ray_cluster, tmp_path, okd_ray):
+    """Taken from the error's fields, not parsed out of a traceback's last line."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    result = okd_ray.run("tune", SWEEP, *SMALL, "epochs=1", "data.name=cifar100", "data.root=/nonexistent/cifar",
+                         "--num-samples", "1", "--scheduler", "none", "--storage-path", tmp_path, "--name", "data",
+                         "--address", address, "--quiet")
+    message = ("cifar100: looked in /nonexistent/cifar/cifar-100-python and did not find train, test. Set "
+               "data.download=true to fetch it, or data.root=... to the folder that holds cifar-100-python/.")
+    okd_ray.assert_error(result, 1, f"no trial of sweep {tmp_path}/data finished", f"error: {message}",
+                         "retry the failed trials with: okd-ray tune")
+    (trial,) = pq.read_table(tmp_path / "data" / "trials.parquet").to_pylist()
+    assert (trial["status"], trial["message"]) == ("error", message)
+
+
 def test_a_sweep_name_is_used_once_unless_resumed_or_overwritten(ray_cluster, tmp_path, okd_ray):
     address = ray_cluster.get_runtime_context().gcs_address
     args = ["tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
