@@ -20,6 +20,8 @@ from okd_ray.progress import RunDisplay
 from okd_ray.runfolder import CONFIG, METRICS, check_resumable, check_same_run, write_config
 from okd_ray.storage import RunStore
 from okd_ray.terminal import warn
+from okd_ray.trackers import FOLDER as TRACKERS
+from okd_ray.trackers import Trackers
 
 
 @dataclass
@@ -89,7 +91,7 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
     """Train from the last checkpoint in ``store`` (or from scratch) to ``config.epochs``. The config is written
     with this call's first results, so a run that fails to start leaves no folder behind."""
     start_epoch, rows, elapsed = 0, [], 0.0
-    engine = None
+    engine = trackers = None
     try:
         engine = make_engine(config, plan)
         resumed = load_checkpoint(engine, store)
@@ -100,12 +102,18 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             last = max((r["epoch"] for r in held), default=0)
             again = f" (epochs {start_epoch + 1} to {last} in {METRICS} are trained again)" * (last > start_epoch)
             display.message(f"resuming {store.uri} after epoch {start_epoch}{again}")
+        trackers = Trackers(config, store, start_epoch, plan.num_train_batches)
+
+        def on_step(metrics: list[dict]) -> None:
+            display.advance()
+            trackers.log_step(metrics)
+
         for epoch in range(start_epoch, config.epochs):  # 0-based here; from 1 in metrics and on screen
             started = time.perf_counter()
             display.begin_epoch(epoch, config.epochs, plan.num_train_batches)
             lrs = engine.begin_epoch(epoch)
             try:
-                train_stats = engine.train_epoch(plan.num_train_batches, display.advance)
+                train_stats = engine.train_epoch(plan.num_train_batches, on_step)
             except TrainingDiverged as e:
                 raise e.keeping(kept(store, "last good checkpoint")) from None
             test_stats = engine.evaluate()
@@ -122,6 +130,7 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             store.write_table(METRICS, table)
             rows = table.to_pylist()  # as the file holds them: every column in every row
             epoch_rows = rows[-len(epoch_rows):]
+            trackers.log_epoch(done, epoch_rows)
             saved_now = done % config.checkpoint_every == 0 or done == config.epochs
             if saved_now:
                 folder = shard_folder(done)
@@ -131,11 +140,14 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
                 on_epoch(done, epoch_rows, saved_now)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         if not store.exists(CONFIG):
+            store.delete(TRACKERS)  # step events of an epoch that never ended
             raise Interrupted("interrupted before the first epoch ended; nothing was written", signal_of(e)) from None
         raise Interrupted(f"interrupted; {kept(store, 'last checkpoint')}; continue with: "
                           f"okd-ray train --resume {store.uri}", signal_of(e)) from None
     finally:
         display.stop()
+        if trackers is not None:
+            trackers.close()
         if engine is not None:
             engine.close()
     return RunResult(store.uri, rows, elapsed)

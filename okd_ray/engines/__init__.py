@@ -23,8 +23,9 @@ class Engine(Protocol):
     def begin_epoch(self, epoch: int) -> PartMetrics:
         """Set the epoch's learning rates and schedules; returns each part's learning rates."""
 
-    def train_epoch(self, steps: int, on_step: Callable[[int], None]) -> PartMetrics:
-        """Run ``steps`` population steps; returns each part's mean loss terms and training top-1."""
+    def train_epoch(self, steps: int, on_step: Callable[[list[dict]], None]) -> PartMetrics:
+        """Run ``steps`` population steps, giving ``on_step`` each step's metrics (in ``parts_of`` order) as it
+        ends; returns each part's mean loss terms and training top-1."""
 
     def evaluate(self) -> PartMetrics:
         """Test top-1/top-5 of every member, the ensemble and the fused classifier."""

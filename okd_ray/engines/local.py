@@ -37,11 +37,12 @@ class LocalEngine:
     def begin_epoch(self, epoch: int) -> dict[str, dict[str, float]]:
         return {pid.name: part.begin_epoch(epoch) for pid, part in zip(self.ids, self.parts)}
 
-    def train_epoch(self, steps: int, on_step: Callable[[int], None]) -> dict[str, dict[str, float]]:
+    def train_epoch(self, steps: int, on_step: Callable[[list[dict]], None]) -> dict[str, dict[str, float]]:
         meters = EpochMeters([pid.name for pid in self.ids])
         for _ in range(steps):
-            meters.add(population_step(self.population).in_part_order())
-            on_step(1)
+            metrics = population_step(self.population).in_part_order()
+            meters.add(metrics)
+            on_step(metrics)
         return meters.result()
 
     def evaluate(self) -> dict[str, dict[str, float]]:

@@ -275,13 +275,14 @@ class RayEngine:
     def begin_epoch(self, epoch: int) -> dict[str, dict[str, float]]:
         return {pid.name: lrs for pid, lrs in zip(self.ids, self._call_all("begin_epoch", epoch))}
 
-    def train_epoch(self, steps: int, on_step: Callable[[int], None]) -> dict[str, dict[str, float]]:
+    def train_epoch(self, steps: int, on_step: Callable[[list[dict]], None]) -> dict[str, dict[str, float]]:
         meters = EpochMeters([pid.name for pid in self.ids])
         pending = collections.deque()
 
         def collect():
-            meters.add(self._guard(lambda: self.steps.result(pending.popleft())))
-            on_step(1)
+            metrics = self._guard(lambda: self.steps.result(pending.popleft()))
+            meters.add(metrics)
+            on_step(metrics)
 
         for _ in range(steps):
             pending.append(self._guard(self.steps.submit))
