@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from okd_ray.errors import ConfigError, did_you_mean
 from okd_ray.methods import METHODS, TERMS, Method, Need, TermSettings
+from okd_ray.models import MODELS, TORCHVISION_PREFIX, unknown_model
 from okd_ray.optim import OptimizerConfig, ScheduleConfig
 from okd_ray.plugins import load_plugins
 from okd_ray.settings import Strict
@@ -27,6 +28,14 @@ class MemberConfig(Strict):
     def _arch_alone(cls, value: Any) -> Any:
         """``members=[cnn16, resnet8]``: a member given by its architecture alone takes the default optimizer."""
         return {"arch": value} if isinstance(value, str) else value
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, name: str) -> str:
+        """A registered model (plugins' too); a torchvision name (tv:) is checked when the model is built."""
+        if name.startswith(TORCHVISION_PREFIX) or name in MODELS:
+            return name
+        raise ValueError(unknown_model(name))
 
 
 class DataConfig(Strict):
