@@ -106,7 +106,7 @@ def train(job: dict) -> list[dict]:
         test_correct, test_seen = 0, 0
         wall, cpu = time.perf_counter(), time.process_time()
         with torch.no_grad():
-            for x, y in data.test_batches():
+            for x, y in data.eval_batches("test"):
                 test_correct += (model(x)[1].argmax(1) == y).sum().item()
                 test_seen += len(y)
         rows.append({

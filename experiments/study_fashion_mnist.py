@@ -2,6 +2,13 @@
 
     python experiments/study_fashion_mnist.py                  # every (method, seed) still missing, then the report
     python experiments/study_fashion_mnist.py --report-only    # the report from the runs already there
+    python experiments/study_fashion_mnist.py --tune           # the same, each method's weights tuned first
+
+With --tune, each method but vanilla is first swept with `okd-ray tune` (Optuna TPE with ASHA, the same number of
+trials and epochs for every method, its space in configs/fashion-mnist-search/), selecting on a validation split
+of the training images; the sweeps run on seed TUNE_SEED, and each selected config is then retrained on every
+training image (data.validation=0) on the study's seeds, which no trial used. The report sets the tuned table
+beside the untuned one (--untuned, the committed study) and pairs each method's tuned and untuned runs seed by seed.
 
 Each (method, seed) is `okd-ray train experiments/configs/fashion-mnist.yaml method.name=M seed=S`, in its own
 folder under --runs and its own process (one torch thread; --jobs at a time). A finished run is skipped and an
@@ -15,30 +22,75 @@ differences), study_fashion_mnist.md (tables) and the plots study_fashion_mnist_
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats
 
 from okd_ray import runfolder
 from okd_ray.checkpoint import read_manifest
 from okd_ray.config import dump_config, load_config
+from okd_ray.metrics import union_table
 from okd_ray.storage import RunStore
 
 HERE = Path(__file__).parent
 CONFIG = HERE / "configs" / "fashion-mnist.yaml"
+SPACES = HERE / "configs" / "fashion-mnist-search"  # a search space per tuned method
 METHODS = ["vanilla", "dml", "kdcl", "l1", "afd", "ffl", "afd+ffl"]
 BASELINES = ["vanilla", "dml"]
+TUNE_SEED = 100  # the sweeps' seed (data order, initial weights, validation split, TPE): no retrain uses it
+RECIPES = {"kdcl": ["data.augment=true", "data.augment_per_member=true"]}  # KDCL's own: a member, an augmentation
 
 
 def run_dir(runs: Path, method: str, seed: int) -> Path:
     return runs / f"{method.replace('+', '-')}-seed{seed}"
+
+
+def sweep_dir(sweeps: Path, method: str) -> Path:
+    return sweeps / method.replace("+", "-")
+
+
+def run_spec(method: str, seed: int, overrides: list[str], sweeps: Path | None) -> tuple[Path, list[str]]:
+    """The config file and overrides of one run: the study's config for the method, or, tuned, the config the
+    method's sweep selected, retrained on every training image."""
+    if sweeps is None or method == "vanilla":
+        return CONFIG, [f"method.name={method}", f"seed={seed}", *overrides]
+    return sweep_dir(sweeps, method) / "best_config.yaml", [f"seed={seed}", "data.validation=0", *overrides]
+
+
+def tune_command(method: str, sweeps: Path, overrides: list[str], trials: int, jobs: int) -> list[str]:
+    """``okd-ray tune`` for one method: its space, TPE with ASHA, selecting on mean_val_top1 (the default)."""
+    folder = sweep_dir(sweeps, method)
+    return ["okd-ray", "tune", str(CONFIG), f"method.name={method}", f"seed={TUNE_SEED}", *RECIPES.get(method, []),
+            *overrides, "--space", str(SPACES / f"{method}.yaml"), "--num-samples", str(trials), "--scheduler", "asha",
+            "--max-concurrent", str(jobs), "--storage-path", str(folder.parent), "--name", folder.name, "--quiet"]
+
+
+def tune(methods: list[str], sweeps: Path, overrides: list[str], trials: int, jobs: int) -> None:
+    """Sweep each method that has no selected config yet (an interrupted sweep resumes); one at a time, its trials
+    ``jobs`` at once. Each sweep's wall time goes to its folder (cost.json)."""
+    for method in methods:
+        folder = sweep_dir(sweeps, method)
+        if method == "vanilla" or (folder / "best_config.yaml").exists():
+            continue
+        command = tune_command(method, sweeps, overrides, trials, jobs)
+        print(shlex.join(command), flush=True)
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "okd_ray.cli", *command[1:],
+                               *(["--resume"] if folder.exists() else [])], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"sweep {method} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        (folder / "cost.json").write_text(json.dumps({"seconds": time.perf_counter() - started, "jobs": jobs}))
+        print(done.stdout, flush=True)
 
 
 def finished(folder: Path, config) -> bool:
@@ -53,37 +105,35 @@ def finished(folder: Path, config) -> bool:
     return manifest is not None and manifest.latest.epoch >= config.epochs
 
 
-def run_overrides(method: str, seed: int, overrides: list[str]) -> list[str]:
-    return [f"method.name={method}", f"seed={seed}", *overrides]
-
-
-def train_one(method: str, seed: int, runs: Path, overrides: list[str]) -> str:
+def train_one(method: str, seed: int, runs: Path, overrides: list[str], sweeps: Path | None = None) -> str:
     """One run in its own process (so runs go side by side), resumed if it was interrupted."""
     folder = run_dir(runs, method, seed)
-    items = run_overrides(method, seed, overrides)
-    if finished(folder, load_config(CONFIG, items)):
+    path, items = run_spec(method, seed, overrides, sweeps)
+    if finished(folder, load_config(path, items)):
         return f"{folder.name}: finished, skipped"
-    command = [sys.executable, "-m", "okd_ray.cli", "train", str(CONFIG), *items, "--run-dir", str(folder), "--quiet"]
+    command = [sys.executable, "-m", "okd_ray.cli", "train", str(path), *items, "--run-dir", str(folder), "--quiet"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{folder.name} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return f"{folder.name}: trained"
 
 
-def run_study(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (), jobs: int = 2) -> None:
+def run_study(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (), jobs: int = 2,
+              sweeps: Path | None = None) -> None:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for line in pool.map(lambda ms: train_one(*ms, runs, list(overrides)),
+        for line in pool.map(lambda ms: train_one(*ms, runs, list(overrides), sweeps),
                              [(m, s) for s in seeds for m in methods]):
             print(line, flush=True)
 
 
-def collect(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = ()) -> list[dict]:
+def collect(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (),
+            sweeps: Path | None = None) -> list[dict]:
     """Every epoch's rows of every finished run, tagged with its seed; a run still training is left out."""
     rows = []
     for method in methods:
         for seed in seeds:
             folder = run_dir(runs, method, seed)
-            if finished(folder, load_config(CONFIG, run_overrides(method, seed, list(overrides)))):
+            if finished(folder, load_config(*run_spec(method, seed, list(overrides), sweeps))):
                 rows += [{**r, "seed": seed} for r in pq.read_table(folder / "metrics.parquet").to_pylist()]
     return rows
 
@@ -118,10 +168,15 @@ def paired(a: list[float], b: list[float]) -> dict:
             "p": float(p)}
 
 
-def differences(final: dict, methods: list[str], seeds: list[int]) -> list[dict]:
+UNTUNED = " (untuned)"  # the untuned study's methods, in the tuned study's comparisons
+
+
+def differences(final: dict, methods: list[str], seeds: list[int], untuned: dict | None = None) -> list[dict]:
     """Each method against each baseline, part by part (the fused classifier against the baseline's ensemble),
-    and the comparisons the papers make: AFD against L1 alignment, FFL's fused classifier against its own parts."""
+    and the comparisons the papers make: AFD against L1 alignment, FFL's fused classifier against its own parts;
+    given the untuned study's results, each method tuned against itself untuned."""
     out = []
+    final = {**final, **{(m + UNTUNED, p, s): v for (m, p, s), v in (untuned or {}).items()}}
 
     def add(kind, method, part, against, against_part):
         pairs = [(final[method, part, s], final[against, against_part, s]) for s in seeds
@@ -142,6 +197,10 @@ def differences(final: dict, methods: list[str], seeds: list[int]) -> list[dict]
     for method in ("ffl", "afd+ffl"):
         for part in ("m0", "m1", "ensemble"):
             add("fused vs own parts", method, "fused", method, part)
+    if untuned:
+        for method in methods:
+            for part in ("m0", "m1", "ensemble", "fused"):
+                add("tuned vs untuned", method, part, method + UNTUNED, part)
     tested = [d for d in out if not math.isnan(d["p"])]
     qs = stats.false_discovery_control([d["p"] for d in tested]) if tested else []
     for d in out:
@@ -161,18 +220,28 @@ def survives(row: dict) -> str:
     return "yes" if row["q_bh"] < 0.05 else "no"
 
 
-def markdown(final: dict, diffs: list[dict], rows: list[dict], methods: list[str], seeds: list[int]) -> str:
+def spread(final: dict, method: str, part: str, seeds: list[int]) -> str:
+    v = [final[method, part, s] for s in seeds if (method, part, s) in final]
+    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else ""
+
+
+def markdown(final: dict, diffs: list[dict], rows: list[dict], methods: list[str], seeds: list[int],
+             untuned: dict | None = None) -> str:
     parts = ["m0", "m1", "ensemble", "fused"]
     names = {p: next((r["part"] for r in rows if part_key(r) == p), p) for p in parts}
     lines = [f"Test top-1 (%) on all 10,000 Fashion-MNIST test images after the last epoch, mean ± std over seeds "
              f"{', '.join(map(str, seeds))}.", "", "| method | " + " | ".join(names[p] for p in parts) + " |",
              "|---" * (len(parts) + 1) + "|"]
     for m in methods:
-        cells = []
-        for p in parts:
-            v = [final[m, p, s] for s in seeds if (m, p, s) in final]
-            cells.append(f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} | " + " | ".join(spread(final, m, p, seeds) for p in parts) + " |")
+    if untuned:
+        lines += ["", "Untuned (every weight 1, the committed study) beside tuned (each method's config selected on "
+                  "validation, retrained on every training image), test top-1 (%), mean ± std over the same seeds.", "",
+                  "| method | " + " | ".join(f"{names[p]} untuned | {names[p]} tuned" for p in parts) + " |",
+                  "|---" * (2 * len(parts) + 1) + "|"]
+        for m in methods:
+            lines.append(f"| {m} | " + " | ".join(f"{spread(untuned, m, p, seeds)} | {spread(final, m, p, seeds)}"
+                                                  for p in parts) + " |")
     lines += ["", "Paired differences (percentage points, method minus the other, seed by seed), with a paired-t "
               "95 % interval; *established* when the interval excludes zero. With this many comparisons some "
               f"intervals exclude zero by chance: *after BH* says whether it still holds when the false discovery "
@@ -237,14 +306,47 @@ def plot_differences(diffs: list[dict], path: Path) -> None:
     figure.savefig(path)
 
 
-def report(methods: list[str], seeds: list[int], runs: Path, out: Path, overrides: list[str] = ()) -> str:
-    rows = collect(methods, seeds, runs, overrides)
+def sweep_costs(methods: list[str], sweeps: Path, out: Path) -> list[dict]:
+    """Per sweep: trials, epochs run over all trials, wall seconds, the selected trial and its validation score;
+    each sweep's trials.parquet and best_config.yaml copied under ``out``_sweeps/ to be committed."""
+    costs = []
+    for method in methods:
+        folder = sweep_dir(sweeps, method)
+        if method == "vanilla" or not (folder / "best_config.yaml").exists():
+            continue
+        trials = pq.read_table(folder / "trials.parquet").to_pylist()
+        best = next(t for t in trials if t["best"])
+        kept = out.parent / f"{out.name}_sweeps" / folder.name
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in ("trials.parquet", "best_config.yaml", "cost.json"):
+            shutil.copy(folder / name, kept / name)
+        cost = json.loads((folder / "cost.json").read_text())
+        costs.append({"method": method, "trials": len(trials), "epochs_run": sum(t["epochs"] for t in trials),
+                      "seconds": cost["seconds"], "jobs": cost["jobs"], "best_trial": best["trial_id"],
+                      "best_mean_val_top1": best["mean_val_top1"],
+                      **{k: v for k, v in best.items() if k.startswith("config/")}})
+    return costs
+
+
+def report(methods: list[str], seeds: list[int], runs: Path, out: Path, overrides: list[str] = (),
+           sweeps: Path | None = None, untuned: Path | None = None) -> str:
+    rows = collect(methods, seeds, runs, overrides, sweeps)
     final = final_top1(rows)
-    diffs = differences(final, methods, seeds)
+    before = final_top1(pq.read_table(untuned).to_pylist()) if untuned else None
+    diffs = differences(final, methods, seeds, before)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), out.with_suffix(".parquet"))
-    pq.write_table(pa.Table.from_pylist(diffs), out.parent / f"{out.name}_intervals.parquet")
-    text = markdown(final, diffs, rows, methods, seeds)
+    pq.write_table(union_table(rows), out.with_suffix(".parquet"))  # every method's loss columns
+    pq.write_table(union_table(diffs), out.parent / f"{out.name}_intervals.parquet")
+    text = markdown(final, diffs, rows, methods, seeds, before)
+    if sweeps is not None:
+        costs = sweep_costs(methods, sweeps, out)
+        pq.write_table(union_table(costs), out.parent / f"{out.name}_sweeps.parquet")
+        text += "\nSweeps (okd-ray tune, Optuna TPE + ASHA, selecting on mean_val_top1):\n\n" + "\n".join(
+            f"- {c['method']}: {c['trials']} trials, {c['epochs_run']} epochs in all, {c['seconds'] / 60:.0f} min "
+            f"({c['jobs']} trials at once); selected {c['best_trial']} (mean_val_top1 {c['best_mean_val_top1']:.2f}): "
+            + ", ".join(f"{k.removeprefix('config/')}={v:.3g}" if isinstance(v, float) else
+                        f"{k.removeprefix('config/')}={v}" for k, v in c.items() if k.startswith("config/"))
+            for c in costs) + "\n"
     out.with_suffix(".md").write_text(text)
     plot_curves(curves(rows, methods), methods, out.parent / f"{out.name}_curves.png")
     plot_differences(diffs, out.parent / f"{out.name}_differences.png")
@@ -259,11 +361,22 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one torch thread each)")
     parser.add_argument("--out", default=str(HERE / "results" / "study_fashion_mnist"), help="results prefix")
     parser.add_argument("--report-only", action="store_true", help="no training: the report of the runs there are")
+    parser.add_argument("--tune", action="store_true", help="sweep each method first, then retrain what it selected")
+    parser.add_argument("--trials", type=int, default=8, help="trials per sweep (with --tune)")
+    parser.add_argument("--untuned", default=str(HERE / "results" / "study_fashion_mnist.parquet"),
+                        help="the untuned study's runs, set beside the tuned ones (with --tune)")
     parser.add_argument("overrides", nargs="*", help="key=value for every run (the same budget for all methods)")
     args = parser.parse_args()
+    runs, out = Path(args.runs), Path(args.out)
+    if args.tune:  # the tuned study's own folders and results, beside the untuned ones
+        runs = runs.with_name(runs.name + "-tuned") if args.runs == parser.get_default("runs") else runs
+        out = out.with_name(out.name + "_tuned") if args.out == parser.get_default("out") else out
+    sweeps = runs / "sweeps" if args.tune else None
     if not args.report_only:
-        run_study(args.methods, args.seeds, Path(args.runs), args.overrides, args.jobs)
-    print(report(args.methods, args.seeds, Path(args.runs), Path(args.out), args.overrides))
+        if args.tune:
+            tune(args.methods, sweeps, args.overrides, args.trials, args.jobs)
+        run_study(args.methods, args.seeds, runs, args.overrides, args.jobs, sweeps)
+    print(report(args.methods, args.seeds, runs, out, args.overrides, sweeps, Path(args.untuned) if args.tune else None))
 
 
 if __name__ == "__main__":

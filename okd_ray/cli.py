@@ -52,7 +52,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     raw_config, raw_space = load_sweep_files(path, overrides, args.space)
     options = SweepOptions(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, scheduler=args.scheduler,
-        metrics=args.metric.split(","), modes=args.mode.split(","), storage_path=args.storage_path,
+        metrics=args.metric.split(","), modes=args.mode.split(","), select_on_test=args.select_on_test,
+        storage_path=args.storage_path,
         name=args.name, cpus_per_trial=args.cpus_per_trial, resume=args.resume, overwrite=args.overwrite,
         quiet=args.quiet, resume_command=resume_command(args.argv),
     )
@@ -97,9 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--num-samples", type=int, default=8, help="trials to run (default 8)")
     tune.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
     tune.add_argument("--scheduler", default="asha", choices=["asha", "pbt", "none"])
-    tune.add_argument("--metric", default="mean_test_top1",
-                      help="m0_test_top1, mean_test_top1, best_test_top1, fused_test_top1, ...; "
-                      "comma-separated for a multi-objective search (with --scheduler none)")
+    tune.add_argument("--metric", default="mean_val_top1",
+                      help="mean_val_top1 (the default), m0_val_top1, best_val_top1, fused_val_top1, ...: accuracies "
+                      "on the validation split held out of the training images (data.validation, 10%% unless the "
+                      "config sets it); comma-separated for a multi-objective search (with --scheduler none)")
+    tune.add_argument("--select-on-test", action="store_true",
+                      help="allow a test metric (m0_test_top1, ...) as --metric; the results are then optimistic, "
+                      "and the table, best_config.yaml and the report say so first")
     tune.add_argument("--mode", default="max", help="max or min (comma-separated, one per metric)")
     tune.add_argument("--storage-path", default="runs/tune", help="local folder or s3:// / gs:// URI")
     tune.add_argument("--name", default=None,

@@ -49,7 +49,19 @@ class DataConfig(Strict):
     augment_per_member: bool = False
     train_limit: int | None = Field(None, ge=1)
     test_limit: int | None = Field(None, ge=1)
+    # Held out of the (limited) training images, seeded and stratified, never augmented: a share (0 < f < 1)
+    # or a count. Every epoch reports its accuracy beside the test set's; okd-ray tune selects on it.
+    validation: int | float = 0
+    image_size: int | None = Field(None, ge=1)  # imagefolder's input side (default 224); the others are fixed
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("validation", mode="before")
+    @classmethod
+    def _share_or_count(cls, value: Any) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
+                isinstance(value, float) and value >= 1):
+            raise ValueError(f"give a share 0 < f < 1, a whole count of training images, or 0; got {value!r}")
+        return value
 
 
 class FeatureUpdateConfig(Strict):
@@ -205,6 +217,10 @@ class TrainConfig(Strict):
             raise PydanticCustomError(
                 "population", "data.augment_per_member: members on a shared trunk see the trunk's one batch; set "
                 "data.augment_per_member=false, or trunk_stages=0 for each member's own augmentation")
+        if self.data.augment_per_member and not self.data.augment:
+            raise PydanticCustomError(
+                "population", "data.augment_per_member: with data.augment=false there is no augmentation to draw per "
+                "member, so it would change nothing; set data.augment=true (KDCL's recipe) or leave it false")
         return self
 
 

@@ -1,4 +1,4 @@
-"""Per-epoch metrics: running means of loss terms, test accuracy, and the rows of ``metrics.parquet``."""
+"""Per-epoch metrics: running means of loss terms, validation and test accuracy, the rows of ``metrics.parquet``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pyarrow as pa
 import torch
 
 IDENTITY = ["run", "method", "epoch", "part", "kind", "arch"]
-ACCURACY = ["train_top1", "test_top1", "test_top5"]
+ACCURACY = ["train_top1", "val_top1", "val_top5", "test_top1", "test_top5"]
 TIMINGS = ["epoch_seconds", "elapsed_seconds"]
 
 
@@ -17,7 +17,8 @@ def columns(rows: list[dict]) -> list[str]:
     """The table's columns: who and when, every loss term the parts reported (in the order they reported
     them, so a new term needs no list), accuracies, learning rates, timings."""
     seen = list(dict.fromkeys(k for row in rows for k in row))
-    return IDENTITY + loss_columns(seen) + ACCURACY + [c for c in seen if c.startswith("lr_")] + TIMINGS
+    accuracy = [c for c in ACCURACY if c in seen or not c.startswith("val_")]  # val_*: with a validation split
+    return IDENTITY + loss_columns(seen) + accuracy + [c for c in seen if c.startswith("lr_")] + TIMINGS
 
 
 def loss_columns(names: Iterable[str]) -> list[str]:
@@ -73,8 +74,9 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] =
     return [int(hits[:, : min(k, k_max)].any(1).sum()) for k in ks]
 
 
-def test_accuracy(batches: list[tuple], names: list[str]) -> dict[str, dict[str, float]]:
-    """Top-1/top-5 (%) of each member, of the ensemble (mean of member logits) and of the fused classifier."""
+def accuracy(batches: list[tuple], names: list[str], split: str) -> dict[str, dict[str, float]]:
+    """Top-1/top-5 (%) on ``split`` (``val_top1``, ``test_top5``, ...) of each member, of the ensemble (mean of
+    member logits) and of the fused classifier."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     total = 0
     for labels, logits, fused in batches:
@@ -90,7 +92,15 @@ def test_accuracy(batches: list[tuple], names: list[str]) -> dict[str, dict[str,
             top1, top5 = topk_correct(z, labels)
             counts[name][0] += top1
             counts[name][1] += top5
-    return {name: {"test_top1": 100.0 * c1 / total, "test_top5": 100.0 * c5 / total} for name, (c1, c5) in counts.items()}
+    return {name: {f"{split}_top1": 100.0 * c1 / total, f"{split}_top5": 100.0 * c5 / total}
+            for name, (c1, c5) in counts.items()}
+
+
+def union_table(rows: list[dict]) -> pa.Table:
+    """Rows with different keys as one table of every key (None where a row lacks one); ``Table.from_pylist``
+    alone takes the columns from the first row and drops the rest."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return pa.Table.from_pylist([{k: row.get(k) for k in keys} for row in rows])
 
 
 def to_table(rows: list[dict]) -> pa.Table:

@@ -10,7 +10,8 @@ from okd_ray.metrics import ACCURACY, loss_columns
 from okd_ray.metrics import columns as columns_of
 from okd_ray.terminal import console as plain_console
 
-HEADERS = {"train_top1": "train@1", "test_top1": "test@1", "test_top5": "test@5"}
+HEADERS = {"train_top1": "train@1", "val_top1": "val@1", "val_top5": "val@5", "test_top1": "test@1",
+           "test_top5": "test@5"}
 
 
 class RunDisplay:
@@ -43,12 +44,15 @@ class RunDisplay:
             self.progress = None
 
     def end_epoch(self, epoch: int, epochs: int, rows: list[dict], seconds: float) -> None:
-        """One line per epoch (test top-1 of every part); the full table after the last epoch."""
+        """One line per epoch (validation and test top-1 of every part); the full table after the last epoch."""
         self.stop()
         if self.quiet:
             return
-        accuracies = "  ".join(f"{r['part']} {r['test_top1']:.2f}" for r in rows if r.get('test_top1') is not None)
-        self.console.print(f"epoch {epoch + 1}/{epochs} ({seconds:.1f} s)  test top-1: {accuracies}")
+        accuracies = "  ".join(
+            f"{split} top-1: " + "  ".join(f"{r['part']} {r[f'{split}_top1']:.2f}" for r in rows
+                                          if r.get(f"{split}_top1") is not None)
+            for split in ("val", "test") if any(r.get(f"{split}_top1") is not None for r in rows))
+        self.console.print(f"epoch {epoch + 1}/{epochs} ({seconds:.1f} s)  {accuracies}")
         if epoch + 1 == epochs:
             self.console.print(epoch_table(rows, f"after epoch {epoch + 1}"))
 

@@ -21,7 +21,7 @@ from okd_ray.terminal import fitted_table, short_names
 
 REPORT = "report"  # the report's own folder inside the run or sweep folder
 SEARCH = "search.yaml"  # a sweep's metric, mode, number of trials and search space, written by okd-ray tune
-RUN_COLUMNS = ["part", "test_top1", "test_top5", "train_top1"]
+RUN_COLUMNS = ["part", "val_top1", "val_top5", "test_top1", "test_top5", "train_top1"]
 
 
 @dataclass
@@ -29,11 +29,14 @@ class Report:
     header: list[str]
     rows: list[list]  # the table, as written to report.md
     images: dict[str, object] = field(default_factory=dict)  # file name -> matplotlib figure
+    first: str = ""  # a line that must come before anything else (selection on the test set)
+    notes: list[str] = field(default_factory=list)  # lines after the table
 
     def markdown(self, title: str) -> str:
-        lines = [f"# {title}", "", "| " + " | ".join(self.header) + " |", "|---" * len(self.header) + "|"]
+        lines = [f"**{self.first}**", ""] if self.first else []
+        lines += [f"# {title}", "", "| " + " | ".join(self.header) + " |", "|---" * len(self.header) + "|"]
         lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in self.rows]
-        lines += [""] + [f"![{name}]({name})" for name in self.images]
+        lines += [""] + [f"{note}\n" for note in self.notes] + [f"![{name}]({name})" for name in self.images]
         return "\n".join(lines) + "\n"
 
 
@@ -61,17 +64,23 @@ def make_report(folder: str, console: Console | None = None) -> Report:
     for name, figure in report.images.items():
         _save(store, figure, f"{REPORT}/{name}")
     console = console or plain_console()
+    if report.first:
+        console.print(report.first, style="bold red", soft_wrap=True)
     header = short_names(report.header)
     console.print(fitted_table(title, header, [[fmt(v) for v in row] for row in report.rows], left=("part", "trial")))
+    for note in report.notes:
+        console.print(note, soft_wrap=True)
     console.print(f"wrote {store.path(REPORT)}: report.md, {', '.join(report.images)}", soft_wrap=True)
     return report
 
 
 def run_report(rows: list[dict]) -> Report:
-    """The final epoch's accuracies; test top-1 per epoch, train against test top-1, one panel per loss term
-    (the terms are the columns metrics.parquet holds, so a new term needs no list here)."""
+    """The last epoch's accuracies (never the best epoch's); validation and test top-1 per epoch, train against
+    test top-1, one panel per loss term (the terms are the columns metrics.parquet holds, so a new term needs no
+    list here)."""
     last = max(r["epoch"] for r in rows)
-    table = [[r[c] for c in RUN_COLUMNS] for r in rows if r["epoch"] == last]
+    header = [c for c in RUN_COLUMNS if c in rows[0]]
+    table = [[r[c] for c in header] for r in rows if r["epoch"] == last]
     run = rows[0]["run"]
     parts = list(dict.fromkeys(r["part"] for r in rows))
 
@@ -82,9 +91,12 @@ def run_report(rows: list[dict]) -> Report:
 
     test = _figure()
     ax = test.subplots()
-    for part in parts:
-        curve(ax, part, "test_top1", label=part)
-    _axes(ax, f"{run}: test top-1 per epoch", "test top-1 (%)")
+    validated = "val_top1" in rows[0]
+    for i, part in enumerate(parts):
+        curve(ax, part, "test_top1", color=f"C{i}", label=part)
+        if validated:
+            curve(ax, part, "val_top1", color=f"C{i}", linestyle=":", label=f"{part} validation")
+    _axes(ax, f"{run}: test{' (solid) and validation (dotted)' if validated else ''} top-1 per epoch", "top-1 (%)")
 
     gap = _figure()
     ax = gap.subplots()
@@ -106,7 +118,7 @@ def run_report(rows: list[dict]) -> Report:
     images = {"test_top1.png": test, "train_vs_test_top1.png": gap}
     if terms:
         images["loss_terms.png"] = losses
-    return Report(RUN_COLUMNS, table, images)
+    return Report(header, table, images, notes=[f"Accuracies after the last epoch ({last}), never the best epoch's."])
 
 
 def sweep_report(trials: list[dict], search: dict) -> Report:
@@ -114,9 +126,14 @@ def sweep_report(trials: list[dict], search: dict) -> Report:
     one category per choice), early-stopped trials hollow, the best trial a star."""
     space = search.get("search", {})
     keys = sorted({k for t in trials for k in t if k.startswith("config/")})
-    metric = (search.get("metric") or [next(m for m in ("mean_test_top1", "fused_test_top1", "best_test_top1")
-                                            if any(m in t for t in trials))])[0]
+    metric = (search.get("metric") or [next(m for m in ("mean_val_top1", "mean_test_top1", "fused_test_top1",
+                                                        "best_test_top1") if any(m in t for t in trials))])[0]
     trials = rank_trials(trials, metric, (search.get("mode") or ["max"])[0])
+    first = TEST_SELECTION_WARNING if "test_top" in metric else ""
+    best = next((t for t in trials if t.get("best")), None)
+    test = metric.replace("val_top", "test_top")
+    notes = [f"Test result of the configuration chosen on validation (trial {best['trial_id']}, last epoch): "
+             f"{test} {fmt(best.get(test))}."] if best is not None and test != metric and test in best else []
     header = ["trial", *[k.removeprefix("config/") for k in keys], "epochs", "status", metric]
     table = [[t["trial_id"] + (" *" if t.get("best") else ""), *[t.get(k) for k in keys], t["epochs"],
               t.get("status"), t.get(metric)] for t in trials]
@@ -147,7 +164,11 @@ def sweep_report(trials: list[dict], search: dict) -> Report:
             ax.set_xlim(-0.5, len(categories) - 0.5)
         _axes(ax, f"{metric} against {name}", metric, f"{name} ({kind})", integer_x=kind == "int")
         images[f"{metric}_vs_{name.replace('.', '_')}.png"] = figure
-    return Report(header, table, images)
+    return Report(header, table, images, first=first, notes=notes)
+
+
+TEST_SELECTION_WARNING = ("Selection was on the test set (--select-on-test): the best trial's accuracy is "
+                          "optimistic, not a result to report.")
 
 
 def rank_trials(trials: list[dict], metric: str, mode: str) -> list[dict]:

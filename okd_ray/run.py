@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from okd_ray.config import TrainConfig, parse_config
-from okd_ray.engines import Engine, make_engine
+from okd_ray.engines import Engine, PartMetrics, make_engine
 from okd_ray.errors import (CheckpointDamaged, ConfigError, Interrupted, PopulationLost, TrainingDiverged,
                             signal_of)
 from okd_ray.checkpoint import MANIFEST, Checkpoint, commit, read_manifest, shard_folder
@@ -116,11 +116,11 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
                 train_stats = engine.train_epoch(plan.num_train_batches, on_step)
             except TrainingDiverged as e:
                 raise e.keeping(kept(store, "last good checkpoint")) from None
-            test_stats = engine.evaluate()
+            eval_stats = merged(engine.evaluate(split) for split in plan.eval_splits)
             seconds = time.perf_counter() - started
             elapsed += seconds
             done = epoch + 1
-            epoch_rows = make_rows(config, done, lrs, train_stats, test_stats, seconds, elapsed)
+            epoch_rows = make_rows(config, done, lrs, train_stats, eval_stats, seconds, elapsed)
             if epoch == start_epoch:  # the results below belong to this config; an earlier report is stale
                 write_config(store, config)
                 if engine.placement():
@@ -197,13 +197,22 @@ def resume(run_dir: str, overrides: list[str] = (), quiet: bool = False) -> RunR
     return train(config, run_dir, quiet)
 
 
-def make_rows(config: TrainConfig, epoch: int, lrs, train_stats, test_stats, seconds: float, elapsed: float) -> list[dict]:
+def merged(stats: Iterable[PartMetrics]) -> PartMetrics:
+    """Several evaluations' metrics (validation, test) as one per part."""
+    out: PartMetrics = {}
+    for each in stats:
+        for part, values in each.items():
+            out.setdefault(part, {}).update(values)
+    return out
+
+
+def make_rows(config: TrainConfig, epoch: int, lrs, train_stats, eval_stats, seconds: float, elapsed: float) -> list[dict]:
     """One row per part, plus the ensemble's: every loss term, accuracy and learning rate it reported."""
     rows = []
-    for pid in [*parts_of(config), *([PartId("ensemble")] if "ensemble" in test_stats else [])]:
+    for pid in [*parts_of(config), *([PartId("ensemble")] if "ensemble" in eval_stats else [])]:
         row = {"run": config.run_name, "method": config.method.name, "epoch": epoch, "part": pid.name,
                "kind": pid.kind, "arch": pid.arch}
-        for stats in (train_stats, test_stats, lrs):
+        for stats in (train_stats, eval_stats, lrs):
             row.update(stats.get(pid.name, {}))
         rows.append({**row, "epoch_seconds": seconds, "elapsed_seconds": elapsed})
     return rows

@@ -64,6 +64,8 @@ def test_bad_values_name_the_key(override, expected):
 def test_per_member_augmentation_on_a_shared_trunk_is_refused():
     with pytest.raises(ConfigError, match="data.augment_per_member: members on a shared trunk see the trunk's one"):
         load_config(None, ["members=[resnet8, resnet8]", "trunk_stages=2", "data.augment_per_member=true"])
+    with pytest.raises(ConfigError, match="data.augment_per_member: with data.augment=false there is no augmentation"):
+        load_config(None, ["data.augment=false", "data.augment_per_member=true"])
 
 
 def test_ffl_with_one_member_is_refused():

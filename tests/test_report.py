@@ -101,19 +101,22 @@ def test_report_of_a_sweep(ray_cluster, tmp_path):
                  "--storage-path", str(tmp_path), "--name", "sweep"]) == 0
     folder = tmp_path / "sweep"
     report = make_report(str(folder))
-    pngs = sorted((folder / "report").glob("mean_test_top1_vs_*.png"))
+    pngs = sorted((folder / "report").glob("mean_val_top1_vs_*.png"))
     assert len(pngs) == 4 and all(p.stat().st_size > 1000 for p in pngs)
-    assert report.images["mean_test_top1_vs_method_terms_ring_kl_weight.png"].axes[0].get_xscale() == "log"
+    assert report.images["mean_val_top1_vs_method_terms_ring_kl_weight.png"].axes[0].get_xscale() == "log"
     trials = {t["trial_id"]: t for t in pq.read_table(folder / "trials.parquet").to_pylist()}
     cells = table_cells((folder / "report" / "report.md").read_text())
     assert {c[0].removesuffix(" *") for c in cells} == set(trials)
     assert [c[0].endswith(" *") for c in cells] == [trials[c[0].removesuffix(" *")]["best"] for c in cells]
     keys = sorted(k for k in next(iter(trials.values())) if k.startswith("config/"))
-    column = 1 + keys.index("config/method.terms.adversarial.weight")
+    column = 1 + keys.index("config/method.feature_update.optimizer.lr")
     for cell in cells:
         trial = trials[cell[0].removesuffix(" *")]
-        assert cell[-1] == fmt(trial["mean_test_top1"]) and cell[-2] == trial["status"] == "done"
-        assert cell[column] == fmt(trial["config/method.terms.adversarial.weight"])
+        assert cell[-1] == fmt(trial["mean_val_top1"]) and cell[-2] == trial["status"] == "done"
+        assert cell[column] == fmt(trial["config/method.feature_update.optimizer.lr"])
+    best = next(t for t in trials.values() if t["best"])
+    assert (f"Test result of the configuration chosen on validation (trial {best['trial_id']}, last epoch): "
+            f"mean_test_top1 {fmt(best['mean_test_top1'])}.") in (folder / "report" / "report.md").read_text()
 
 
 def test_report_of_a_folder_without_results_names_the_fix(tmp_path, capsys):

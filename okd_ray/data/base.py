@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -21,6 +21,9 @@ class DataInfo:
     image_size: int  # square side of the network input
 
 
+Split = Literal["val", "test"]  # the evaluation splits: validation (held out of training) and test
+
+
 @runtime_checkable
 class Dataset(Protocol):
     """Batches of float32 NCHW normalised images and int64 labels.
@@ -35,11 +38,12 @@ class Dataset(Protocol):
     def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's batches; a ``stream`` draws its own augmentation of the same images (KDCL)."""
 
-    def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def eval_batches(self, split: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The split's batches in a fixed order, never augmented; ``val`` is empty without a validation split."""
 
     def num_train_batches(self) -> int: ...
 
-    def num_test_batches(self) -> int: ...
+    def num_eval_batches(self, split: Split) -> int: ...
 
 
 def check_batching(batch_size: int, test_batch_size: int | None, train_limit: int | None,

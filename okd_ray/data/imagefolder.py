@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from okd_ray.data.base import DataInfo, check_batching
+from okd_ray.data.base import DataInfo, Split, check_batching
+from okd_ray.data.split import hold_out
 from okd_ray.seeding import derive_seed, generator
 from okd_ray.errors import DataError
 
@@ -25,17 +26,18 @@ LAYOUT = "<root>/train/<class>/<image> and <root>/val/<class>/<image>"
 
 
 class _SeededView(torch.utils.data.Dataset):
-    """The first `length` samples of a folder, each transformed with its own seed."""
+    """The samples ``indices`` of a folder, each transformed with its own seed (keyed by its folder index)."""
 
-    def __init__(self, folder: Any, length: int, transform: Callable, seed: int, epoch: int,
+    def __init__(self, folder: Any, indices: list[int], transform: Callable, seed: int, epoch: int,
                  stream: int | None = None):
-        self.folder, self.length, self.transform = folder, length, transform
+        self.folder, self.indices, self.transform = folder, indices, transform
         self.keys = (seed, epoch) + (() if stream is None else (stream,))
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.indices)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+        index = self.indices[position]
         image, label = self.folder[index]
         # torchvision's transforms draw from the global RNG; fork it so the caller's stream is untouched.
         with torch.random.fork_rng(devices=[]):
@@ -57,7 +59,8 @@ class ImageFolderDataset:
 
     def __init__(self, root: str | None, *, batch_size: int = 128, test_batch_size: int | None = None,
                  seed: int = 0, augment: bool = True, train_limit: int | None = None,
-                 test_limit: int | None = None, num_workers: int = 0, image_size: int | None = None):
+                 test_limit: int | None = None, num_workers: int = 0, image_size: int | None = None,
+                 validation: float | int = 0):
         from torchvision import transforms as T
 
         check_batching(batch_size, test_batch_size, train_limit, test_limit)
@@ -67,37 +70,43 @@ class ImageFolderDataset:
         for split in ("train", "val"):
             if not (base / split).is_dir():
                 raise DataError(f"imagefolder: {base / split} is not a folder. Expected {LAYOUT}")
-        self._train, self._test = _open(base / "train"), _open(base / "val")
-        if self._test.class_to_idx != self._train.class_to_idx:
+        self._train, test = _open(base / "train"), _open(base / "val")
+        if test.class_to_idx != self._train.class_to_idx:
             raise DataError(f"imagefolder: {base / 'val'} and {base / 'train'} must hold the same class "
-                            f"folders, found {self._test.classes} and {self._train.classes}")
+                            f"folders, found {test.classes} and {self._train.classes}")
         if image_size is not None and (isinstance(image_size, bool) or image_size < 1):
             raise DataError(f"data.image_size must be a positive integer, got {image_size!r}")
         size = image_size or 224
         self.info = DataInfo("imagefolder", in_channels=3, num_classes=len(self._train.classes), image_size=size)
         self.batch_size, self.test_batch_size = batch_size, test_batch_size or batch_size
         self.seed, self.num_workers = seed, num_workers
-        self._train_len = min(len(self._train), train_limit or len(self._train))
-        self._test_len = min(len(self._test), test_limit or len(self._test))
+        # The validation split is held out of train/ (by its labels, no image decoded); val/ is the test set.
+        labels = torch.tensor(self._train.targets[:train_limit or len(self._train)])
+        train, held = hold_out(labels, validation, seed)
+        self._train_indices = train.tolist()
+        self._eval = {"val": (self._train, held.tolist()),
+                      "test": (test, list(range(min(len(test), test_limit or len(test)))))}
         normalise = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
         self._test_transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *normalise])
         self._train_transform = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *normalise])
                                  if augment else self._test_transform)
 
     def num_train_batches(self) -> int:
-        return math.ceil(self._train_len / self.batch_size)
+        return math.ceil(len(self._train_indices) / self.batch_size)
 
-    def num_test_batches(self) -> int:
-        return math.ceil(self._test_len / self.test_batch_size)
+    def num_eval_batches(self, split: Split) -> int:
+        return math.ceil(len(self._eval[split][1]) / self.test_batch_size)
 
     def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(self._train_len, generator=generator("order", self.seed, epoch)).tolist()
-        view = _SeededView(self._train, self._train_len, self._train_transform, self.seed, epoch, stream)
+        count = len(self._train_indices)
+        order = torch.randperm(count, generator=generator("order", self.seed, epoch)).tolist()
+        view = _SeededView(self._train, self._train_indices, self._train_transform, self.seed, epoch, stream)
         yield from self._loader(view, self.batch_size, order)
 
-    def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        view = _SeededView(self._test, self._test_len, self._test_transform, self.seed, 0)
-        yield from self._loader(view, self.test_batch_size, range(self._test_len))
+    def eval_batches(self, split: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        folder, indices = self._eval[split]
+        view = _SeededView(folder, indices, self._test_transform, self.seed, 0)
+        yield from self._loader(view, self.test_batch_size, range(len(indices)))
 
     def _loader(self, view: _SeededView, batch_size: int, order: Any) -> DataLoader:
         # An explicit generator: otherwise DataLoader draws its workers' base seed from the global RNG.

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from okd_ray.data.augment import PadCropFlip
-from okd_ray.data.base import DataInfo, check_batching
+from okd_ray.data.base import DataInfo, Split, check_batching
+from okd_ray.data.split import hold_out
 from okd_ray.seeding import generator
 from okd_ray.errors import DataError
 
@@ -38,7 +39,8 @@ class TensorDataset:
 
     def __init__(self, data: InMemory, *, batch_size: int = 128, test_batch_size: int | None = None,
                  seed: int = 0, augment: bool = True, train_limit: int | None = None,
-                 test_limit: int | None = None, num_workers: int = 0, image_size: int | None = None):
+                 test_limit: int | None = None, num_workers: int = 0, image_size: int | None = None,
+                 validation: float | int = 0):
         # num_workers is accepted so every builder takes the same keywords; slicing needs no workers.
         check_batching(batch_size, test_batch_size, train_limit, test_limit)
         if image_size is not None and image_size != data.info.image_size:
@@ -54,8 +56,11 @@ class TensorDataset:
         self.test_batch_size = test_batch_size or batch_size
         self.seed = seed
         self.augmentation = data.augmentation if augment else None
-        self._train = (data.train_images[:train_limit], data.train_labels[:train_limit])
-        self._test = (data.test_images[:test_limit], data.test_labels[:test_limit])
+        images, labels = data.train_images[:train_limit], data.train_labels[:train_limit]
+        train, held = hold_out(labels, validation, seed)  # of the training images in use
+        self._train = (images[train], labels[train])
+        self._eval = {"val": (images[held], labels[held]),
+                      "test": (data.test_images[:test_limit], data.test_labels[:test_limit])}
         self._max_value = data.max_value
         self._mean = torch.tensor(data.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self._std = torch.tensor(data.std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -63,8 +68,8 @@ class TensorDataset:
     def num_train_batches(self) -> int:
         return math.ceil(len(self._train[1]) / self.batch_size)
 
-    def num_test_batches(self) -> int:
-        return math.ceil(len(self._test[1]) / self.test_batch_size)
+    def num_eval_batches(self, split: Split) -> int:
+        return math.ceil(len(self._eval[split][1]) / self.test_batch_size)
 
     def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self._train
@@ -78,8 +83,8 @@ class TensorDataset:
                 x = self.augmentation(x, generator(*keys))
             yield self._normalise(x), labels[index]
 
-    def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        images, labels = self._test
+    def eval_batches(self, split: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        images, labels = self._eval[split]
         for start in range(0, len(labels), self.test_batch_size):
             stop = start + self.test_batch_size
             yield self._normalise(self._to_unit(images[start:stop])), labels[start:stop]

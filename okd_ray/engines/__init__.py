@@ -11,6 +11,7 @@ from typing import Protocol
 
 from okd_ray.checkpoint import Checkpoint, Shard
 from okd_ray.config import TrainConfig
+from okd_ray.data.base import Split
 from okd_ray.population import PopulationPlan
 from okd_ray.storage import RunStore
 
@@ -27,8 +28,8 @@ class Engine(Protocol):
         """Run ``steps`` population steps, giving ``on_step`` each step's metrics (in ``parts_of`` order) as it
         ends; returns each part's mean loss terms and training top-1."""
 
-    def evaluate(self) -> PartMetrics:
-        """Test top-1/top-5 of every member, the ensemble and the fused classifier."""
+    def evaluate(self, split: Split) -> PartMetrics:
+        """Top-1/top-5 on ``split`` (validation or test) of every member, the ensemble and the fused classifier."""
 
     def placement(self) -> dict:
         """Where each part runs (node, placement group, bundle), as the parts report it; empty for one process."""

@@ -8,7 +8,8 @@ import torch
 
 from okd_ray.checkpoint import Checkpoint, Shard, shard_path
 from okd_ray.config import TrainConfig
-from okd_ray.metrics import EpochMeters, test_accuracy
+from okd_ray.data.base import Split
+from okd_ray.metrics import EpochMeters, accuracy
 from okd_ray.population import Population, PopulationPlan, build_part, parts_of, population_eval, population_step
 from okd_ray.storage import RunStore
 
@@ -45,11 +46,11 @@ class LocalEngine:
             on_step(metrics)
         return meters.result()
 
-    def evaluate(self) -> dict[str, dict[str, float]]:
+    def evaluate(self, split: Split) -> dict[str, dict[str, float]]:
         for part in self.parts:
-            part.begin_eval()
-        batches = population_eval(self.population, self.plan.num_test_batches)
-        return test_accuracy(batches, [pid.name for pid in self.ids if pid.kind == "member"])
+            part.begin_eval(split)
+        batches = population_eval(self.population, self.plan.num_eval_batches[split])
+        return accuracy(batches, [pid.name for pid in self.ids if pid.kind == "member"], split)
 
     def placement(self) -> dict:
         return {}  # one process

@@ -32,7 +32,8 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayChannelError, RayC
 from okd_ray.checkpoint import Checkpoint, Shard, shard_path
 from okd_ray.config import TrainConfig, validate
 from okd_ray.errors import ConfigError, OkdRayError, PopulationLost
-from okd_ray.metrics import EpochMeters, test_accuracy
+from okd_ray.data.base import Split
+from okd_ray.metrics import EpochMeters, accuracy
 from okd_ray.population import (PartId, Population, PopulationPlan, StepMetrics, build_part, part_class, parts_of,
                                 population_eval, population_step)
 from okd_ray.population.protocol import flatten, nest, num_returns, return_names
@@ -292,16 +293,16 @@ class RayEngine:
             collect()
         return meters.result()
 
-    def evaluate(self) -> dict[str, dict[str, float]]:
-        """Test batches by plain calls whatever the transport: the driver reads their logits."""
+    def evaluate(self, split: Split) -> dict[str, dict[str, float]]:
+        """Evaluation batches by plain calls whatever the transport: the driver reads their logits."""
         population = Population.of(self.ids, self.handles(), self.config.method.method.needs)
-        self._call_all("begin_eval")  # waited for: a part that cannot start testing says so here
-        batches = population_eval(population, self.plan.num_test_batches)
+        self._call_all("begin_eval", split)  # waited for: a part that cannot start testing says so here
+        batches = population_eval(population, self.plan.num_eval_batches[split])
         resolved = self._guard(lambda: [
             (ray.get(labels), ray.get(logits), ray.get(fused) if fused is not None else None)
             for labels, logits, fused in batches
         ])
-        return test_accuracy(resolved, [pid.name for pid in self.ids if pid.kind == "member"])
+        return accuracy(resolved, [pid.name for pid in self.ids if pid.kind == "member"], split)
 
     def placement(self) -> dict:
         return self.where

@@ -4,6 +4,8 @@ D_k learns to call the ring predecessor's map real (target 1) and network k's ow
 network k learns to make D_k call its own map real, and so takes on the peer's feature distribution.
 """
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -13,13 +15,14 @@ from .term import Batch, MemberInfo, Need, OwnedOptimizer, Term, TermSettings
 
 
 class Discriminator(nn.Module):
-    """A small convolutional critic over (C, H, W) feature maps; one score per sample, no sigmoid (LSGAN).
+    """A small convolutional critic over (C, H, W) feature maps; one output per sample: an unbounded score
+    (LSGAN's usual form) or, with ``bounded``, a sigmoid in [0, 1] (as a screenshot of the paper's Figure 1 shows).
 
     The paper's exact discriminator is not published: two 3×3 convs with LeakyReLU, global pooling and
     a linear score is our choice. No BatchNorm, so real and fake batches never share statistics.
     """
 
-    def __init__(self, channels: int, height: int):
+    def __init__(self, channels: int, height: int, bounded: bool = False):
         super().__init__()
         width = max(channels // 2, 16)
         stride = 2 if height >= 4 else 1
@@ -31,6 +34,7 @@ class Discriminator(nn.Module):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Linear(width, 1),
+            *([nn.Sigmoid()] if bounded else []),  # no parameters: the same weights and state dict either way
         )
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
@@ -59,11 +63,12 @@ class Adversarial(Term):
         # The one public re-implementation's values (Adam 2e-5, milestones at half the logit ones).
         discriminator_optimizer: OptimizerConfig = OptimizerConfig(
             name="adam", lr=2e-5, weight_decay=0.0, milestone_scale=0.5)
+        output: Literal["score", "sigmoid"] = "score"  # D's output: an unbounded score, or in [0, 1]
 
     def __init__(self, settings: Settings, member: MemberInfo):
         super().__init__(settings, member)
         channels, height, _ = member.public_shape
-        self.disc = Discriminator(channels, height).to(member.device)
+        self.disc = Discriminator(channels, height, bounded=settings.output == "sigmoid").to(member.device)
         self.optimizer = make_optimizer(self.disc.parameters(), settings.discriminator_optimizer)
 
     def loss(self, batch: Batch) -> torch.Tensor:

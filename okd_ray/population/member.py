@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from okd_ray.config import TrainConfig
+from okd_ray.data.base import Split
 from okd_ray.methods import Batch, MemberInfo, Need, OwnedOptimizer, transfer_layer
 from okd_ray.models import build_model
 from okd_ray.optim import make_optimizer
@@ -51,7 +52,7 @@ class Member(Part):
         self.stream = index if config.data.augment_per_member else None
         # On a trunk the batches come from the trunk (in the messages); only a member on its own reads data.
         self.dataset = None if config.trunk_stages else load_dataset(config.data, config.seed)
-        self._batches = self._test_batches = None
+        self._batches = self._eval_batches = None
 
     # --- training -------------------------------------------------------------------------------------
 
@@ -164,15 +165,15 @@ class Member(Part):
 
     # --- evaluation -----------------------------------------------------------------------------------
 
-    def begin_eval(self) -> None:
-        super().begin_eval()
+    def begin_eval(self, split: Split) -> None:
+        super().begin_eval(split)
         if self.dataset is not None:
-            self._test_batches = iter(self.dataset.test_batches())
+            self._eval_batches = iter(self.dataset.eval_batches(split))
 
     @torch.no_grad()
     def eval_next(self, shared: SharedMessage | None = None) -> MemberEval:
-        """The next test batch: the feature map for the fusion (FFL), the logits and the labels."""
-        x, y = next(self._test_batches) if shared is None else (shared.features, shared.labels)
+        """The next evaluation batch: the feature map for the fusion (FFL), the logits and the labels."""
+        x, y = next(self._eval_batches) if shared is None else (shared.features, shared.labels)
         with self.rng.active(self.device):
             feature, logits = self.net(x.to(self.device))
         return outgoing(MemberEval(feature if Need.FUSION in self.needs else None, logits, y))

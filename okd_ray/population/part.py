@@ -9,6 +9,7 @@ from torch import nn
 
 from okd_ray.checkpoint import Shard, load_shard, save_shard
 from okd_ray.config import TrainConfig
+from okd_ray.data.base import Split
 from okd_ray.errors import TrainingDiverged
 from okd_ray.methods import OwnedOptimizer
 from okd_ray.optim import set_epoch_lr
@@ -37,7 +38,8 @@ class Part:
         return {f"lr_{key}": set_epoch_lr(owned.optimizer, owned.config, self.config.schedule, epoch, self.config.epochs)
                 for key, owned in self.optimizers.items()}
 
-    def begin_eval(self) -> None:
+    def begin_eval(self, split: Split) -> None:
+        """Eval mode, before the batches of ``split`` (``val`` or ``test``) go through the population."""
         for module in self.modules.values():
             module.eval()
 

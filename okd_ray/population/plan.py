@@ -10,6 +10,7 @@ import torch
 
 from okd_ray.config import DataConfig, TrainConfig
 from okd_ray.data import DataInfo, Dataset, build_dataset
+from okd_ray.data.base import Split
 from okd_ray.errors import ConfigError, ModelError
 from okd_ray.methods import Need, common_shape
 from okd_ray.models import build_model, feature_shape
@@ -26,8 +27,13 @@ class PopulationPlan:
     shapes: list[Shape]
     common: Shape | None  # None when the method exchanges no feature maps
     num_train_batches: int
-    num_test_batches: int
+    num_eval_batches: dict[Split, int]  # the validation split's (0 without one) and the test set's
     trunk_shape: Shape | None = None  # the shared features' shape, when members share a trunk
+
+    @property
+    def eval_splits(self) -> list[Split]:
+        """What every epoch evaluates: the validation split where there is one, then the test set."""
+        return [split for split in ("val", "test") if self.num_eval_batches[split]]
 
 
 def load_dataset(data: DataConfig, seed: int) -> Dataset:
@@ -41,7 +47,7 @@ def _cached_dataset(data_json: str, seed: int) -> Dataset:
     return build_dataset(
         d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, seed=seed,
         download=d.download, augment=d.augment, train_limit=d.train_limit, test_limit=d.test_limit,
-        num_workers=d.num_workers,
+        num_workers=d.num_workers, image_size=d.image_size, validation=d.validation,
     )
 
 
@@ -76,7 +82,8 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
                 f"that differ from the ring's common shape {common}; set method.transfer.learn=true to learn "
                 "transfer layers, or choose members whose last feature maps agree"
             )
-    return PopulationPlan(info, shapes, common, dataset.num_train_batches(), dataset.num_test_batches(), trunk_shape)
+    num_eval = {split: dataset.num_eval_batches(split) for split in ("val", "test")}
+    return PopulationPlan(info, shapes, common, dataset.num_train_batches(), num_eval, trunk_shape)
 
 
 def _trunk_shape(net, stages: int, info) -> Shape:

@@ -65,8 +65,8 @@ def population_step(population: Population) -> StepMetrics:
 
 
 def population_eval(population: Population, num_batches: int) -> list[tuple[Any, list[Any], Any]]:
-    """The test set through every member (and the fusion), once every part's ``begin_eval`` has run: per batch
-    (labels, [member logits], fused)."""
+    """An evaluation split through every member (and the fusion), once every part's ``begin_eval`` has run: per
+    batch (labels, [member logits], fused)."""
     members, fusion, trunk = population.members, population.fusion, population.trunk
     batches = []
     for _ in range(num_batches):

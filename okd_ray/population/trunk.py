@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from okd_ray.config import TrainConfig
+from okd_ray.data.base import Split
 from okd_ray.methods import Gate, Need, OwnedOptimizer
 from okd_ray.models import build_model
 from okd_ray.optim import make_optimizer
@@ -34,7 +35,7 @@ class Trunk(Part):
         # The trunk learns with member 0's optimizer settings (all members share one architecture).
         self.optimizers = {"trunk": OwnedOptimizer(make_optimizer(params, arch.optimizer), arch.optimizer)}
         self.dataset = load_dataset(config.data, config.seed)
-        self._batches = self._test_batches = None
+        self._batches = self._eval_batches = None
 
     def begin_epoch(self, epoch: int) -> dict[str, float]:
         lrs = super().begin_epoch(epoch)
@@ -63,13 +64,13 @@ class Trunk(Part):
         self._features = self._gate = None
         return {}
 
-    def begin_eval(self) -> None:
-        super().begin_eval()
-        self._test_batches = iter(self.dataset.test_batches())
+    def begin_eval(self, split: Split) -> None:
+        super().begin_eval(split)
+        self._eval_batches = iter(self.dataset.eval_batches(split))
 
     @torch.no_grad()
     def eval_next(self) -> TrunkForward:
-        x, y = next(self._test_batches)
+        x, y = next(self._eval_batches)
         with self.rng.active(self.device):
             features = self.net(x.to(self.device))
             gate = self.gate(features) if self.gate is not None else None

@@ -1,7 +1,8 @@
 """``okd-ray tune``: a Ray Tune sweep whose trials are whole population runs.
 
 Optuna's TPE proposes the weights (seeded); ASHA stops weak trials early; PBT instead evolves the weights
-during training, exploiting through checkpoints; ``--resume`` continues an interrupted sweep.
+during training, exploiting through checkpoints; ``--resume`` continues an interrupted sweep. All of them
+select on a validation split held out of the training images: the test set is for the final report only.
 """
 
 from __future__ import annotations
@@ -15,18 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pyarrow as pa
 import yaml
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
 from okd_ray.engines import connect, part_bundles
 from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, signal_of
 from okd_ray.lock import LOCK, folder_lock
+from okd_ray.metrics import union_table
 from okd_ray.population import parts_of
-from okd_ray.report import SEARCH, number, rank_trials
+from okd_ray.report import SEARCH, TEST_SELECTION_WARNING, number, rank_trials
 from okd_ray.storage import RunStore
 from okd_ray.terminal import console, fitted_table, short_names, warn
 
@@ -39,8 +40,9 @@ class SweepOptions:
     num_samples: int = 8
     max_concurrent: int | None = None
     scheduler: str = "asha"  # asha | pbt | none
-    metrics: list[str] = field(default_factory=lambda: ["mean_test_top1"])
+    metrics: list[str] = field(default_factory=lambda: [DEFAULT_METRIC])
     modes: list[str] = field(default_factory=lambda: ["max"])
+    select_on_test: bool = False  # the opt-in to select on a test metric; every report then says so first
     storage_path: str = "runs/tune"
     name: str | None = None
     cpus_per_trial: float = 1.0
@@ -65,7 +67,24 @@ class Sweep:
         return f"{self.options.storage_path.rstrip('/')}/{self.options.name}"
 
 
+DEFAULT_METRIC = "mean_val_top1"
+DEFAULT_VALIDATION = 0.1  # the share of training images held out when the config sets no data.validation
+
+
+def with_validation(raw_config: dict[str, Any]) -> dict[str, Any]:
+    """The config with ``data.validation`` set: trials, and so ``best_config.yaml``, hold the split out."""
+    data = raw_config.get("data") or {}
+    if not isinstance(data, dict) or data.get("validation") is not None:
+        return raw_config
+    return {**raw_config, "data": {**data, "validation": DEFAULT_VALIDATION}}
+
+
+def is_test_metric(metric: str) -> bool:
+    return "test_top" in metric
+
+
 def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -> Sweep:
+    raw_config = with_validation(raw_config)
     config = validate(raw_config)
     space = parse_space(raw_space, raw_config)
     options.name = options.name or config.run_name
@@ -79,6 +98,7 @@ def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -
         if store.exists(SEARCH):  # the sweep goes on as it started, whatever these options say
             held = yaml.safe_load(store.read_text(SEARCH))
             options.metrics, options.modes, options.num_samples = held["metric"], held["mode"], held["num_samples"]
+            options.select_on_test = held.get("selected_on") == "test"
     elif store.exists() and not options.overwrite:
         raise ConfigError(f"sweep folder {sweep.path} exists: continue that sweep with --resume, replace it with "
                           "--overwrite, or give another --name")
@@ -86,8 +106,18 @@ def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -
     if len(options.modes) == 1 and len(options.metrics) > 1:
         options.modes = options.modes * len(options.metrics)
     for metric in options.metrics:
+        if "_val_" in metric and not config.data.validation:
+            raise ConfigError(f"--metric {metric}: data.validation=0 holds no images out of training to select on; "
+                              f"leave data.validation unset (okd-ray tune holds out {DEFAULT_VALIDATION:.0%}) or "
+                              "give a share, e.g. data.validation=0.1")
         if metric not in valid:
             raise ConfigError(f"--metric {metric}: no run of this config reports it; choose from {', '.join(valid)}")
+        if is_test_metric(metric) and not options.select_on_test:
+            raise ConfigError(
+                f"--metric {metric}: selecting on the test set makes every tuned number optimistic. Select on the "
+                f"validation split held out of the training images instead: --metric "
+                f"{metric.replace('test_top', 'val_top')} (the default is {DEFAULT_METRIC}); add --select-on-test "
+                "only if you mean it, and every report will say so")
     for mode in options.modes:
         if mode not in ("max", "min"):
             raise ConfigError(f"--mode {mode}: use max or min")
@@ -99,6 +129,27 @@ def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -
     if options.scheduler not in ("asha", "pbt", "none"):
         raise ConfigError(f"--scheduler {options.scheduler}: use asha, pbt or none")
     return sweep
+
+
+def schedulers(sweep: Sweep) -> tuple[TrialScheduler, OptunaSearch | None]:
+    """The trial scheduler and the searcher, each told the sweep's metric itself (ASHA stops, PBT exploits and
+    Optuna proposes on it)."""
+    opts, config = sweep.options, sweep.config
+    single = len(opts.metrics) == 1
+    metric, mode = (opts.metrics[0], opts.modes[0]) if single else (opts.metrics, opts.modes)
+    if opts.scheduler == "pbt":
+        # PBT samples its own starting points and mutates them; it takes no searcher. Synchronous: every
+        # epoch all trials wait for each other, then the worse half copies a better trial's checkpoint.
+        return PopulationBasedTraining(
+            time_attr="training_iteration", metric=metric, mode=mode, perturbation_interval=1,
+            hyperparam_mutations=sweep.space, quantile_fraction=0.5, resample_probability=0.25, synch=True,
+        ), None
+    scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=config.epochs,
+                               grace_period=1, reduction_factor=2) if opts.scheduler == "asha" else FIFOScheduler())
+    return scheduler, OptunaSearch(
+        metric=metric, mode=mode,
+        sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=max(2, opts.num_samples // 3)),
+    )
 
 
 def tuner(sweep: Sweep) -> tune.Tuner:
@@ -116,28 +167,12 @@ def tuner(sweep: Sweep) -> tune.Tuner:
     )
     if opts.resume:
         return tune.Tuner.restore(_absolute(sweep.path), trainable, resume_unfinished=True, resume_errored=True)
-    single = len(opts.metrics) == 1
-    metric, mode = (opts.metrics[0], opts.modes[0]) if single else (None, None)
-    if opts.scheduler == "pbt":
-        # PBT samples its own starting points and mutates them; it takes no searcher. Synchronous: every
-        # epoch all trials wait for each other, then the worse half copies a better trial's checkpoint.
-        scheduler = PopulationBasedTraining(
-            time_attr="training_iteration", perturbation_interval=1, hyperparam_mutations=sweep.space,
-            quantile_fraction=0.5, resample_probability=0.25, synch=True,
-        )
-        search_alg = None
-    else:
-        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=config.epochs, grace_period=1,
-                                   reduction_factor=2) if opts.scheduler == "asha" else FIFOScheduler())
-        search_alg = OptunaSearch(
-            metric=metric if single else opts.metrics, mode=mode if single else opts.modes,
-            sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=max(2, opts.num_samples // 3)),
-        )
+    scheduler, search_alg = schedulers(sweep)
     return tune.Tuner(
         trainable,
         param_space=sweep.space,
         tune_config=tune.TuneConfig(
-            metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler, num_samples=opts.num_samples,
+            search_alg=search_alg, scheduler=scheduler, num_samples=opts.num_samples,
             max_concurrent_trials=opts.max_concurrent,
         ),
         run_config=run_config,
@@ -170,6 +205,7 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
         raise Interrupted(f"sweep interrupted; continue with: {sweep.options.resume_command}", signal_of(e)) from None
     if not sweep.options.resume:  # how --resume goes on, and what the report needs to draw each key's axis
         store.write_text(SEARCH, yaml.safe_dump({"metric": sweep.options.metrics, "mode": sweep.options.modes,
+                                                 "selected_on": selected_on(sweep.options.metrics),
                                                  "num_samples": sweep.options.num_samples,
                                                  "search": sweep.raw_space}, sort_keys=False))
     with ray_output(quiet=True):  # each trial's status, read back without repeating Tune's warnings
@@ -179,7 +215,7 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
     best = best_row(finished, sweep)
     for r in rows:
         r["best"] = r is best
-    store.write_table("trials.parquet", pa.Table.from_pylist(rows))
+    store.write_table("trials.parquet", union_table(rows))
     store.delete("best_config.yaml")  # written below only from this sweep's finished trials
     store.delete("report")  # a report of the sweep before this run is stale
     show(rows, sweep)
@@ -194,12 +230,44 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
                        + (f"; retry the failed trials with: {sweep.options.resume_command}" if retry else
                           "; make the diverging values less extreme in the search space"))
     overrides = params_to_overrides({k.removeprefix("config/"): v for k, v in best.items() if k.startswith("config/")})
-    store.write_text("best_config.yaml", dump_config(validate(apply_overrides(sweep.raw_config, overrides))))
+    best_config = validate(apply_overrides(sweep.raw_config, overrides))
+    store.write_text("best_config.yaml", best_config_header(best, sweep) + dump_config(best_config))
     if not sweep.options.quiet:
         metric = sweep.options.metrics[0]
         console().print(f"sweep folder: {sweep.path}; best_config.yaml is the config of trial {best['trial_id']} "
-                        f"({metric} {best[metric]:.4g} after {best['epochs']} epochs)", soft_wrap=True)
+                        f"({metric} {best[metric]:.4g} after {best['epochs']} epochs). {chosen_test_result(best, metric)}",
+                        soft_wrap=True)
     return rows
+
+
+def selected_on(metrics: list[str]) -> str:
+    """``test`` when the (first) metric is a test metric (``--select-on-test``), else ``validation``."""
+    return "test" if is_test_metric(metrics[0]) else "validation"
+
+
+def chosen_test_result(best: dict, metric: str) -> str:
+    """The selected trial's test accuracy, labelled for what it is."""
+    test = metric.replace("val_top", "test_top")
+    if is_test_metric(metric):
+        return TEST_SELECTION_WARNING
+    if test == metric or test not in best:
+        return ""
+    return (f"Test result of the configuration chosen on validation: {test} {number(best.get(test)):.4g} "
+            "(last epoch).")
+
+
+def best_config_header(best: dict, sweep: Sweep) -> str:
+    """What chose this config, as YAML comments above it."""
+    metric, split = sweep.options.metrics[0], selected_on(sweep.options.metrics)
+    held = sweep.config.data.validation
+    lines = [f"Chosen by okd-ray tune: trial {best['trial_id']} of sweep {sweep.path}, best by {metric} "
+             f"({sweep.options.modes[0]}) on the {split} set after {best['epochs']} epochs."]
+    if split == "validation":
+        lines += [f"data.validation={held} keeps the validation images out of training, as in the trials. For a final",
+                  "model, retrain on every training image with a seed no trial used: data.validation=0 seed=N."]
+    else:
+        lines += [TEST_SELECTION_WARNING]
+    return "".join(f"# {line}\n" for line in lines)
 
 
 FINISHED = ("done", "stopped")  # trials whose last result stands: they ran to the end or the scheduler stopped them
@@ -297,7 +365,9 @@ def show(rows: list[dict], sweep: Sweep) -> None:
     cells = [[r["trial_id"] + (" *" if r["best"] else ""), *[_fmt(r.get(k)) for k in keys], str(r["epochs"]),
               r["status"], *[_fmt(r.get(m)) for m in metrics]] for r in order]
     headers = ["trial", *short_names([k.removeprefix("config/") for k in keys]), "epochs", "status", *metrics]
-    title = f"sweep {sweep.options.name}: {len(rows)} trials (* best)"
+    title = f"sweep {sweep.options.name}: {len(rows)} trials (* best by {metrics[0]}, on the {selected_on(metrics)} set)"
+    if selected_on(metrics) == "test":
+        console().print(TEST_SELECTION_WARNING, style="bold red", soft_wrap=True)
     console().print(fitted_table(title, headers, cells, left=("trial", "status")))
 
 

@@ -26,29 +26,36 @@ TRAINABLE_CPUS = 0.1  # the trial's own process only orchestrates when the popul
 
 
 def trial_metrics(rows: list[dict], config: TrainConfig) -> dict[str, float]:
-    """One epoch's rows as flat Tune metrics: ``m0_test_top1``, ``m0_ring_kl``, ``fused_test_top1``,
-    ``mean_test_top1``, ... (every loss term and accuracy of every part)."""
+    """One epoch's rows as flat Tune metrics: ``m0_val_top1``, ``m0_ring_kl``, ``fused_test_top1``,
+    ``mean_val_top1``, ... (every loss term and accuracy of every part, and the members' mean and best)."""
     keys = {p.name: p.key for p in [*parts_of(config), PartId("ensemble")]}
     metrics: dict[str, float] = {"epoch": rows[0]["epoch"]}
     for row in rows:
         for key, value in row.items():
             if isinstance(value, float) and key not in TIMINGS:
                 metrics[f"{keys[row['part']]}_{key}"] = value
-    members = [r["test_top1"] for r in rows if r["kind"] == "member"]
-    metrics["mean_test_top1"] = sum(members) / len(members)
-    metrics["best_test_top1"] = max(members)
+    for split in splits(config):
+        members = [r[f"{split}_top1"] for r in rows if r["kind"] == "member"]
+        metrics[f"mean_{split}_top1"] = sum(members) / len(members)
+        metrics[f"best_{split}_top1"] = max(members)
     return metrics
 
 
+def splits(config: TrainConfig) -> list[str]:
+    """The evaluation splits a run of ``config`` reports: validation (with ``data.validation``), then test."""
+    return ["val", "test"] if config.data.validation else ["test"]
+
+
 def metric_names(config: TrainConfig) -> list[str]:
-    """The metrics a run of ``config`` reports, for checking ``--metric`` before any trial: each part's test
-    accuracies and loss terms (from the method's registered terms), and the members' mean and best."""
+    """The metrics a run of ``config`` reports, for checking ``--metric`` before any trial: each part's validation
+    and test accuracies and loss terms (from the method's registered terms), and the members' mean and best."""
     parts = [p for p in parts_of(config) if p.kind != "trunk"]
     losses = {"member": config.method.method.columns(), "fused": FUSION_COLUMNS, "ensemble": []}
-    names = [f"{p.key}_{m}" for p in parts for m in ("test_top1", "test_top5", "train_top1", *losses[p.kind])]
+    accuracies = [f"{split}_top{k}" for split in splits(config) for k in (1, 5)]
+    names = [f"{p.key}_{m}" for p in parts for m in (*accuracies, "train_top1", *losses[p.kind])]
     if len(config.members) > 1:
-        names += ["ensemble_test_top1", "ensemble_test_top5"]
-    return names + ["mean_test_top1", "best_test_top1"]
+        names += [f"ensemble_{a}" for a in accuracies]
+    return names + [f"{kind}_{split}_top1" for split in splits(config) for kind in ("mean", "best")]
 
 
 def trial_resources(config: TrainConfig, cpus_per_trial: float) -> tune.PlacementGroupFactory:

@@ -58,7 +58,7 @@ def test_cifar10_pixels_and_labels_round_trip(tmp_path):
     data = build_dataset("cifar10", root=str(tmp_path), batch_size=16, augment=False)
     assert data.info == DataInfo("cifar10", in_channels=3, num_classes=10, image_size=32)
     assert data.num_train_batches() == 7  # 100 images
-    x, y = next(iter(data.test_batches()))
+    x, y = next(iter(data.eval_batches("test")))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     expected = torch.from_numpy(written["test_batch"][b"data"][:16]).view(16, 3, 32, 32)
     assert torch.equal(to_pixels(x, CIFAR10), expected)
@@ -77,7 +77,7 @@ def test_cifar100_reads_fine_labels(tmp_path):
     written = write_cifar100(tmp_path)
     data = build_dataset("cifar100", root=tmp_path, batch_size=8, augment=False, test_limit=10)
     assert data.info.num_classes == 100
-    x, y = torch.cat([x for x, _ in data.test_batches()]), torch.cat([y for _, y in data.test_batches()])
+    x, y = torch.cat([x for x, _ in data.eval_batches("test")]), torch.cat([y for _, y in data.eval_batches("test")])
     assert len(y) == 10 and y.tolist() == written["test"][b"fine_labels"][:10]
     expected = torch.from_numpy(written["test"][b"data"][:10]).view(10, 3, 32, 32)
     assert torch.equal(to_pixels(x, CIFAR100), expected)
@@ -91,7 +91,7 @@ def test_augmentation_is_applied_to_train_batches_only(tmp_path):
     (xp, yp), (xa, ya) = next(plain.train_batches(0)), next(augmented.train_batches(0))
     assert torch.equal(yp, ya)  # same order: augmentation does not shift the sample stream
     assert not torch.equal(xp, xa)
-    for (tp, _), (ta, _) in zip(plain.test_batches(), augmented.test_batches(), strict=True):
+    for (tp, _), (ta, _) in zip(plain.eval_batches("test"), augmented.eval_batches("test"), strict=True):
         assert torch.equal(tp, ta)
 
 
@@ -136,3 +136,10 @@ def test_labels_out_of_range_are_refused(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(written["test_batch"]))
     with pytest.raises(DataError, match=r"0\.\.9"):
         build_dataset("cifar10", root=tmp_path)
+
+
+def test_validation_split(tmp_path, check_validation_split):
+    """Held out of the five training batches; CIFAR-100 reads through the same code."""
+    write_cifar10(tmp_path)
+    check_validation_split(lambda **kw: build_dataset("cifar10", root=tmp_path, validation=30, **kw),
+                           5 * PER_BATCH, 30)

@@ -1,5 +1,6 @@
 """The embedded digits data set: shapes, statistics, limits and seeded order."""
 
+import pytest
 import torch
 
 from okd_ray.data import DataInfo, Dataset, build_dataset
@@ -20,7 +21,7 @@ def test_shapes_dtypes_and_labels():
     x, y = collect(batches)
     assert x.shape == (1437, 1, 8, 8) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and set(y.tolist()) == set(range(10))
-    tx, ty = collect(data.test_batches())
+    tx, ty = collect(data.eval_batches("test"))
     assert tx.shape == (360, 1, 8, 8) and ty.dtype == torch.int64
     assert ty.min() >= 0 and ty.max() <= 9
 
@@ -45,10 +46,10 @@ def test_limits_keep_the_first_samples():
     small = build_dataset("digits", batch_size=16, train_limit=50, test_limit=30, test_batch_size=7)
     assert small.num_train_batches() == 4
     assert [len(y) for _, y in small.train_batches(0)] == [16, 16, 16, 2]
-    assert [len(y) for _, y in small.test_batches()] == [7, 7, 7, 7, 2]
-    assert small.num_test_batches() == 5
-    x_small, _ = collect(small.test_batches())
-    x_full, _ = next(iter(full.test_batches()))
+    assert [len(y) for _, y in small.eval_batches("test")] == [7, 7, 7, 7, 2]
+    assert small.num_eval_batches("test") == 5
+    x_small, _ = collect(small.eval_batches("test"))
+    x_full, _ = next(iter(full.eval_batches("test")))
     assert torch.equal(x_small, x_full[:30])
 
 
@@ -62,5 +63,14 @@ def test_same_seed_same_batches_and_global_rng_untouched():
     assert not torch.equal(next(a.train_batches(0))[1], next(a.train_batches(1))[1])
     other = build_dataset("digits", batch_size=50, seed=4)
     assert not torch.equal(next(a.train_batches(0))[1], next(other.train_batches(0))[1])
-    list(a.test_batches())
+    list(a.eval_batches("test"))
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+@pytest.mark.parametrize("validation, held", [(0.1, 26), (30, 30)])
+def test_validation_split(check_validation_split, validation, held):
+    """A share or a count of the first 256 training images."""
+    data = build_dataset("digits", batch_size=64, train_limit=256, validation=validation)
+    assert data.num_eval_batches("val") == 1
+    check_validation_split(lambda **kw: build_dataset("digits", train_limit=256, validation=validation, **kw),
+                           256, held)

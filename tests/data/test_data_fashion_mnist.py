@@ -44,7 +44,7 @@ def test_reads_the_debian_package(tmp_path):
     data = build_dataset("fashion-mnist", root=tmp_path, batch_size=64, train_limit=200, test_limit=100)
     assert data.info == DataInfo("fashion-mnist", in_channels=1, num_classes=10, image_size=28)
     assert data.num_train_batches() == 4
-    x, y = torch.cat([x for x, _ in data.test_batches()]), torch.cat([y for _, y in data.test_batches()])
+    x, y = torch.cat([x for x, _ in data.eval_batches("test")]), torch.cat([y for _, y in data.eval_batches("test")])
     assert x.shape == (100, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert y[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]  # the t10k set's published first labels
     assert abs(x.mean().item()) < 0.2 and abs(x.std().item() - 1) < 0.2
@@ -56,7 +56,7 @@ def test_reads_a_root_of_idx_files(tmp_path, compress, subfolder):
     arrays = write_fashion(tmp_path / subfolder, compress)
     data = build_dataset("fashion-mnist", root=str(tmp_path), batch_size=5, augment=False)
     assert data.num_train_batches() == 3
-    x, y = next(iter(data.test_batches()))
+    x, y = next(iter(data.eval_batches("test")))
     assert torch.equal(to_pixels(x)[:, 0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"][:5]))
     assert y.tolist() == arrays["t10k-labels-idx1-ubyte"][:5].tolist()
     train_labels = torch.cat([y for _, y in data.train_batches(0)])
@@ -89,3 +89,8 @@ def test_a_corrupt_file_is_named(tmp_path):
     Path(tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
         build_dataset("fashion-mnist", root=tmp_path)
+
+
+def test_validation_split(tmp_path, check_validation_split):
+    write_fashion(tmp_path, compress=True, n_train=200)
+    check_validation_split(lambda **kw: build_dataset("fashion-mnist", root=tmp_path, validation=0.2, **kw), 200, 40)

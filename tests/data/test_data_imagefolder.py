@@ -35,7 +35,7 @@ def test_shapes_and_labels(tree):
     x, y = batches[0]
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == [0] * 5 + [1] * 5
-    assert [y.tolist() for _, y in data.test_batches()] == [[0, 0, 1], [1]]
+    assert [y.tolist() for _, y in data.eval_batches("test")] == [[0, 0, 1], [1]]
 
 
 def test_seeded_across_builds_and_workers_without_touching_the_global_rng(tree):
@@ -52,7 +52,7 @@ def test_seeded_across_builds_and_workers_without_touching_the_global_rng(tree):
 
 def test_test_batches_are_not_augmented(tree):
     a, b = build(tree, seed=1), build(tree, seed=2, augment=False)
-    for (xa, _), (xb, _) in zip(a.test_batches(), b.test_batches(), strict=True):
+    for (xa, _), (xb, _) in zip(a.eval_batches("test"), b.eval_batches("test"), strict=True):
         assert torch.equal(xa, xb)
     # Without augmentation, training images get the test transform (resize + centre crop).
     x_plain = torch.cat([x for x, _ in build(tree, augment=False, train_limit=4).train_batches(0)])
@@ -64,7 +64,7 @@ def test_limits(tree):
     data = build(tree, train_limit=3, test_limit=1)
     assert data.num_train_batches() == 1
     assert sum(len(y) for _, y in data.train_batches(0)) == 3
-    assert sum(len(y) for _, y in data.test_batches()) == 1
+    assert sum(len(y) for _, y in data.eval_batches("test")) == 1
 
 
 def test_missing_tree_names_the_layout(tmp_path):
@@ -83,3 +83,9 @@ def test_val_classes_must_match_train(tree, tmp_path):
             Image.new("RGB", (8, 8)).save(tmp_path / split / name / "0.png")
     with pytest.raises(DataError, match="same class"):
         build_dataset("imagefolder", root=tmp_path)
+
+
+def test_validation_split_is_held_out_of_train_and_val_stays_the_test_set(tree, check_validation_split):
+    check_validation_split(lambda **kw: build(tree, validation=4, **kw), 10, 4)
+    data = build(tree, validation=4, test_batch_size=8)
+    assert [y.tolist() for _, y in data.eval_batches("test")] == [[0, 0, 1, 1]]

@@ -11,4 +11,4 @@ def test_cifar_shaped_and_deterministic():
     assert (a.info.in_channels, a.info.num_classes, a.info.image_size) == (3, 100, 32)
     (xa, ya), (xb, yb) = next(a.train_batches(1)), next(b.train_batches(1))
     assert xa.shape == (64, 3, 32, 32) and torch.equal(xa, xb) and torch.equal(ya, yb)
-    assert a.num_test_batches() == 2000 // 64 + 1
+    assert a.num_eval_batches("test") == 2000 // 64 + 1

@@ -23,8 +23,9 @@ POPULATIONS = {
                        "trunk_stages=2"],
 }
 TRANSPORTS = ["object_store", "compiled", "direct"]
-# 2 epochs of 3 steps with a learning-rate milestone between them; one torch thread in every part, as locally.
-STEPS = ["epochs=2", "data.train_limit=96", "data.batch_size=32", "data.test_limit=64", "threads=1",
+# 2 epochs of 3 steps with a learning-rate milestone between them, 20 of the 96 images held out for validation;
+# one torch thread in every part, as locally.
+STEPS = ["epochs=2", "data.train_limit=96", "data.validation=20", "data.batch_size=32", "data.test_limit=64", "threads=1",
          "schedule={kind: multistep, milestones: [1]}", "ray.num_cpus_per_member=0.4", "ray.num_cpus_fusion=0.4"]
 TIMINGS = ("epoch_seconds", "elapsed_seconds")
 
@@ -66,6 +67,7 @@ def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tm
     run = train(config, run_dir=str(tmp_path / transport), quiet=True)
     assert_same_state(state, population_state(run.run_dir))
     assert_same_rows(rows, run.rows)
+    assert all(r["val_top1"] is not None and r["test_top1"] is not None for r in run.rows if r["kind"] != "trunk")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

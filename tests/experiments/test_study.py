@@ -26,7 +26,10 @@ def test_runs_are_resumable_and_the_report_pairs_seeds(tmp_path, capsys):
 
     text = study.report(["vanilla", "ffl"], [0, 1, 2], runs, out, DIGITS)
     diffs = pq.read_table(out.parent / "study_intervals.parquet").to_pylist()
-    final = study.final_top1(pq.read_table(out.with_suffix(".parquet")).to_pylist())
+    table = pq.read_table(out.with_suffix(".parquet")).to_pylist()
+    final = study.final_top1(table)
+    # every method's loss columns, though vanilla's rows (first) have none of FFL's
+    assert all(r["fused_kl"] is not None for r in table if r["method"] == "ffl" and r["kind"] == "member")
     m0 = next(d for d in diffs if d["comparison"] == "vs vanilla" and d["part"] == "m0")
     assert m0["seeds"] == 3
     assert m0["mean_diff"] == pytest.approx(sum(final["ffl", "m0", s] - final["vanilla", "m0", s] for s in range(3)) / 3)
@@ -41,6 +44,32 @@ def test_runs_are_resumable_and_the_report_pairs_seeds(tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="another config"):  # a changed budget never mixes with old runs
         study.run_study(["vanilla"], [0], runs, [*DIGITS, "data.train_limit=300"])
+
+
+def test_the_tuned_study_sweeps_on_validation_retrains_on_fresh_seeds_and_sets_untuned_beside(tmp_path, capsys):
+    methods, seeds, runs, out = ["vanilla", "dml"], [0, 1], tmp_path / "runs", tmp_path / "results" / "study"
+    study.run_study(methods, seeds, runs / "untuned", DIGITS, jobs=2)
+    study.report(methods, seeds, runs / "untuned", out, DIGITS)
+    sweeps = runs / "tuned" / "sweeps"
+    study.tune(methods, sweeps, [*DIGITS, "epochs=1"], trials=2, jobs=2)
+    best = (sweeps / "dml" / "best_config.yaml").read_text()
+    assert "best by mean_val_top1 (max) on the validation set" in best and not (sweeps / "vanilla").exists()
+    assert f"seed: {study.TUNE_SEED}" in best and "validation: 0.1" in best
+    study.run_study(methods, seeds, runs / "tuned", DIGITS, jobs=2, sweeps=sweeps)
+    text = study.report(methods, seeds, runs / "tuned", tmp_path / "tuned" / "study", DIGITS, sweeps,
+                        out.with_suffix(".parquet"))
+    # retrained on every training image, on the study's seeds, from the selected config
+    config = (study.run_dir(runs / "tuned", "dml", 1) / "config.yaml").read_text()
+    assert "seed: 1" in config and "validation: 0\n" in config
+    assert "| m0:fmnet-s untuned | m0:fmnet-s tuned |" in text
+    diffs = pq.read_table(tmp_path / "tuned" / "study_intervals.parquet").to_pylist()
+    # vanilla is the same config on the same seeds in both studies: tuning can change nothing there
+    vanilla = [d for d in diffs if d["comparison"] == "tuned vs untuned" and d["method"] == "vanilla"]
+    assert vanilla and all(d["mean_diff"] == 0 and d["sd_diff"] == 0 for d in vanilla)
+    assert any(d["comparison"] == "tuned vs untuned" and d["method"] == "dml" for d in diffs)
+    sweep = pq.read_table(tmp_path / "tuned" / "study_sweeps.parquet").to_pylist()
+    assert [s["method"] for s in sweep] == ["dml"] and sweep[0]["trials"] == 2
+    assert (tmp_path / "tuned" / "study_sweeps" / "dml" / "best_config.yaml").read_text() == best
 
 
 def test_paired_interval_by_hand():

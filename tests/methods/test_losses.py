@@ -86,6 +86,30 @@ def test_lsgan_orientation_peer_is_real():
     assert (score.grad < 0).all()
 
 
+def test_lsgan_orientation_holds_for_the_sigmoid_output():
+    """D in [0, 1] (method.terms.adversarial.output=sigmoid) learns the peer as real too."""
+    torch.manual_seed(0)
+    disc = Discriminator(8, 4, bounded=True)
+    peer, own = torch.rand(32, 8, 4, 4) + 1.0, torch.rand(32, 8, 4, 4) - 1.0
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        discriminator_loss(disc(peer), disc(own)).backward()
+        opt.step()
+    assert disc(peer).mean().item() > 0.8 and disc(own).mean().item() < 0.2
+
+
+def test_sigmoid_discriminator_is_the_score_squashed():
+    """The same weights (one state dict) give sigmoid(score): the output setting changes nothing else."""
+    torch.manual_seed(1)
+    score = Discriminator(8, 4)
+    bounded = Discriminator(8, 4, bounded=True)
+    bounded.load_state_dict(score.state_dict())
+    x = torch.randn(5, 8, 4, 4)
+    out = bounded(x)
+    assert torch.equal(out, torch.sigmoid(score(x))) and ((out > 0) & (out < 1)).all()
+
+
 def test_alignment_by_hand():
     own, peer = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.0, 2.0, 1.0])
     assert alignment_loss(own, peer, "l1").item() == pytest.approx((1 + 0 + 3) / 3)

@@ -13,6 +13,8 @@ import yaml
 
 from okd_ray.cli import main
 from okd_ray.config import load_config
+from okd_ray.tune import SweepOptions, load_sweep_files, prepare
+from okd_ray.tune.sweep import schedulers
 
 SWEEP = Path(__file__).parents[2] / "experiments" / "configs" / "tune-digits.yaml"
 SMALL = ["epochs=2", "data.train_limit=320", "data.test_limit=200", "data.batch_size=32"]
@@ -36,12 +38,17 @@ def test_asha_sweep_writes_every_trial_and_a_best_config_that_trains(ray_cluster
     trials = pq.read_table(tmp_path / "asha" / "trials.parquet").to_pylist()
     assert len(trials) == 5 and {t["status"] for t in trials} == {"done", "stopped"}, [t["epochs"] for t in trials]
     assert all(t["epochs"] < 2 for t in trials if t["status"] == "stopped")
-    assert all("config/method.terms.ring_kl.weight" in t and "mean_test_top1" in t for t in trials)
+    assert all("config/method.terms.ring_kl.weight" in t and "mean_val_top1" in t for t in trials)
     (best,) = [t for t in trials if t["best"]]
-    assert best["mean_test_top1"] == max(t["mean_test_top1"] for t in trials)
+    # selected on the validation split (the default metric), never on the test set
+    assert best["mean_val_top1"] == max(t["mean_val_top1"] for t in trials)
     best_yaml = tmp_path / "asha" / "best_config.yaml"
     config = load_config(best_yaml)
     assert config.method.settings("ring_kl").weight == pytest.approx(best["config/method.terms.ring_kl.weight"])
+    # it keeps the trials' validation split out of training, and says what chose it
+    assert config.data.validation == 0.1
+    assert best_yaml.read_text().startswith(f"# Chosen by okd-ray tune: trial {best['trial_id']} of sweep "
+                                            f"{tmp_path}/asha, best by mean_val_top1 (max) on the validation set")
     assert main(["train", str(best_yaml), f"output_dir={tmp_path / 'rerun'}", "--quiet"]) == 0
     # Tune's epoch and the trial run's metrics.parquet count the same way, from 1
     run = Path(best["path"]) / "run"
@@ -154,7 +161,8 @@ def test_a_sweep_name_is_used_once_unless_resumed_or_overwritten(ray_cluster, tm
     first = okd_ray.run(*args)
     assert first.returncode == 0 and first.stderr == "", first.stderr[-3000:]
     # --quiet: the final table is all there is
-    assert first.stdout.startswith("sweep once: 1 trials (* best)") and "Checkpoint" not in first.stdout
+    assert first.stdout.startswith("sweep once: 1 trials (* best by mean_val_top1, on the validation set)")
+    assert "Checkpoint" not in first.stdout
     assert okd_ray.run("report", tmp_path / "once").returncode == 0
     before = snapshot(tmp_path / "once")
 
@@ -199,12 +207,20 @@ def wait_for_finished_trial(sweep: Path, epochs: int, process, timeout: float = 
     [
         (["--space", "{space}"], "search.method.terms.ring_kl.wieght: the value 0.1 is not valid here"),
         (["--metric", "m7_test_top1"], "--metric m7_test_top1: no run of this config reports it; choose from"),
-        (["--metric", "m0_test_top1,m1_test_top1"], "add --scheduler none"),
+        (["--metric", "m0_val_top1,m1_val_top1"], "add --scheduler none"),
+        (["--metric", "m0_test_top1"], "--metric m0_test_top1: selecting on the test set makes every tuned number "
+         "optimistic. Select on the validation split held out of the training images instead: --metric m0_val_top1"),
+        (["data.validation=0"], "--metric mean_val_top1: data.validation=0 holds no images out of training"),
+        (["--space", "{inert}"], "search.method.terms.adversarial.weight: in the 'alternating' feature update, "
+         "adversarial is the only loss that method.feature_update.optimizer (adam) steps on"),
     ],
 )
 def test_bad_sweeps_fail_before_any_trial(capsys, tmp_path, args, expected):
     space = write_space(tmp_path, {"method.terms.ring_kl.wieght": {"loguniform": [0.1, 10]}})
-    code, err = tune_cli(capsys, *[a.format(space=space) for a in args], "--storage-path", str(tmp_path / "s"))
+    inert = tmp_path / "inert.yaml"
+    inert.write_text(yaml.safe_dump({"search": {"method.terms.adversarial.weight": {"uniform": [0.0, 2.0]}}}))
+    code, err = tune_cli(capsys, *[a.format(space=space, inert=inert) for a in args],
+                         "--storage-path", str(tmp_path / "s"))
     assert code == 2 and expected in err, err
     assert not (tmp_path / "s").exists()
 
@@ -223,3 +239,36 @@ def test_bad_sweeps_fail_before_any_trial(capsys, tmp_path, args, expected):
 def test_impossible_distributions_are_errors(capsys, tmp_path, space, expected):
     code, err = tune_cli(capsys, "--space", str(write_space(tmp_path, space)), "--storage-path", str(tmp_path / "s"))
     assert code == 2 and expected in err, err
+
+
+def test_a_weight_that_acts_may_be_searched(capsys, tmp_path):
+    """The same term's weight is a search key where it acts: in the joint update."""
+    space = {"method.terms.adversarial.weight": {"uniform": [0.0, 2.0]}}
+    sweep = prepare_sweep(["method.feature_update.mode=joint"], space)
+    assert set(sweep.space) == {"method.terms.adversarial.weight"}
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "pbt"])
+def test_schedulers_and_searcher_act_on_the_validation_metric(scheduler):
+    sweep = prepare_sweep([], {"method.terms.ring_kl.weight": {"uniform": [0.0, 2.0]}}, scheduler=scheduler)
+    trial_scheduler, searcher = schedulers(sweep)
+    assert trial_scheduler.metric == "mean_val_top1" and trial_scheduler._mode == "max"
+    assert searcher is None if scheduler == "pbt" else searcher.metric == "mean_val_top1"
+
+
+def prepare_sweep(overrides, space, **options):
+    raw, _ = load_sweep_files(str(SWEEP), [*SMALL, *overrides], None)
+    return prepare(raw, space, SweepOptions(storage_path="/nonexistent/okd-ray-sweeps", **options))
+
+
+def test_selection_on_the_test_set_only_when_asked_and_then_said_first(ray_cluster, tmp_path, okd_ray):
+    address = ray_cluster.get_runtime_context().gcs_address
+    result = okd_ray.run("tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
+                         "--metric", "m0_test_top1", "--select-on-test", "--storage-path", tmp_path, "--name", "t",
+                         "--address", address, "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = "Selection was on the test set (--select-on-test)"
+    assert result.stdout.startswith(warning)
+    assert warning in (tmp_path / "t" / "best_config.yaml").read_text().splitlines()[1]
+    assert okd_ray.run("report", tmp_path / "t").returncode == 0
+    assert (tmp_path / "t" / "report" / "report.md").read_text().startswith(f"**{warning}")
