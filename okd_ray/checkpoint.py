@@ -36,7 +36,7 @@ class Checkpoint:
     epoch: int  # epochs finished
     elapsed: float  # training seconds so far
     folder: str  # the shards' folder, under the run
-    shards: dict[str, Shard]  # part key (m0, m1, fused, trunk) -> its shard
+    shards: dict[str, Shard | None]  # part key (m0, m1, fused, trunk) -> its shard (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -65,14 +65,15 @@ def save_shard(store: RunStore, path: str, state: dict) -> Shard:
     return Shard(len(data), hashlib.sha256(data).hexdigest())
 
 
-def load_shard(store: RunStore, path: str, shard: Shard) -> dict:
-    """One part's state from ``path``, checked against the manifest's size and digest before torch reads it."""
+def load_shard(store: RunStore, path: str, shard: Shard | None) -> dict:
+    """One part's state from ``path``, checked against the manifest's size and digest before torch reads it
+    (``shard`` None: an older okd-ray's manifest recorded none to check against)."""
     if not store.exists(path):
         raise CheckpointDamaged(store.path(path), "is missing")
     data = store.read_bytes(path)
-    if len(data) != shard.size:
+    if shard is not None and len(data) != shard.size:
         raise CheckpointDamaged(store.path(path), f"has {len(data)} bytes where the manifest says {shard.size}")
-    if hashlib.sha256(data).hexdigest() != shard.sha256:
+    if shard is not None and hashlib.sha256(data).hexdigest() != shard.sha256:
         raise CheckpointDamaged(store.path(path), "does not match the sha256 in the manifest")
     return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
@@ -82,7 +83,10 @@ def read_manifest(store: RunStore) -> Manifest | None:
         return None
     try:
         raw = json.loads(store.read_text(MANIFEST))
-        return Manifest([Checkpoint(**{**c, "shards": {k: Shard(**s) for k, s in c["shards"].items()}})
+        if "parts" in raw:  # an older okd-ray's: one checkpoint, its shards' names only
+            return Manifest([Checkpoint(raw["epoch"], raw["elapsed"], raw["folder"], dict.fromkeys(raw["parts"]))])
+        return Manifest([Checkpoint(c["epoch"], c["elapsed"], c["folder"],
+                                    {k: Shard(**s) if s else None for k, s in c["shards"].items()})
                          for c in raw["checkpoints"]])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointDamaged(store.path(MANIFEST), f"cannot be read ({e})") from None

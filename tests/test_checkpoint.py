@@ -97,3 +97,18 @@ def test_an_unreadable_manifest_is_one_error_naming_it(tiny_config, tmp_path, ok
     okd_ray.assert_error(okd_ray.run("train", "--resume", folder, "epochs=2", "--quiet"), 2,
                          f"error: checkpoint file {folder}/checkpoints/manifest.json cannot be read",
                          f"start the run over with okd-ray train {folder}/config.yaml")
+
+
+def test_a_run_of_an_older_okd_ray_resumes_from_its_manifest_without_digests(tiny_config, tmp_path, okd_ray):
+    import json
+
+    folder = tmp_path / "run"
+    train(tiny_config("epochs=1", *TINY), run_dir=str(folder), quiet=True)
+    manifest = folder / "checkpoints" / "manifest.json"
+    (latest,) = json.loads(manifest.read_text())["checkpoints"]
+    manifest.write_text(json.dumps({"epoch": latest["epoch"], "elapsed": latest["elapsed"],
+                                    "folder": latest["folder"], "parts": list(latest["shards"])}))
+    result = okd_ray.run("train", "--resume", folder, "epochs=2")
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {folder} after epoch 1" in result.stdout
+    assert [c.epoch for c in read_manifest(RunStore(str(folder))).checkpoints] == [2, 1]

@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from okd_ray.lock import LOCK, folder_lock
@@ -19,11 +18,8 @@ HOST = socket.gethostname()
 
 def test_a_second_process_on_a_run_folder_in_use_is_refused_naming_the_first(tmp_path, okd_ray):
     folder = tmp_path / "run"
-    first = okd_ray.start("train", "epochs=300", *TINY, "--run-dir", folder, "--quiet")
-    deadline = time.monotonic() + 120
-    while not (folder / "checkpoints" / "manifest.json").exists():
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.05)
+    first = okd_ray.start_until(folder / "checkpoints" / "manifest.json", "train", "epochs=300", *TINY,
+                                "--run-dir", folder, "--quiet")
     second = okd_ray.run("train", "--resume", folder, "--quiet")
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=60)

@@ -3,7 +3,6 @@ and Ctrl-C says how to continue. The okd-ray command runs in a subprocess wherev
 
 import re
 import signal
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -89,12 +88,8 @@ def test_a_failed_start_leaves_no_folder(ray_cluster, tiny_config, tmp_path):
 
 def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, okd_ray):
     folder = tmp_path / "run"
-    process = okd_ray.start("train", "epochs=300", "data.train_limit=64", "data.test_limit=32", "--run-dir", folder,
-                            "--quiet")
-    deadline = time.monotonic() + 120
-    while not (folder / MANIFEST).exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.02)
+    process = okd_ray.start_until(folder / MANIFEST, "train", "epochs=300", "data.train_limit=64",
+                                  "data.test_limit=32", "--run-dir", folder, "--quiet")
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -112,12 +107,8 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, okd_ray
 def test_sigterm_stops_a_ray_run_like_ctrl_c_with_exit_code_143(tmp_path, okd_ray):
     """engine=ray: ray.init replaces the SIGTERM handler with a plain exit; okd-ray's must survive it."""
     folder = tmp_path / "run"
-    process = okd_ray.start("train", "engine=ray", "epochs=300", "data.train_limit=64", "data.test_limit=32",
-                            "--run-dir", folder, "--quiet")
-    deadline = time.monotonic() + 180
-    while not (folder / MANIFEST).exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.02)
+    process = okd_ray.start_until(folder / MANIFEST, "train", "engine=ray", "epochs=300", "data.train_limit=64",
+                                  "data.test_limit=32", "--run-dir", folder, "--quiet", timeout=180)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
