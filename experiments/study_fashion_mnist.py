@@ -55,41 +55,48 @@ def run_dir(runs: Path, method: str, seed: int) -> Path:
     return runs / f"{method.replace('+', '-')}-seed{seed}"
 
 
-def sweep_dir(sweeps: Path, method: str) -> Path:
-    return sweeps / method.replace("+", "-")
+def sweep_name(method: str) -> str:
+    return method.replace("+", "-")
 
 
-def run_spec(method: str, seed: int, overrides: list[str], sweeps: Path | None) -> tuple[Path, list[str]]:
+def run_spec(method: str, seed: int, overrides: list[str], kept: Path | None) -> tuple[Path, list[str]]:
     """The config file and overrides of one run: the study's config for the method, or, tuned, the config the
-    method's sweep selected, retrained on every training image."""
-    if sweeps is None or method == "vanilla":
+    method's sweep selected (kept under ``kept``), retrained on every training image."""
+    if kept is None or method == "vanilla":
         return CONFIG, [f"method.name={method}", f"seed={seed}", *overrides]
-    return sweep_dir(sweeps, method) / "best_config.yaml", [f"seed={seed}", "data.validation=0", *overrides]
+    return kept / sweep_name(method) / "best_config.yaml", [f"seed={seed}", "data.validation=0", *overrides]
 
 
-def tune_command(method: str, sweeps: Path, overrides: list[str], trials: int, jobs: int) -> list[str]:
+def tune_command(method: str, storage: Path, overrides: list[str], trials: int, jobs: int) -> list[str]:
     """``okd-ray tune`` for one method: its space, TPE with ASHA, selecting on mean_val_top1 (the default)."""
-    folder = sweep_dir(sweeps, method)
     return ["okd-ray", "tune", str(CONFIG), f"method.name={method}", f"seed={TUNE_SEED}", *RECIPES.get(method, []),
             *overrides, "--space", str(SPACES / f"{method}.yaml"), "--num-samples", str(trials), "--scheduler", "asha",
-            "--max-concurrent", str(jobs), "--storage-path", str(folder.parent), "--name", folder.name, "--quiet"]
+            "--max-concurrent", str(jobs), "--storage-path", str(storage), "--name", sweep_name(method), "--quiet"]
 
 
-def tune(methods: list[str], sweeps: Path, overrides: list[str], trials: int, jobs: int) -> None:
-    """Sweep each method that has no selected config yet (an interrupted sweep resumes); one at a time, its trials
-    ``jobs`` at once. Each sweep's wall time goes to its folder (cost.json)."""
+KEPT = ("trials.parquet", "best_config.yaml")  # what each sweep leaves to be committed, with cost.json
+
+
+def tune(methods: list[str], storage: Path, kept: Path, overrides: list[str], trials: int, jobs: int) -> None:
+    """Sweep each method whose selected config is not yet kept (an interrupted sweep resumes), one at a time, its
+    trials ``jobs`` at once; keep its trials, selected config and wall time (cost.json) under ``kept``."""
     for method in methods:
-        folder = sweep_dir(sweeps, method)
-        if method == "vanilla" or (folder / "best_config.yaml").exists():
+        mine = kept / sweep_name(method)
+        if method == "vanilla" or (mine / "best_config.yaml").exists():
             continue
-        command = tune_command(method, sweeps, overrides, trials, jobs)
+        command = tune_command(method, storage, overrides, trials, jobs)
         print(shlex.join(command), flush=True)
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "okd_ray.cli", *command[1:],
-                               *(["--resume"] if folder.exists() else [])], capture_output=True, text=True)
+        resume = ["--resume"] if (storage / sweep_name(method)).exists() else []
+        done = subprocess.run([sys.executable, "-m", "okd_ray.cli", *command[1:], *resume], capture_output=True,
+                              text=True)
         if done.returncode != 0:
             raise SystemExit(f"sweep {method} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-        (folder / "cost.json").write_text(json.dumps({"seconds": time.perf_counter() - started, "jobs": jobs}))
+        mine.mkdir(parents=True, exist_ok=True)
+        for name in KEPT:
+            shutil.copy(storage / sweep_name(method) / name, mine / name)
+        (mine / "cost.json").write_text(json.dumps({"seconds": time.perf_counter() - started, "jobs": jobs,
+                                                    "command": shlex.join(command)}))
         print(done.stdout, flush=True)
 
 
@@ -105,10 +112,10 @@ def finished(folder: Path, config) -> bool:
     return manifest is not None and manifest.latest.epoch >= config.epochs
 
 
-def train_one(method: str, seed: int, runs: Path, overrides: list[str], sweeps: Path | None = None) -> str:
+def train_one(method: str, seed: int, runs: Path, overrides: list[str], kept: Path | None = None) -> str:
     """One run in its own process (so runs go side by side), resumed if it was interrupted."""
     folder = run_dir(runs, method, seed)
-    path, items = run_spec(method, seed, overrides, sweeps)
+    path, items = run_spec(method, seed, overrides, kept)
     if finished(folder, load_config(path, items)):
         return f"{folder.name}: finished, skipped"
     command = [sys.executable, "-m", "okd_ray.cli", "train", str(path), *items, "--run-dir", str(folder), "--quiet"]
@@ -119,21 +126,21 @@ def train_one(method: str, seed: int, runs: Path, overrides: list[str], sweeps: 
 
 
 def run_study(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (), jobs: int = 2,
-              sweeps: Path | None = None) -> None:
+              kept: Path | None = None) -> None:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for line in pool.map(lambda ms: train_one(*ms, runs, list(overrides), sweeps),
+        for line in pool.map(lambda ms: train_one(*ms, runs, list(overrides), kept),
                              [(m, s) for s in seeds for m in methods]):
             print(line, flush=True)
 
 
 def collect(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (),
-            sweeps: Path | None = None) -> list[dict]:
+            kept: Path | None = None) -> list[dict]:
     """Every epoch's rows of every finished run, tagged with its seed; a run still training is left out."""
     rows = []
     for method in methods:
         for seed in seeds:
             folder = run_dir(runs, method, seed)
-            if finished(folder, load_config(*run_spec(method, seed, list(overrides), sweeps))):
+            if finished(folder, load_config(*run_spec(method, seed, list(overrides), kept))):
                 rows += [{**r, "seed": seed} for r in pq.read_table(folder / "metrics.parquet").to_pylist()]
     return rows
 
@@ -306,20 +313,16 @@ def plot_differences(diffs: list[dict], path: Path) -> None:
     figure.savefig(path)
 
 
-def sweep_costs(methods: list[str], sweeps: Path, out: Path) -> list[dict]:
-    """Per sweep: trials, epochs run over all trials, wall seconds, the selected trial and its validation score;
-    each sweep's trials.parquet and best_config.yaml copied under ``out``_sweeps/ to be committed."""
+def sweep_costs(methods: list[str], kept: Path) -> list[dict]:
+    """Per kept sweep: trials, epochs run over all trials, wall seconds, the selected trial and its validation
+    score and values."""
     costs = []
     for method in methods:
-        folder = sweep_dir(sweeps, method)
+        folder = kept / sweep_name(method)
         if method == "vanilla" or not (folder / "best_config.yaml").exists():
             continue
         trials = pq.read_table(folder / "trials.parquet").to_pylist()
         best = next(t for t in trials if t["best"])
-        kept = out.parent / f"{out.name}_sweeps" / folder.name
-        kept.mkdir(parents=True, exist_ok=True)
-        for name in ("trials.parquet", "best_config.yaml", "cost.json"):
-            shutil.copy(folder / name, kept / name)
         cost = json.loads((folder / "cost.json").read_text())
         costs.append({"method": method, "trials": len(trials), "epochs_run": sum(t["epochs"] for t in trials),
                       "seconds": cost["seconds"], "jobs": cost["jobs"], "best_trial": best["trial_id"],
@@ -329,8 +332,8 @@ def sweep_costs(methods: list[str], sweeps: Path, out: Path) -> list[dict]:
 
 
 def report(methods: list[str], seeds: list[int], runs: Path, out: Path, overrides: list[str] = (),
-           sweeps: Path | None = None, untuned: Path | None = None) -> str:
-    rows = collect(methods, seeds, runs, overrides, sweeps)
+           kept: Path | None = None, untuned: Path | None = None) -> str:
+    rows = collect(methods, seeds, runs, overrides, kept)
     final = final_top1(rows)
     before = final_top1(pq.read_table(untuned).to_pylist()) if untuned else None
     diffs = differences(final, methods, seeds, before)
@@ -338,8 +341,8 @@ def report(methods: list[str], seeds: list[int], runs: Path, out: Path, override
     pq.write_table(union_table(rows), out.with_suffix(".parquet"))  # every method's loss columns
     pq.write_table(union_table(diffs), out.parent / f"{out.name}_intervals.parquet")
     text = markdown(final, diffs, rows, methods, seeds, before)
-    if sweeps is not None:
-        costs = sweep_costs(methods, sweeps, out)
+    if kept is not None:
+        costs = sweep_costs(methods, kept)
         pq.write_table(union_table(costs), out.parent / f"{out.name}_sweeps.parquet")
         text += "\nSweeps (okd-ray tune, Optuna TPE + ASHA, selecting on mean_val_top1):\n\n" + "\n".join(
             f"- {c['method']}: {c['trials']} trials, {c['epochs_run']} epochs in all, {c['seconds'] / 60:.0f} min "
@@ -371,12 +374,12 @@ def main() -> None:
     if args.tune:  # the tuned study's own folders and results, beside the untuned ones
         runs = runs.with_name(runs.name + "-tuned") if args.runs == parser.get_default("runs") else runs
         out = out.with_name(out.name + "_tuned") if args.out == parser.get_default("out") else out
-    sweeps = runs / "sweeps" if args.tune else None
+    kept = out.parent / f"{out.name}_sweeps" if args.tune else None  # committed: the retrains start from these
     if not args.report_only:
         if args.tune:
-            tune(args.methods, sweeps, args.overrides, args.trials, args.jobs)
-        run_study(args.methods, args.seeds, runs, args.overrides, args.jobs, sweeps)
-    print(report(args.methods, args.seeds, runs, out, args.overrides, sweeps, Path(args.untuned) if args.tune else None))
+            tune(args.methods, runs / "sweeps", kept, args.overrides, args.trials, args.jobs)
+        run_study(args.methods, args.seeds, runs, args.overrides, args.jobs, kept)
+    print(report(args.methods, args.seeds, runs, out, args.overrides, kept, Path(args.untuned) if args.tune else None))
 
 
 if __name__ == "__main__":

@@ -76,10 +76,10 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] =
 
 def accuracy(batches: list[tuple], names: list[str], split: str) -> dict[str, dict[str, float]]:
     """Top-1/top-5 (%) on ``split`` (``val_top1``, ``test_top5``, ...) of each member, of the ensemble (mean of
-    member logits) and of the fused classifier."""
+    member logits), of the fused classifier and of ONE's gated teacher Σ g_k·z_k."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     total = 0
-    for labels, logits, fused in batches:
+    for labels, logits, fused, gate in batches:
         labels = labels.cpu()
         logits = [z.cpu() for z in logits]
         total += len(labels)
@@ -88,6 +88,8 @@ def accuracy(batches: list[tuple], names: list[str], split: str) -> dict[str, di
             parts["ensemble"] = torch.stack(logits).mean(0)
         if fused is not None:
             parts["fused"] = fused.cpu()
+        if gate is not None:
+            parts["teacher"] = sum(gate.cpu()[:, k:k + 1] * z for k, z in enumerate(logits))
         for name, z in parts.items():
             top1, top5 = topk_correct(z, labels)
             counts[name][0] += top1

@@ -207,9 +207,11 @@ def merged(stats: Iterable[PartMetrics]) -> PartMetrics:
 
 
 def make_rows(config: TrainConfig, epoch: int, lrs, train_stats, eval_stats, seconds: float, elapsed: float) -> list[dict]:
-    """One row per part, plus the ensemble's: every loss term, accuracy and learning rate it reported."""
+    """One row per part, plus the ensemble's (and ONE's gated teacher's): every loss term, accuracy and learning
+    rate it reported."""
     rows = []
-    for pid in [*parts_of(config), *([PartId("ensemble")] if "ensemble" in eval_stats else [])]:
+    combined = [PartId(kind) for kind in ("ensemble", "teacher") if kind in eval_stats]
+    for pid in [*parts_of(config), *combined]:
         row = {"run": config.run_name, "method": config.method.name, "epoch": epoch, "part": pid.name,
                "kind": pid.kind, "arch": pid.arch}
         for stats in (train_stats, eval_stats, lrs):

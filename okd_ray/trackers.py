@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from okd_ray.config import TrainConfig
-from okd_ray.population import PartId, parts_of
+from okd_ray.population import parts_of
 from okd_ray.storage import RunStore
 
 FOLDER = "tensorboard"
@@ -31,7 +31,7 @@ class Trackers:
     def __init__(self, config: TrainConfig, store: RunStore, start_epoch: int, steps_per_epoch: int):
         self.config, self.store = config, store
         self.parts = parts_of(config)
-        self.keys = {p.name: p.key for p in [*self.parts, PartId("ensemble")]}
+        self.keys = {p.name: p.key for p in self.parts}  # other rows (ensemble, teacher): name and key agree
         self.start_epoch, self.step = start_epoch, start_epoch * steps_per_epoch  # steps done before this call
         self.writers: dict[str, Any] = {}  # kind -> its SummaryWriter
 
@@ -62,7 +62,7 @@ class Trackers:
         for row in rows:
             for name, value in row.items():
                 if isinstance(value, float):
-                    writer.add_scalar(f"{self.keys[row['part']]}/{name}", value, epoch)
+                    writer.add_scalar(f"{self.keys.get(row['part'], row['part'])}/{name}", value, epoch)
         for opened in self.writers.values():
             opened.flush()
 

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from okd_ray.config import dump_config, load_config, parse_config
+from okd_ray.config import apply_overrides, dump_config, load_config, load_yaml, parse_config, read_raw
 from okd_ray.errors import ConfigError
 from okd_ray.optim import OptimizerConfig
+from okd_ray.tune import parse_space
 
 
 def test_embedded_default_is_digits_afd_with_two_members():
@@ -82,13 +83,27 @@ def test_a_methods_row_gives_the_defaults_and_other_terms_are_checked_but_left_o
         load_config(None, ["method.name=dml", "method.terms.fused_kl.rampup_epochs=-1"])
 
 
-SHIPPED = sorted((Path(__file__).parents[1] / "experiments" / "configs").rglob("*.yaml"))
+CONFIGS = Path(__file__).parents[1] / "experiments" / "configs"
+SPACES = sorted((CONFIGS / "fashion-mnist-search").glob("*.yaml"))  # search spaces, one per method
+SHIPPED = sorted(set(CONFIGS.rglob("*.yaml")) - set(SPACES))
+
+
+def test_an_unknown_data_set_is_named_with_the_closest_ones():
+    with pytest.raises(ConfigError, match=r"data.name: unknown data set 'digit'; did you mean digits\? choose one of"):
+        load_config(None, ["data.name=digit"])
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_configs_are_valid(path):
     config = load_config(path)
     assert config.members and config.method.name in path.read_text()
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_the_tuned_studys_search_spaces_are_valid_for_their_methods(path):
+    """Every key and bound checked as okd-ray tune checks them, weights that would not act refused."""
+    raw = apply_overrides(read_raw(CONFIGS / "fashion-mnist.yaml"), [f"method.name={path.stem}"])
+    assert parse_space(load_yaml(path.read_text(), str(path))["search"], raw)
 
 
 def test_the_fashion_mnist_config_serves_every_method_of_the_study():

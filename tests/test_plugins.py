@@ -1,4 +1,4 @@
-"""A user's own method, defined in a file outside okd-ray, under both engines and under okd-ray tune."""
+"""A user's own method and data set, defined in a file outside okd-ray, under both engines and okd-ray tune."""
 
 import pyarrow.parquet as pq
 import pytest
@@ -6,12 +6,17 @@ import pytest
 from okd_ray.cli import main
 from okd_ray.config import load_config
 from okd_ray.errors import ConfigError
+from okd_ray.population import plan_population
 from okd_ray.run import train
 
 PLUGIN = '''
+from dataclasses import replace
+
 import torch
 from pydantic import Field
 
+from okd_ray.data import DataInfo, digits, register_dataset
+from okd_ray.data.tensor_dataset import TensorDataset
 from okd_ray.methods import CrossEntropy, Need, Term, TermSettings, register_method
 
 
@@ -30,6 +35,16 @@ class PeerMSE(Term):
 
 
 register_method("mse-peers", [CrossEntropy, PeerMSE.configured(scale=0.25)])
+
+
+def pairs_of_digits(config, seed):
+    """The digits in five classes: 0-1, 2-3, ...; the builder gets the whole data section and the seed."""
+    d = digits.load()
+    return TensorDataset(replace(d, info=DataInfo("digit-pairs", 1, 5, 8), train_labels=d.train_labels // 2,
+                                 test_labels=d.test_labels // 2), config, seed)
+
+
+register_dataset("digit-pairs", pairs_of_digits)
 '''
 TINY = ["epochs=1", "data.train_limit=64", "data.test_limit=64", "data.batch_size=32", "threads=1",
         "ray.num_cpus_per_member=0.4"]
@@ -44,14 +59,15 @@ def plugin(tmp_path_factory):
 
 
 def test_a_plugin_method_runs_under_both_engines_with_the_same_result(ray_cluster, plugin, tmp_path, population_state):
-    overrides = [f"plugins=[{plugin}]", "method.name=mse-peers", "method.terms.peer_mse.weight=2", *TINY,
-                 f"output_dir={tmp_path}"]
+    overrides = [f"plugins=[{plugin}]", "method.name=mse-peers", "method.terms.peer_mse.weight=2",
+                 "data.name=digit-pairs", *TINY, f"output_dir={tmp_path}"]
     config = load_config(None, overrides)
     assert config.method.settings("peer_mse").scale == 0.25  # the row's default
     local = train(config, run_dir=str(tmp_path / "local"), quiet=True)
     remote = train(load_config(None, [*overrides, "engine=ray"]), run_dir=str(tmp_path / "ray"), quiet=True)
     table = pq.read_table(tmp_path / "local" / "metrics.parquet").to_pylist()
     assert all(r["peer_mse"] > 0 for r in table if r["kind"] == "member")  # its column, with no list edited
+    assert all(r["test_top5"] == 100 for r in table)  # the plugin's data set: five classes
     a, b = population_state(local.run_dir), population_state(remote.run_dir)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
@@ -59,7 +75,7 @@ def test_a_plugin_method_runs_under_both_engines_with_the_same_result(ray_cluste
 def test_a_plugin_method_is_searched_by_okd_ray_tune(ray_cluster, plugin, tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text("method.terms.peer_mse.scale: {uniform: [0.1, 1.0]}\n")
-    code = main(["tune", f"plugins=[{plugin}]", "method.name=mse-peers", *TINY, "--num-samples", "2",
+    code = main(["tune", f"plugins=[{plugin}]", "method.name=mse-peers", *TINY, "data.validation=20", "--num-samples", "2",
                  "--scheduler", "none", "--metric", "m0_peer_mse", "--mode", "min", "--storage-path", str(tmp_path),
                  "--name", "plugin-sweep", "--space", str(space)])
     assert code == 0, capsys.readouterr().err
@@ -74,3 +90,84 @@ def test_a_broken_plugin_names_the_file_and_line(tmp_path):
         load_config(None, [f"plugins=[{path}]"])
     with pytest.raises(ConfigError, match="plugins: file 'missing.py' not found"):
         load_config(None, ["plugins=[missing.py]"])
+
+
+CLASHING = '''
+from torch import nn
+
+from okd_ray.errors import ConfigError
+from okd_ray.methods import CrossEntropy, OwnedOptimizer, Term, register_method
+from okd_ray.optim import OptimizerConfig, make_optimizer
+
+
+class Shadow(Term):
+    """Owns a module named like the member's network: it would replace the network in the checkpoint."""
+
+    name = "shadow"
+
+    def __init__(self, settings, member):
+        super().__init__(settings, member)
+        self.layer = nn.Linear(2, 2)
+
+    def loss(self, batch):
+        return batch.logits.sum() * 0
+
+    def modules(self):
+        return {"net": self.layer}
+
+
+class ShadowOptimizer(Shadow):
+    name = "shadow_optimizer"
+
+    def modules(self):
+        return {"shadow_layer": self.layer}
+
+    def optimizers(self):
+        config = OptimizerConfig()
+        return {"logit": OwnedOptimizer(make_optimizer(self.layer.parameters(), config), config)}
+
+
+class NeedsThree(Term):
+    name = "needs_three"
+
+    def __init__(self, settings, member):
+        super().__init__(settings, member)
+        if member.count < 3:
+            raise ConfigError(f"method needs-three: give at least 3 members, got {member.count}")
+
+    def loss(self, batch):
+        return batch.logits.sum() * 0
+
+
+register_method("shadow", [CrossEntropy, Shadow])
+register_method("shadow-optimizer", [CrossEntropy, ShadowOptimizer])
+register_method("needs-three", [CrossEntropy, NeedsThree])
+'''
+
+
+@pytest.fixture(scope="module")
+def clashing(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clashing") / "clashing.py"
+    path.write_text(CLASHING)
+    return path
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("shadow", "method shadow: term shadow's module 'net' is the member's own name; rename it in shadow.modules()"),
+    ("shadow-optimizer", "method shadow-optimizer: term shadow_optimizer's optimizer 'logit' is the member's own "
+                         "name; rename it in shadow_optimizer.optimizers()"),
+    ("needs-three", "method needs-three: give at least 3 members, got 2"),
+])
+def test_a_terms_clash_or_refusal_is_found_while_the_run_is_planned(clashing, method, expected):
+    """A term module named ``net`` once replaced the network in ``m0.pt``; now no part is built."""
+    with pytest.raises(ConfigError) as error:
+        plan_population(load_config(None, [f"plugins=[{clashing}]", f"method.name={method}", *TINY]))
+    assert str(error.value) == expected
+
+
+def test_a_terms_refusal_on_ray_is_one_message_before_any_actor_starts(clashing, tmp_path, okd_ray):
+    """It was an actor traceback and a 'Fatal Python error' dump (79 lines)."""
+    result = okd_ray.run("train", f"plugins=[{clashing}]", "method.name=needs-three", "engine=ray", *TINY,
+                         f"output_dir={tmp_path / 'runs'}")
+    okd_ray.assert_error(result, 2, "method needs-three: give at least 3 members, got 2")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()

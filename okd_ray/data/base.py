@@ -8,7 +8,6 @@ from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
-from okd_ray.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -44,12 +43,3 @@ class Dataset(Protocol):
     def num_train_batches(self) -> int: ...
 
     def num_eval_batches(self, split: Split) -> int: ...
-
-
-def check_batching(batch_size: int, test_batch_size: int | None, train_limit: int | None,
-                   test_limit: int | None) -> None:
-    """Reject sizes that would give empty or endless epochs, naming the config key."""
-    for key, value in [("batch_size", batch_size), ("test_batch_size", test_batch_size),
-                       ("train_limit", train_limit), ("test_limit", test_limit)]:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise DataError(f"data.{key} must be a positive integer, got {value!r}")

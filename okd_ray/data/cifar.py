@@ -17,6 +17,7 @@ import torch
 
 from okd_ray.data.augment import PadCropFlip
 from okd_ray.data.base import DataInfo
+from okd_ray.data.config import DataConfig
 from okd_ray.data.paths import data_root
 from okd_ray.data.tensor_dataset import InMemory, TensorDataset
 from okd_ray.errors import DataError
@@ -110,9 +111,9 @@ def load(layout: Layout, root: str | None = None, download: bool = False) -> InM
         augmentation=PadCropFlip(pad=4, mode="reflect"))
 
 
-def build_cifar10(*, root: str | None = None, download: bool = False, **batching: Any) -> TensorDataset:
-    return TensorDataset(load(CIFAR10, root, download), **batching)
+def build_cifar10(config: DataConfig, seed: int) -> TensorDataset:
+    return TensorDataset(load(CIFAR10, config.root, config.download), config, seed)
 
 
-def build_cifar100(*, root: str | None = None, download: bool = False, **batching: Any) -> TensorDataset:
-    return TensorDataset(load(CIFAR100, root, download), **batching)
+def build_cifar100(config: DataConfig, seed: int) -> TensorDataset:
+    return TensorDataset(load(CIFAR100, config.root, config.download), config, seed)

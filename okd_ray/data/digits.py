@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import numpy as np
 import torch
 
 from okd_ray.data.base import DataInfo
+from okd_ray.data.config import DataConfig
 from okd_ray.data.tensor_dataset import InMemory, TensorDataset
 
 
@@ -32,6 +32,6 @@ def load() -> InMemory:
         max_value=16, mean=(pixels.mean().item(),), std=(pixels.std().item(),))
 
 
-def build(*, root: str | None = None, download: bool = False, **batching: Any) -> TensorDataset:
-    """The digits ship with scikit-learn: root and download are accepted for a uniform signature and unused."""
-    return TensorDataset(load(), **batching)
+def build(config: DataConfig, seed: int) -> TensorDataset:
+    """The digits ship with scikit-learn: data.root and data.download are not used."""
+    return TensorDataset(load(), config, seed)

@@ -6,13 +6,13 @@ import gzip
 import math
 import struct
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from okd_ray.data.augment import PadCropFlip
 from okd_ray.data.base import DataInfo
+from okd_ray.data.config import DataConfig
 from okd_ray.data.paths import data_root
 from okd_ray.data.tensor_dataset import InMemory, TensorDataset
 from okd_ray.errors import DataError
@@ -96,5 +96,5 @@ def load(root: str | None = None, download: bool = False) -> InMemory:
         augmentation=PadCropFlip(pad=2))
 
 
-def build(*, root: str | None = None, download: bool = False, **batching: Any) -> TensorDataset:
-    return TensorDataset(load(root, download), **batching)
+def build(config: DataConfig, seed: int) -> TensorDataset:
+    return TensorDataset(load(config.root, config.download), config, seed)

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from okd_ray.data.base import DataInfo, Split, check_batching
+from okd_ray.data.base import DataInfo, Split
+from okd_ray.data.config import DataConfig
 from okd_ray.data.split import hold_out
 from okd_ray.seeding import derive_seed, generator
 from okd_ray.errors import DataError
@@ -57,13 +58,10 @@ def _open(split: Path) -> Any:
 class ImageFolderDataset:
     """A `Dataset` over an ImageNet-style tree; DataLoader workers decode and augment the images."""
 
-    def __init__(self, root: str | None, *, batch_size: int = 128, test_batch_size: int | None = None,
-                 seed: int = 0, augment: bool = True, train_limit: int | None = None,
-                 test_limit: int | None = None, num_workers: int = 0, image_size: int | None = None,
-                 validation: float | int = 0):
+    def __init__(self, config: DataConfig, seed: int):
         from torchvision import transforms as T
 
-        check_batching(batch_size, test_batch_size, train_limit, test_limit)
+        root = config.root
         if root is None:
             raise DataError(f"imagefolder needs data.root=... pointing at a tree laid out as {LAYOUT}")
         base = Path(root).expanduser()
@@ -74,22 +72,20 @@ class ImageFolderDataset:
         if test.class_to_idx != self._train.class_to_idx:
             raise DataError(f"imagefolder: {base / 'val'} and {base / 'train'} must hold the same class "
                             f"folders, found {test.classes} and {self._train.classes}")
-        if image_size is not None and (isinstance(image_size, bool) or image_size < 1):
-            raise DataError(f"data.image_size must be a positive integer, got {image_size!r}")
-        size = image_size or 224
+        size = config.image_size or 224
         self.info = DataInfo("imagefolder", in_channels=3, num_classes=len(self._train.classes), image_size=size)
-        self.batch_size, self.test_batch_size = batch_size, test_batch_size or batch_size
-        self.seed, self.num_workers = seed, num_workers
+        self.batch_size, self.test_batch_size = config.batch_size, config.test_batch_size
+        self.seed, self.num_workers = seed, config.num_workers
         # The validation split is held out of train/ (by its labels, no image decoded); val/ is the test set.
-        labels = torch.tensor(self._train.targets[:train_limit or len(self._train)])
-        train, held = hold_out(labels, validation, seed)
+        labels = torch.tensor(self._train.targets[:config.train_limit or len(self._train)])
+        train, held = hold_out(labels, config.validation, seed)
         self._train_indices = train.tolist()
         self._eval = {"val": (self._train, held.tolist()),
-                      "test": (test, list(range(min(len(test), test_limit or len(test)))))}
+                      "test": (test, list(range(min(len(test), config.test_limit or len(test)))))}
         normalise = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
         self._test_transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *normalise])
         self._train_transform = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *normalise])
-                                 if augment else self._test_transform)
+                                 if config.augment else self._test_transform)
 
     def num_train_batches(self) -> int:
         return math.ceil(len(self._train_indices) / self.batch_size)
@@ -114,6 +110,6 @@ class ImageFolderDataset:
                           generator=torch.Generator().manual_seed(self.seed))
 
 
-def build(*, root: str | None = None, download: bool = False, **batching: Any) -> ImageFolderDataset:
-    """There is nothing to download for a local tree: download is accepted for a uniform signature."""
-    return ImageFolderDataset(root, **batching)
+def build(config: DataConfig, seed: int) -> ImageFolderDataset:
+    """There is nothing to download for a local tree: data.download is not used."""
+    return ImageFolderDataset(config, seed)

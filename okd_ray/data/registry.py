@@ -1,14 +1,22 @@
-"""Data sets by name: a plain dict from the config's `data.name` to a builder."""
+"""Data sets by name: a plain dict from the config's ``data.name`` to a builder of the data set, which receives
+the whole ``data`` section and the run's seed. Users add theirs with ``register_dataset`` from a plugin."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
-from okd_ray.data import cifar, digits, fashion_mnist, imagefolder, synthetic
-from okd_ray.data.base import Dataset
-from okd_ray.errors import DataError
+from pydantic import ValidationError
 
-DATASETS: dict[str, Callable[..., Dataset]] = {
+from okd_ray.errors import ConfigError, DataError
+
+from . import cifar, digits, fashion_mnist, imagefolder, synthetic
+from .base import Dataset
+from .config import DataConfig
+
+Builder = Callable[[DataConfig, int], Dataset]  # (the data section, the run's seed) -> the data set
+
+DATASETS: dict[str, Builder] = {
     "digits": digits.build,
     "fashion-mnist": fashion_mnist.build,
     "cifar10": cifar.build_cifar10,
@@ -18,21 +26,28 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
-def build_dataset(name: str, *, root: str | None = None, batch_size: int = 128,
-                  test_batch_size: int | None = None, seed: int = 0, download: bool = False,
-                  augment: bool = True, train_limit: int | None = None, test_limit: int | None = None,
-                  num_workers: int = 0, image_size: int | None = None, validation: float | int = 0) -> Dataset:
-    """Build a data set by name.
+def register_dataset(name: str, builder: Builder) -> Builder:
+    """Make ``builder`` known as ``data.name: NAME``; a name stands for one builder only."""
+    known = DATASETS.get(name)
+    if known is not None and _origin(known) != _origin(builder):
+        raise ConfigError(f"data set {name!r} is already registered by {_origin(known)}; choose another name")
+    DATASETS[name] = builder
+    return builder
 
-    train_limit/test_limit keep the first N samples of a split (tiny runs); validation holds a seeded,
-    stratified share (0 < f < 1) or count of those training images out of training; image_size only applies
-    to imagefolder (the others have a fixed size). Training batches keep the last partial batch.
-    """
-    if name not in DATASETS:
-        raise DataError(f"unknown data set {name!r} (data.name); choose one of: {', '.join(DATASETS)}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise DataError(f"data.num_workers must be a non-negative integer, got {num_workers!r}")
-    return DATASETS[name](root=root, batch_size=batch_size, test_batch_size=test_batch_size, seed=seed,
-                          download=download, augment=augment, train_limit=train_limit,
-                          test_limit=test_limit, num_workers=num_workers, image_size=image_size,
-                          validation=validation)
+
+def _origin(builder: Builder) -> str:
+    return f"{builder.__module__}.{builder.__qualname__}"
+
+
+def build_dataset(name: str, *, seed: int = 0, **settings) -> Dataset:
+    """The data set ``name`` with the ``data.*`` settings given (the config's defaults for the rest).
+
+    Training batches keep the last partial batch; see ``DataConfig`` for what each setting does."""
+    if isinstance(settings.get("root"), os.PathLike):
+        settings["root"] = os.fspath(settings["root"])
+    try:
+        config = DataConfig(name=name, **settings)
+    except ValidationError as e:
+        raise DataError("; ".join(f"data.{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+                                  for err in e.errors())) from None
+    return DATASETS[config.name](config, seed)

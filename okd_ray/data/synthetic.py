@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import torch
 
 from okd_ray.data.augment import PadCropFlip
 from okd_ray.data.base import DataInfo
+from okd_ray.data.config import DataConfig
 from okd_ray.data.tensor_dataset import InMemory, TensorDataset
 from okd_ray.seeding import generator
 
@@ -30,6 +30,6 @@ def load() -> InMemory:
     )
 
 
-def build(*, root: str | None = None, download: bool = False, **batching: Any) -> TensorDataset:
-    """Nothing to find or fetch: root and download are accepted for a uniform signature and unused."""
-    return TensorDataset(load(), **batching)
+def build(config: DataConfig, seed: int) -> TensorDataset:
+    """Nothing to find or fetch: data.root and data.download are not used."""
+    return TensorDataset(load(), config, seed)

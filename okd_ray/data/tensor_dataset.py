@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from okd_ray.data.augment import PadCropFlip
-from okd_ray.data.base import DataInfo, Split, check_batching
+from okd_ray.data.base import DataInfo, Split
+from okd_ray.data.config import DataConfig
 from okd_ray.data.split import hold_out
 from okd_ray.seeding import generator
 from okd_ray.errors import DataError
@@ -37,30 +38,25 @@ class InMemory:
 class TensorDataset:
     """A `Dataset` over an `InMemory` data set."""
 
-    def __init__(self, data: InMemory, *, batch_size: int = 128, test_batch_size: int | None = None,
-                 seed: int = 0, augment: bool = True, train_limit: int | None = None,
-                 test_limit: int | None = None, num_workers: int = 0, image_size: int | None = None,
-                 validation: float | int = 0):
-        # num_workers is accepted so every builder takes the same keywords; slicing needs no workers.
-        check_batching(batch_size, test_batch_size, train_limit, test_limit)
-        if image_size is not None and image_size != data.info.image_size:
+    def __init__(self, data: InMemory, config: DataConfig, seed: int):
+        # data.num_workers is not used: slicing a tensor needs no workers.
+        if config.image_size is not None and config.image_size != data.info.image_size:
             size = data.info.image_size
-            raise DataError(f"{data.info.name} images are {size}x{size}; data.image_size={image_size} "
+            raise DataError(f"{data.info.name} images are {size}x{size}; data.image_size={config.image_size} "
                             "can only be changed for imagefolder (leave it unset)")
         for labels in (data.train_labels, data.test_labels):
             if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < data.info.num_classes:
                 raise DataError(f"{data.info.name} labels must lie in 0..{data.info.num_classes - 1}, "
                                 f"found {int(labels.min())}..{int(labels.max())}")
         self.info = data.info
-        self.batch_size = batch_size
-        self.test_batch_size = test_batch_size or batch_size
+        self.batch_size, self.test_batch_size = config.batch_size, config.test_batch_size
         self.seed = seed
-        self.augmentation = data.augmentation if augment else None
-        images, labels = data.train_images[:train_limit], data.train_labels[:train_limit]
-        train, held = hold_out(labels, validation, seed)  # of the training images in use
+        self.augmentation = data.augmentation if config.augment else None
+        images, labels = data.train_images[:config.train_limit], data.train_labels[:config.train_limit]
+        train, held = hold_out(labels, config.validation, seed)  # of the training images in use
         self._train = (images[train], labels[train])
         self._eval = {"val": (images[held], labels[held]),
-                      "test": (data.test_images[:test_limit], data.test_labels[:test_limit])}
+                      "test": (data.test_images[:config.test_limit], data.test_labels[:config.test_limit])}
         self._max_value = data.max_value
         self._mean = torch.tensor(data.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self._std = torch.tensor(data.std, dtype=torch.float32).view(1, -1, 1, 1)

@@ -299,8 +299,8 @@ class RayEngine:
         self._call_all("begin_eval", split)  # waited for: a part that cannot start testing says so here
         batches = population_eval(population, self.plan.num_eval_batches[split])
         resolved = self._guard(lambda: [
-            (ray.get(labels), ray.get(logits), ray.get(fused) if fused is not None else None)
-            for labels, logits, fused in batches
+            (ray.get(labels), ray.get(logits), *(ray.get(x) if x is not None else None for x in (fused, gate)))
+            for labels, logits, fused, gate in batches
         ])
         return accuracy(resolved, [pid.name for pid in self.ids if pid.kind == "member"], split)
 

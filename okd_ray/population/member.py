@@ -7,6 +7,8 @@ batch ``forward`` and ``update``; ``begin_eval``/``eval_next`` to test. What it 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from okd_ray.config import TrainConfig
@@ -38,6 +40,7 @@ class Member(Part):
         for term in self.terms:
             self.modules.update(term.modules())
         self.feature_mode = config.method.feature_update.mode if method.has_feature_terms else "joint"
+        self._feature_update = FEATURE_UPDATES[self.feature_mode]
         own = config.members[index].optimizer
         network = list(self.net.parameters())
         transfer = list(self.transfer.parameters()) if self.transfer else []
@@ -91,6 +94,10 @@ class Member(Part):
         feature, logits = self.net(x)
         return feature, logits, self.transfer(feature) if self.transfer is not None else None
 
+    def rerun(self):
+        """The last batch through the network again (the sequential feature update's second pass)."""
+        return self._run(self._input.detach())
+
     def update(self, ring: RingMessage | None, fused: FusedMessage | None, *peer_logits: torch.Tensor) -> MemberUpdate:
         """One optimisation step from the last ``forward``, given what the ring, the peers and the fusion sent.
 
@@ -108,9 +115,9 @@ class Member(Part):
             losses = {term.name: term.loss(batch) for term in self.terms}
             self.check_finite(losses, self._term_keys, f"members.{self.index}.optimizer.lr",
                               *(["method.feature_update.optimizer.lr"] if "feature" in self.optimizers else []))
-            self._step_network(batch, losses, to_device(fused.feature_grad) if fused else None)
+            after = self._step_network(batch, losses, to_device(fused.feature_grad) if fused else None)
             for term in self.terms:
-                extra = term.after_update(batch)
+                extra = term.after_update(after)
                 if extra:
                     self.check_finite(extra, *term.lr_keys())
                     losses.update(extra)
@@ -132,36 +139,28 @@ class Member(Part):
     def _weighted(self, losses: dict[str, torch.Tensor], update: str) -> torch.Tensor | float:
         return sum(self.weights[t.name] * losses[t.name] for t in self.terms if t.update == update)
 
-    def _step_network(self, batch: Batch, losses: dict[str, torch.Tensor], feature_grad: torch.Tensor | None) -> None:
-        """The logit loss with the fusion's gradient on the map, and the feature-map terms as configured."""
+    def _step_network(self, batch: Batch, losses: dict[str, torch.Tensor], feature_grad: torch.Tensor | None) -> Batch:
+        """The logit loss with the fusion's gradient on the map, and the feature-map terms in the configured
+        update; returns the batch the terms' ``after_update`` sees."""
         for owned in self.optimizers.values():
             owned.optimizer.zero_grad(set_to_none=True)
-        logit_loss, feature_loss = self._weighted(losses, "logit"), self._weighted(losses, "feature")
-        outputs, grads = [logit_loss], [None]
+        outputs, grads = [self._weighted(losses, "logit")], [None]
         if feature_grad is not None:  # the fused loss's gradient, computed where the fusion lives
             outputs.append(self._feature)
             grads.append(feature_grad)
-        if self.feature_mode == "joint":
-            outputs[0] = logit_loss + feature_loss
-            torch.autograd.backward(outputs, grads)
-            self.optimizers["logit"].optimizer.step()
-            return
-        params = [p for group in self.optimizers["feature"].optimizer.param_groups for p in group["params"]]
-        if self.feature_mode == "alternating":  # both gradients from this forward, before either step
-            feature_grads = torch.autograd.grad(feature_loss, params, retain_graph=True, allow_unused=True)
-            torch.autograd.backward(outputs, grads)
-            self.optimizers["logit"].optimizer.step()
-        else:  # sequential: step the logit optimizer, forward the same batch again, then the feature terms
-            torch.autograd.backward(outputs, grads)
-            self.optimizers["logit"].optimizer.step()
-            input_ = self._input.detach()
-            batch.feature, batch.logits, batch.public = self._run(input_)
-            feature_loss = self._weighted({t.name: t.loss(batch) for t in self.terms if t.update == "feature"},
-                                          "feature")
-            feature_grads = torch.autograd.grad(feature_loss, params, allow_unused=True)
-        for p, g in zip(params, feature_grads):
+        return self._feature_update(self, batch, outputs, grads, self._weighted(losses, "feature"))
+
+    def feature_loss(self, batch: Batch) -> torch.Tensor:
+        return self._weighted({t.name: t.loss(batch) for t in self.terms if t.update == "feature"}, "feature")
+
+    def step_features(self, feature_grads: tuple[torch.Tensor | None, ...]) -> None:
+        """The feature optimizer steps on ``feature_grads`` (None where the feature loss does not reach)."""
+        for p, g in zip(self.feature_params(), feature_grads):
             p.grad = g
         self.optimizers["feature"].optimizer.step()
+
+    def feature_params(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizers["feature"].optimizer.param_groups for p in group["params"]]
 
     # --- evaluation -----------------------------------------------------------------------------------
 
@@ -177,3 +176,38 @@ class Member(Part):
         with self.rng.active(self.device):
             feature, logits = self.net(x.to(self.device))
         return outgoing(MemberEval(feature if Need.FUSION in self.needs else None, logits, y))
+
+
+# --- the feature-map update, one function per mode (method.feature_update.mode), chosen once per member ---
+# Each gets the member, the batch, the logit update's outputs and gradients (the logit loss, and the member's map
+# with the fusion's gradient on it) and the weighted feature loss; it steps the optimizers and returns the batch
+# the terms' after_update sees.
+
+def joint(member: Member, batch: Batch, outputs: list, grads: list, feature_loss) -> Batch:
+    """The member's optimizer steps once on the sum of the logit and feature losses."""
+    torch.autograd.backward([outputs[0] + feature_loss, *outputs[1:]], grads)
+    member.optimizers["logit"].optimizer.step()
+    return batch
+
+
+def alternating(member: Member, batch: Batch, outputs: list, grads: list, feature_loss) -> Batch:
+    """Both gradients from this forward pass, taken before either optimizer steps."""
+    feature_grads = torch.autograd.grad(feature_loss, member.feature_params(), retain_graph=True, allow_unused=True)
+    torch.autograd.backward(outputs, grads)
+    member.optimizers["logit"].optimizer.step()
+    member.step_features(feature_grads)
+    return batch
+
+
+def sequential(member: Member, batch: Batch, outputs: list, grads: list, feature_loss) -> Batch:
+    """The logit optimizer steps; a second forward pass on the same batch; the feature optimizer steps on the
+    updated network's feature loss. after_update (AFD's D step) sees the second pass."""
+    torch.autograd.backward(outputs, grads)
+    member.optimizers["logit"].optimizer.step()
+    feature, logits, public = member.rerun()
+    second = replace(batch, feature=feature, logits=logits, public=public)
+    member.step_features(torch.autograd.grad(member.feature_loss(second), member.feature_params(), allow_unused=True))
+    return second
+
+
+FEATURE_UPDATES = {"joint": joint, "alternating": alternating, "sequential": sequential}

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from okd_ray.config import DataConfig, TrainConfig
-from okd_ray.data import DataInfo, Dataset, build_dataset
+from okd_ray.config import TrainConfig
+from okd_ray.data import DATASETS, DataConfig, DataInfo, Dataset
 from okd_ray.data.base import Split
 from okd_ray.errors import ConfigError, ModelError
-from okd_ray.methods import Need, common_shape
+from okd_ray.methods import MemberInfo, Need, Term, common_shape
 from okd_ray.models import build_model, feature_shape
 from okd_ray.models.base import PooledHeadNet
 
@@ -43,12 +43,8 @@ def load_dataset(data: DataConfig, seed: int) -> Dataset:
 
 @functools.lru_cache(maxsize=4)
 def _cached_dataset(data_json: str, seed: int) -> Dataset:
-    d = DataConfig.model_validate(json.loads(data_json))
-    return build_dataset(
-        d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, seed=seed,
-        download=d.download, augment=d.augment, train_limit=d.train_limit, test_limit=d.test_limit,
-        num_workers=d.num_workers, image_size=d.image_size, validation=d.validation,
-    )
+    data = DataConfig.model_validate(json.loads(data_json))
+    return DATASETS[data.name](data, seed)
 
 
 def plan_population(config: TrainConfig) -> PopulationPlan:
@@ -82,8 +78,31 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
                 f"that differ from the ring's common shape {common}; set method.transfer.learn=true to learn "
                 "transfer layers, or choose members whose last feature maps agree"
             )
+    for k in range(len(config.members)):
+        check_terms(config, MemberInfo(k, len(config.members), common, torch.device("cpu")))
     num_eval = {split: dataset.num_eval_batches(split) for split in ("val", "test")}
     return PopulationPlan(info, shapes, common, dataset.num_train_batches(), num_eval, trunk_shape)
+
+
+MEMBER_OWNS = {"module": ("net", "transfer"), "optimizer": ("logit", "feature")}  # see Member: its checkpoint keys
+
+
+def check_terms(config: TrainConfig, member: MemberInfo) -> None:
+    """Build the method's terms for one member, as its part will (on the CPU, RNG untouched): a term that refuses
+    the population says so now, before any part starts, and no two owners may share a module or optimizer name
+    (a term's ``net`` would replace the member's network in its checkpoint)."""
+    method = config.method.method
+    with torch.random.fork_rng(devices=[]):
+        terms: list[Term] = [spec.term(config.method.settings(spec.name), member) for spec in method.terms]
+    for kind, own in MEMBER_OWNS.items():
+        owner = dict.fromkeys(own, "the member")
+        for term in terms:
+            for name in (term.modules() if kind == "module" else term.optimizers()):
+                if name in owner:
+                    whose = "the member's own name" if owner[name] == "the member" else f"also term {owner[name]}'s"
+                    raise ConfigError(f"method {method.name}: term {term.name}'s {kind} {name!r} is {whose}; rename "
+                                      f"it in {term.name}.{kind}s()")
+                owner[name] = term.name
 
 
 def _trunk_shape(net, stages: int, info) -> Shape:

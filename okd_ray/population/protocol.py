@@ -25,9 +25,10 @@ Metrics = dict[str, float]  # a part's loss terms (unweighted), ``train_correct`
 
 @dataclass(frozen=True)
 class PartId:
-    """Who a part is: member k (of an architecture), the fusion, the trunk, or the members' ensemble."""
+    """Who a part is: member k (of an architecture), the fusion, the trunk, or a row of combined members: their
+    ensemble (mean logits), or ONE's gated teacher (``teacher``, ONE-E in its paper)."""
 
-    kind: Literal["member", "fused", "trunk", "ensemble"]
+    kind: Literal["member", "fused", "trunk", "ensemble", "teacher"]
     index: int | None = None
     arch: str | None = None
 
@@ -106,6 +107,11 @@ class TrunkForward(NamedTuple):
     shared: SharedMessage
 
 
+class TrunkEval(NamedTuple):
+    shared: SharedMessage  # for every member
+    gate: Tensor | None  # for the evaluation: ONE's gate weights the members' logits into its teacher
+
+
 class MemberEval(NamedTuple):
     feature: Tensor | None  # for the fusion
     logits: Tensor
@@ -131,7 +137,7 @@ class TrunkPart(Protocol):
 
     def update(self, *grads: TrunkGrad) -> Metrics: ...
 
-    def eval_next(self) -> TrunkForward: ...
+    def eval_next(self) -> TrunkEval: ...
 
 
 def outputs(method: Callable) -> type[tuple] | None:

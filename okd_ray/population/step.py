@@ -66,12 +66,12 @@ def population_step(population: Population) -> StepMetrics:
 
 def population_eval(population: Population, num_batches: int) -> list[tuple[Any, list[Any], Any]]:
     """An evaluation split through every member (and the fusion), once every part's ``begin_eval`` has run: per
-    batch (labels, [member logits], fused)."""
+    batch (labels, [member logits], fused logits or None, ONE's gate or None)."""
     members, fusion, trunk = population.members, population.fusion, population.trunk
     batches = []
     for _ in range(num_batches):
-        shared = trunk.eval_next().shared if trunk is not None else None
-        outputs = [m.eval_next(shared) for m in members]
+        shared = trunk.eval_next() if trunk is not None else None
+        outputs = [m.eval_next(shared.shared if shared else None) for m in members]
         fused = fusion.eval(*(o.feature for o in outputs)) if fusion is not None else None
-        batches.append((outputs[0].labels, [o.logits for o in outputs], fused))
+        batches.append((outputs[0].labels, [o.logits for o in outputs], fused, shared.gate if shared else None))
     return batches

@@ -18,7 +18,7 @@ from okd_ray.optim import make_optimizer
 from .outgoing import outgoing
 from .part import Part
 from .plan import PopulationPlan, load_dataset
-from .protocol import SharedMessage, TrunkForward, TrunkGrad
+from .protocol import SharedMessage, TrunkEval, TrunkForward, TrunkGrad
 
 
 class Trunk(Part):
@@ -69,9 +69,9 @@ class Trunk(Part):
         self._eval_batches = iter(self.dataset.eval_batches(split))
 
     @torch.no_grad()
-    def eval_next(self) -> TrunkForward:
+    def eval_next(self) -> TrunkEval:
         x, y = next(self._eval_batches)
         with self.rng.active(self.device):
             features = self.net(x.to(self.device))
             gate = self.gate(features) if self.gate is not None else None
-        return TrunkForward(outgoing(SharedMessage(features, gate, y)))
+        return outgoing(TrunkEval(SharedMessage(features, gate, y), gate))

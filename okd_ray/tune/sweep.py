@@ -26,7 +26,7 @@ from okd_ray.engines import connect, part_bundles
 from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, signal_of
 from okd_ray.lock import LOCK, folder_lock
 from okd_ray.metrics import union_table
-from okd_ray.population import parts_of
+from okd_ray.population import parts_of, plan_population
 from okd_ray.report import SEARCH, TEST_SELECTION_WARNING, number, rank_trials
 from okd_ray.storage import RunStore
 from okd_ray.terminal import console, fitted_table, short_names, warn
@@ -86,6 +86,7 @@ def is_test_metric(metric: str) -> bool:
 def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -> Sweep:
     raw_config = with_validation(raw_config)
     config = validate(raw_config)
+    plan_population(config)  # the data set and the population as every trial will build them: errors now, once
     space = parse_space(raw_space, raw_config)
     options.name = options.name or config.run_name
     sweep = Sweep(raw_config, raw_space, config, space, options)

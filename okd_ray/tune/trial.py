@@ -15,6 +15,7 @@ from okd_ray.checkpoint import MANIFEST
 from okd_ray.config import TrainConfig, apply_overrides, validate
 from okd_ray.engines import part_bundles
 from okd_ray.errors import TrainingDiverged
+from okd_ray.methods import Need
 from okd_ray.metrics import TIMINGS
 from okd_ray.population import PartId, parts_of
 from okd_ray.population.fusion import COLUMNS as FUSION_COLUMNS
@@ -28,7 +29,7 @@ TRAINABLE_CPUS = 0.1  # the trial's own process only orchestrates when the popul
 def trial_metrics(rows: list[dict], config: TrainConfig) -> dict[str, float]:
     """One epoch's rows as flat Tune metrics: ``m0_val_top1``, ``m0_ring_kl``, ``fused_test_top1``,
     ``mean_val_top1``, ... (every loss term and accuracy of every part, and the members' mean and best)."""
-    keys = {p.name: p.key for p in [*parts_of(config), PartId("ensemble")]}
+    keys = {p.name: p.key for p in [*parts_of(config), PartId("ensemble"), PartId("teacher")]}
     metrics: dict[str, float] = {"epoch": rows[0]["epoch"]}
     for row in rows:
         for key, value in row.items():
@@ -55,6 +56,8 @@ def metric_names(config: TrainConfig) -> list[str]:
     names = [f"{p.key}_{m}" for p in parts for m in (*accuracies, "train_top1", *losses[p.kind])]
     if len(config.members) > 1:
         names += [f"ensemble_{a}" for a in accuracies]
+    if Need.GATE in config.method.method.needs:
+        names += [f"teacher_{a}" for a in accuracies]
     return names + [f"{kind}_{split}_top1" for split in splits(config) for kind in ("mean", "best")]
 
 

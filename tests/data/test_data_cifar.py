@@ -55,7 +55,7 @@ def images_by_content(batches, files, label_key):
 
 def test_cifar10_pixels_and_labels_round_trip(tmp_path):
     written = write_cifar10(tmp_path)
-    data = build_dataset("cifar10", root=str(tmp_path), batch_size=16, augment=False)
+    data = build_dataset("cifar10", root=str(tmp_path), batch_size=16, test_batch_size=16, augment=False)
     assert data.info == DataInfo("cifar10", in_channels=3, num_classes=10, image_size=32)
     assert data.num_train_batches() == 7  # 100 images
     x, y = next(iter(data.eval_batches("test")))

@@ -54,7 +54,7 @@ def test_reads_the_debian_package(tmp_path):
 @pytest.mark.parametrize("subfolder", [".", "FashionMNIST/raw"])
 def test_reads_a_root_of_idx_files(tmp_path, compress, subfolder):
     arrays = write_fashion(tmp_path / subfolder, compress)
-    data = build_dataset("fashion-mnist", root=str(tmp_path), batch_size=5, augment=False)
+    data = build_dataset("fashion-mnist", root=str(tmp_path), batch_size=5, test_batch_size=5, augment=False)
     assert data.num_train_batches() == 3
     x, y = next(iter(data.eval_batches("test")))
     assert torch.equal(to_pixels(x)[:, 0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"][:5]))

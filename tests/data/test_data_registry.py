@@ -2,12 +2,19 @@
 
 import pytest
 
-from okd_ray.data import DATASETS, build_dataset
-from okd_ray.errors import DataError
+from okd_ray.data import DATASETS, build_dataset, digits, register_dataset
+from okd_ray.errors import ConfigError, DataError
 
 
 def test_registry_names():
-    assert list(DATASETS) == ["digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic-cifar100"]
+    """The built-in ones first; a plugin's follow (tests/test_plugins.py registers one)."""
+    assert list(DATASETS)[:6] == ["digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic-cifar100"]
+
+
+def test_a_name_stands_for_one_builder():
+    register_dataset("digits", digits.build)  # the same builder again: a plugin imported twice
+    with pytest.raises(ConfigError, match="data set 'digits' is already registered by okd_ray.data.digits.build"):
+        register_dataset("digits", lambda config, seed: None)
 
 
 def test_unknown_name_lists_the_valid_ones():

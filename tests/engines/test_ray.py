@@ -68,6 +68,7 @@ def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tm
     assert_same_state(state, population_state(run.run_dir))
     assert_same_rows(rows, run.rows)
     assert all(r["val_top1"] is not None and r["test_top1"] is not None for r in run.rows if r["kind"] != "trunk")
+    assert ("teacher" in {r["part"] for r in run.rows}) == (population == "one-on-a-trunk")  # ONE's gated teacher
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from okd_ray.engines.local import LocalEngine
-from okd_ray.methods import distill_kl
+from okd_ray.methods import alignment_loss, distill_kl
 from okd_ray.population import plan_population, population_step
 
 NO_DECAY = ["members.0.optimizer.weight_decay=0", "members.1.optimizer.weight_decay=0",
@@ -190,3 +190,59 @@ def test_adam_ignores_a_lone_feature_terms_weight_in_the_alternating_update(tiny
     almost as w = 1 does. In the joint update (SGD on the sum) the weight acts."""
     assert moved_by_weight(tiny_config, "alternating") < 0.1
     assert moved_by_weight(tiny_config, "joint") > 0.5
+
+
+L1_PAIR = ["method.name=l1", "members=[{arch: cnn16}, {arch: resnet8}]", "method.terms.align.weight=0.7",
+           "method.terms.ring_kl.weight=1.3"]  # resnet8's map meets cnn16's through a learned transfer layer
+
+
+def step_by_hand(config, e, mode: str) -> None:
+    """One l1 step of ``mode`` written out: every member's first forward (the ring's maps and logits, detached),
+    then per member the logit loss CE + w·T²·KL(ring → own) and the feature loss w·|own map − ring map|.
+    alternating: both gradients from the first forward, taken before either optimizer steps. sequential: the
+    logit optimizer steps, a second forward on the same batch, the feature optimizer steps on its loss."""
+    x, y = first_batch(e)
+    members = e.population.members
+    first = []
+    for m in members:
+        feature, logits = m.net(x)
+        first.append((logits, m.transfer(feature)))
+    kl, align = config.method.settings("ring_kl"), config.method.settings("align")
+    for k, m in enumerate(members):
+        (logits, public), (ring_logits, ring_map) = first[k], first[k - 1]
+        logit_loss = F.cross_entropy(logits, y) + kl.weight * distill_kl(logits, ring_logits.detach(), kl.temperature)
+        network = list(m.net.parameters())
+        feature_params = network + list(m.transfer.parameters())
+        if mode == "alternating":
+            feature_grads = torch.autograd.grad(align.weight * alignment_loss(public, ring_map.detach(), "l1"),
+                                                feature_params, retain_graph=True, allow_unused=True)
+        logit_grads = torch.autograd.grad(logit_loss, network, retain_graph=True)
+        for p, g in zip(network, logit_grads):
+            p.grad = g
+        m.optimizers["logit"].optimizer.step()
+        if mode == "sequential":
+            feature, _ = m.net(x)
+            feature_grads = torch.autograd.grad(align.weight * alignment_loss(m.transfer(feature), ring_map.detach(),
+                                                                              "l1"), feature_params, allow_unused=True)
+        for p, g in zip(feature_params, feature_grads):
+            p.grad = g  # None for the head, which the map does not reach: Adam leaves it alone
+        m.optimizers["feature"].optimizer.step()
+
+
+@pytest.mark.parametrize("mode", ["alternating", "sequential"])
+def test_feature_update_modes_by_hand(tiny_config, mode):
+    """The member's update (population_step) against the mode written out: every weight, BN statistic and
+    optimizer moment of both members, bit for bit."""
+    config = tiny_config(*L1_PAIR, f"method.feature_update.mode={mode}")
+    split, by_hand = engine(config), engine(config)
+    population_step(split.population)
+    step_by_hand(config, by_hand, mode)
+    for a, b in zip(split.population.members, by_hand.population.members):
+        for key in ("net", "transfer"):
+            sa, sb = a.modules[key].state_dict(), b.modules[key].state_dict()
+            assert all(torch.equal(sa[n], sb[n]) for n in sa), (a.name, key, mode)
+        for key in ("logit", "feature"):
+            moments = [(v, w) for s, t in zip(a.optimizers[key].optimizer.state.values(),
+                                              b.optimizers[key].optimizer.state.values()) for v, w in
+                       zip(s.values(), t.values())]
+            assert moments and all(torch.equal(v, w) for v, w in moments), (a.name, key, mode)
