@@ -65,7 +65,7 @@ class Part:
         its size and digest for the manifest."""
         return save_shard(RunStore(store_uri), path, self.state_dict())
 
-    def load(self, store_uri: str, path: str, shard: Shard) -> None:
+    def load(self, store_uri: str, path: str, shard: Shard | None) -> None:
         """Load this part's shard once it matches the size and digest that ``save`` returned."""
         self.load_state_dict(load_shard(RunStore(store_uri), path, shard))
 
