@@ -109,7 +109,7 @@ def finished(folder: Path, config) -> bool:
         raise SystemExit(f"{folder} holds a run of another config (budget or settings changed); "
                          "give a new --runs folder so that every method keeps the same budget")
     manifest = read_manifest(store)
-    return manifest is not None and manifest.epoch >= config.epochs
+    return manifest is not None and manifest.latest.epoch >= config.epochs
 
 
 def train_one(method: str, seed: int, runs: Path, overrides: list[str], kept: Path | None = None) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 
 from rich.text import Text
 
-from okd_ray.errors import Interrupted, NoResult, OkdRayError
+from okd_ray.errors import Interrupted, NoResult, OkdRayError, Terminated, signal_of
 from okd_ray.terminal import console
 
 
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done, 1 nothing usable came out (no trial finished), 2 a user error, 130 interrupted."""
+    """Exit codes: 0 done, 1 nothing usable came out (no trial finished), 2 a user error, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # key=value items may come after options too
@@ -131,15 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.items = args.items + extra
     args.argv = argv
+    on_sigterm = signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     try:
         return args.func(args)
     except OkdRayError as e:
         prefix = "" if isinstance(e, Interrupted) else "error: "  # an interruption is no error: it says how to go on
         console(stderr=True, soft_wrap=True).print(Text.assemble((prefix, "bold red"), str(e)))
-        return 130 if isinstance(e, Interrupted) else 1 if isinstance(e, NoResult) else 2
-    except KeyboardInterrupt:  # Ctrl-C before a run or a sweep began: nothing of it was written
+        return e.exit_code if isinstance(e, Interrupted) else 1 if isinstance(e, NoResult) else 2
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM before a run or a sweep began: nothing of it was written
         console(stderr=True).print("interrupted")
-        return 130
+        return 128 + signal_of(e)
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def stop_like_ctrl_c(signum: int, frame) -> None:
+    """SIGTERM stops okd-ray as Ctrl-C does: the run keeps its last checkpoint and prints how to continue."""
+    raise Terminated()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 from okd_ray.data.config import DataConfig
 from okd_ray.errors import ConfigError, did_you_mean
 from okd_ray.methods import METHODS, TERMS, Method, Need, TermSettings
+from okd_ray.models import MODELS, TORCHVISION_PREFIX, unknown_model
 from okd_ray.optim import OptimizerConfig, ScheduleConfig
 from okd_ray.plugins import load_plugins
 from okd_ray.settings import Strict
@@ -28,6 +29,14 @@ class MemberConfig(Strict):
     def _arch_alone(cls, value: Any) -> Any:
         """``members=[cnn16, resnet8]``: a member given by its architecture alone takes the default optimizer."""
         return {"arch": value} if isinstance(value, str) else value
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, name: str) -> str:
+        """A registered model (plugins' too); a torchvision name (tv:) is checked when the model is built."""
+        if name.startswith(TORCHVISION_PREFIX) or name in MODELS:
+            return name
+        raise ValueError(unknown_model(name))
 
 
 class FeatureUpdateConfig(Strict):
@@ -143,6 +152,10 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1)
     output_dir: str = "runs"  # a local folder or a pyarrow.fs URI (s3://, gs://)
     checkpoint_every: int = Field(1, ge=1)
+    # Trackers that get every epoch's metrics (per part) besides metrics.parquet: tensorboard (events in the
+    # run folder's tensorboard/); with log_every_steps=N, also every N training steps' loss terms.
+    logging: list[Literal["tensorboard"]] = []
+    log_every_steps: int = Field(0, ge=0)  # 0: epochs only
     ray: RayConfig = RayConfig()
     # okd-ray tune's search space ({dotted key: {uniform|loguniform|int|choice: ...}}); okd-ray train ignores it.
     search: dict[str, Any] | None = None

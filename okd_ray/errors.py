@@ -1,6 +1,7 @@
 """Errors a user can act on: each message says what was wrong and how to fix it."""
 
 import difflib
+import signal
 from collections.abc import Iterable
 
 
@@ -27,15 +28,88 @@ class ModelError(OkdRayError, ValueError):
 
 
 class TrainingDiverged(OkdRayError, RuntimeError):
-    """A loss became NaN or infinite; the message names member, term, epoch and step."""
+    """A value (a loss term) of a part became NaN or infinite at an epoch and step (both from 1); lowering one of
+    ``keys`` (config keys) is the fix; ``kept`` says where the last good checkpoint is, once the run knows."""
+
+    def __init__(self, part: str, value_name: str, value: float, epoch: int, step: int, keys: tuple[str, ...],
+                 kept: str = ""):
+        super().__init__(part, value_name, value, epoch, step, tuple(keys), kept)
+        self.part, self.value_name, self.value, self.epoch, self.step = part, value_name, value, epoch, step
+        self.keys, self.kept = tuple(keys), kept
+
+    def __str__(self) -> str:
+        return (f"{self.part}: {self.value_name!r} is {self.value} at epoch {self.epoch}, step {self.step}; "
+                f"lower {' or '.join(self.keys)}" + (f"; {self.kept}" if self.kept else ""))
+
+    def keeping(self, kept: str) -> "TrainingDiverged":
+        """This error, saying where the last good checkpoint is."""
+        return TrainingDiverged(*self.args[:-1], kept)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop), raised where Ctrl-C raises KeyboardInterrupt, so that both stop
+    the work the same way, keeping what it finished; only the exit code differs."""
 
 
 class Interrupted(OkdRayError):
-    """The user stopped the work (Ctrl-C); the message says what was kept and the command that continues it."""
+    """The user stopped the work (Ctrl-C or SIGTERM); the message says what was kept and the command that
+    continues it. The exit code is the shell's for that signal: 130 or 143."""
+
+    def __init__(self, message: str, signal_number: int = signal.SIGINT):
+        super().__init__(message, signal_number)
+        self.message, self.signal_number = message, signal_number
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal_number
+
+
+def signal_of(interrupt: KeyboardInterrupt) -> int:
+    """The signal behind ``interrupt``: SIGTERM for a Terminated, else SIGINT (Ctrl-C)."""
+    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
 
 
 class NoResult(OkdRayError):
     """The work ran but nothing of it can be used (no trial of a sweep finished); exit code 1, not 2."""
+
+
+class CheckpointDamaged(OkdRayError):
+    """A checkpoint file is missing or differs from what its manifest recorded."""
+
+    def __init__(self, path: str, problem: str, fix: str = ""):
+        super().__init__(path, problem, fix)  # the fields are the args: a pickled copy (from an actor) is equal
+        self.path, self.problem, self.fix = path, problem, fix
+
+    def __str__(self) -> str:
+        return f"checkpoint file {self.path} {self.problem}{self.fix}"
+
+
+class FolderLocked(OkdRayError):
+    """Another okd-ray process works in the folder: two writers would overwrite each other's checkpoints."""
+
+    def __init__(self, folder: str, pid: int | None, host: str | None, since: str | None, fix: str = ""):
+        super().__init__(folder, pid, host, since, fix)
+        self.folder, self.pid, self.host, self.since = folder, pid, host, since
+        self.fix = fix or f"wait for it to end, or stop it (kill -INT {pid} on {host})"
+
+    def __str__(self) -> str:
+        return (f"{self.folder} is in use by okd-ray pid {self.pid} on host {self.host} (since {self.since}): one "
+                f"process writes a folder at a time; {self.fix}")
+
+
+class ClusterUnreachable(OkdRayError):
+    """The Ray cluster at the given address does not answer."""
+
+    def __init__(self, address: str, reason: str):
+        super().__init__(address, reason)
+        self.address, self.reason = address, reason
+
+    def __str__(self) -> str:
+        return (f"cannot reach a Ray cluster at {self.address} ({self.reason}); check --address (ray.address) and "
+                "that the cluster runs: `ray status` on its head node lists its nodes")
 
 
 class PopulationLost(OkdRayError, RuntimeError):

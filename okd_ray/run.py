@@ -9,14 +9,19 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from okd_ray.config import TrainConfig, parse_config
-from okd_ray.engines import PartMetrics, make_engine
-from okd_ray.errors import ConfigError, Interrupted, PopulationLost, TrainingDiverged
-from okd_ray.checkpoint import MANIFEST, Manifest, commit, read_manifest, shard_folder
+from okd_ray.engines import Engine, PartMetrics, make_engine
+from okd_ray.errors import (CheckpointDamaged, ConfigError, Interrupted, PopulationLost, TrainingDiverged,
+                            signal_of)
+from okd_ray.checkpoint import MANIFEST, Checkpoint, commit, read_manifest, shard_folder
+from okd_ray.lock import folder_lock
 from okd_ray.metrics import to_table
 from okd_ray.population import PartId, PopulationPlan, parts_of, plan_population
 from okd_ray.progress import RunDisplay
-from okd_ray.runfolder import CONFIG, check_same_run, write_config
+from okd_ray.runfolder import CONFIG, METRICS, check_resumable, check_same_run, write_config
 from okd_ray.storage import RunStore
+from okd_ray.terminal import warn
+from okd_ray.trackers import FOLDER as TRACKERS
+from okd_ray.trackers import Trackers
 
 
 @dataclass
@@ -47,8 +52,18 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
     ``on_epoch`` sees every finished epoch (a Tune trial reports through it)."""
     plan = plan_population(config)  # every config error surfaces here, before any work
     store = RunStore(run_dir or new_run_dir(config))
-    check_same_run(store, config)
     display = RunDisplay(quiet)
+    with folder_lock(store, warn):
+        check_same_run(store, config)
+        check_resumable(store)
+        result = run_with_restarts(config, plan, store, display, on_epoch)
+    display.message(f"run folder: {store.uri}")
+    return result
+
+
+def run_with_restarts(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay,
+                      on_epoch: EpochCallback | None) -> RunResult:
+    """``run_epochs``, again from the last checkpoint each time an actor dies (``ray.max_restarts`` times)."""
     restarts = 0
     while True:
         try:
@@ -68,7 +83,6 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
             raise ConfigError(f"{e}. Finished epochs are kept in {store.uri}: continue with "
                               f"okd-ray train --resume {store.uri}") from None
         result.restarts = restarts
-        display.message(f"run folder: {store.uri}")
         return result
 
 
@@ -77,25 +91,31 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
     """Train from the last checkpoint in ``store`` (or from scratch) to ``config.epochs``. The config is written
     with this call's first results, so a run that fails to start leaves no folder behind."""
     start_epoch, rows, elapsed = 0, [], 0.0
-    saved = read_manifest(store)
-    if saved is not None:
-        start_epoch, elapsed = saved.epoch, saved.elapsed
-        if store.exists("metrics.parquet"):
-            rows = [r for r in store.read_table("metrics.parquet").to_pylist() if r["epoch"] <= start_epoch]
-        display.message(f"resuming {store.uri} after epoch {start_epoch}")
-    engine = None
+    engine = trackers = None
     try:
         engine = make_engine(config, plan)
-        if saved is not None:
-            engine.load(store, saved.folder)
+        resumed = load_checkpoint(engine, store)
+        if resumed is not None:
+            start_epoch, elapsed = resumed.epoch, resumed.elapsed
+            held = store.read_table(METRICS).to_pylist() if store.exists(METRICS) else []
+            rows = [r for r in held if r["epoch"] <= start_epoch]
+            last = max((r["epoch"] for r in held), default=0)
+            again = f" (epochs {start_epoch + 1} to {last} in {METRICS} are trained again)" * (last > start_epoch)
+            display.message(f"resuming {store.uri} after epoch {start_epoch}{again}")
+        trackers = Trackers(config, store, start_epoch, plan.num_train_batches)
+
+        def on_step(metrics: list[dict]) -> None:
+            display.advance()
+            trackers.log_step(metrics)
+
         for epoch in range(start_epoch, config.epochs):  # 0-based here; from 1 in metrics and on screen
             started = time.perf_counter()
             display.begin_epoch(epoch, config.epochs, plan.num_train_batches)
             lrs = engine.begin_epoch(epoch)
             try:
-                train_stats = engine.train_epoch(plan.num_train_batches, display.advance)
+                train_stats = engine.train_epoch(plan.num_train_batches, on_step)
             except TrainingDiverged as e:
-                raise TrainingDiverged(f"{e}; {kept(store, 'last good checkpoint')}") from None
+                raise e.keeping(kept(store, "last good checkpoint")) from None
             eval_stats = merged(engine.evaluate(split) for split in plan.eval_splits)
             seconds = time.perf_counter() - started
             elapsed += seconds
@@ -107,34 +127,64 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
                     store.write_text("placement.json", json.dumps(engine.placement(), indent=1))
                 store.delete("report")
             table = to_table(rows + epoch_rows)
-            store.write_table("metrics.parquet", table)
+            store.write_table(METRICS, table)
             rows = table.to_pylist()  # as the file holds them: every column in every row
             epoch_rows = rows[-len(epoch_rows):]
+            trackers.log_epoch(done, epoch_rows)
             saved_now = done % config.checkpoint_every == 0 or done == config.epochs
             if saved_now:
                 folder = shard_folder(done)
-                engine.save(store, folder)
-                commit(store, Manifest(done, elapsed, folder, [p.key for p in parts_of(config)]))
+                commit(store, Checkpoint(done, elapsed, folder, engine.save(store, folder)))
             display.end_epoch(epoch, config.epochs, epoch_rows, seconds)
             if on_epoch is not None:
                 on_epoch(done, epoch_rows, saved_now)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         if not store.exists(CONFIG):
-            raise Interrupted("interrupted before the first epoch ended; nothing was written") from None
+            store.delete(TRACKERS)  # step events of an epoch that never ended
+            raise Interrupted("interrupted before the first epoch ended; nothing was written", signal_of(e)) from None
         raise Interrupted(f"interrupted; {kept(store, 'last checkpoint')}; continue with: "
-                          f"okd-ray train --resume {store.uri}") from None
+                          f"okd-ray train --resume {store.uri}", signal_of(e)) from None
     finally:
         display.stop()
+        if trackers is not None:
+            trackers.close()
         if engine is not None:
             engine.close()
     return RunResult(store.uri, rows, elapsed)
+
+
+def load_checkpoint(engine: Engine, store: RunStore) -> Checkpoint | None:
+    """Load the newest intact checkpoint of ``store`` into the parts (None: a new run). A damaged newest one
+    falls back to the one before it, saying so; with none intact the error names the damaged files."""
+    start_over = (f"no intact checkpoint is left to resume from: start the run over with "
+                  f"okd-ray train {store.uri}/{CONFIG}")
+    try:
+        manifest = read_manifest(store)
+    except CheckpointDamaged as e:
+        raise CheckpointDamaged(e.path, e.problem, f"; {start_over}") from None
+    if manifest is None:
+        return None
+    damaged: list[tuple[Checkpoint, CheckpointDamaged]] = []
+    for checkpoint in manifest.checkpoints:
+        try:
+            engine.load(store, checkpoint)
+        except CheckpointDamaged as e:
+            damaged.append((checkpoint, e))
+            continue
+        for bad, e in damaged:
+            warn(f"{e}, so the checkpoint of epoch {bad.epoch} is unusable; resuming from the one of "
+                         f"epoch {checkpoint.epoch}: epochs {checkpoint.epoch + 1} to {bad.epoch} are trained again")
+        return checkpoint
+    (_, first), earlier = damaged[0], damaged[1:]
+    also = "".join(f"; the checkpoint of epoch {c.epoch} is unusable too ({e})" for c, e in earlier)
+    raise CheckpointDamaged(first.path, first.problem, f"{also}; {start_over}")
 
 
 def kept(store: RunStore, what: str) -> str:
     """Where the last checkpoint of ``store`` is and its epoch, or that there is none yet."""
     manifest = read_manifest(store)
     if manifest is not None:
-        return f"the {what} (epoch {manifest.epoch}) is kept in {store.path(MANIFEST)}"
+        return f"the {what} (epoch {manifest.latest.epoch}) is kept in {store.path(MANIFEST)}"
     return "no checkpoint had been written yet"
 
 

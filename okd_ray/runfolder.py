@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from okd_ray.checkpoint import MANIFEST
 from okd_ray.config import TrainConfig, dump_config, override, parse_config
 from okd_ray.errors import ConfigError
 from okd_ray.storage import RunStore
 
 CONFIG = "config.yaml"
+METRICS = "metrics.parquet"
 
-# The keys a continued run may change: its length, its engine and resources, where its data and outputs lie.
-MAY_CHANGE = ("epochs", "engine", "device", "threads", "checkpoint_every", "output_dir", "ray", "search",
+# The keys a continued run may change: its length, its engine and resources, where its data and outputs lie,
+# what it logs.
+MAY_CHANGE = ("epochs", "engine", "device", "threads", "checkpoint_every", "output_dir", "logging",
+              "log_every_steps", "ray", "search",
               "data.root", "data.download", "data.num_workers", "data.test_batch_size")
 
 
@@ -37,6 +41,20 @@ def check_same_run(store: RunStore, config: TrainConfig) -> None:
     raise ConfigError(
         f"{store.uri} holds another run ({differences}). A run folder holds one run: continuing it may change only "
         f"{', '.join(MAY_CHANGE)}. To train the changed config, start a new run: {new_run}"
+    )
+
+
+def check_resumable(store: RunStore) -> None:
+    """Raise when ``store`` holds finished epochs but no checkpoint: they cannot be continued, and okd-ray
+    never overwrites them."""
+    if not store.exists(METRICS) or store.exists(MANIFEST):
+        return
+    epochs = max(store.read_table(METRICS).column("epoch").to_pylist(), default=0)
+    config = f"{store.uri}/{CONFIG}" if store.exists(CONFIG) else "CONFIG"
+    raise ConfigError(
+        f"{store.uri} holds {METRICS} with {epochs} finished epochs but no checkpoint ({MANIFEST} is missing), "
+        f"so the run cannot be continued and its epochs are not overwritten. Start it over in a new folder: "
+        f"okd-ray train {config} (or delete {store.uri} first)"
     )
 
 

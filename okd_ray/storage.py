@@ -9,7 +9,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 
 
 class RunStore:
@@ -33,6 +32,10 @@ class RunStore:
     def exists(self, name: str = "") -> bool:
         """Whether ``name`` (a file or folder; by default the store's own folder) is there."""
         return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
+
+    def names(self) -> list[str]:
+        """The names of the files and folders directly in the store's folder."""
+        return [info.base_name for info in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))]
 
     def delete(self, name: str = "") -> None:
         """Remove the file or folder ``name`` (by default the whole store), if it is there."""
@@ -68,12 +71,3 @@ class RunStore:
 
     def read_table(self, name: str) -> pa.Table:
         return pq.read_table(self.path(name), filesystem=self.fs)
-
-    def save_torch(self, name: str, obj: object) -> None:
-        buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        self.write_bytes(name, buffer.getvalue())
-
-    def load_torch(self, name: str) -> object:
-        """State dicts only, loaded with ``weights_only=True``: a checkpoint cannot run code."""
-        return torch.load(io.BytesIO(self.read_bytes(name)), weights_only=True, map_location="cpu")

@@ -12,6 +12,11 @@ def console(stderr: bool = False, **options) -> Console:
     return Console(stderr=stderr, emoji=False, markup=False, highlight=False, **options)
 
 
+def warn(text: str) -> None:
+    """On stderr, even when quiet: what went wrong and what okd-ray did instead, which the user must know."""
+    console(stderr=True, soft_wrap=True).print(f"warning: {text}")
+
+
 def short_names(keys: list[str]) -> list[str]:
     """Table headers for dotted keys: each key's shortest dotted suffix that no other key ends with
     (``method.terms.adversarial.weight`` -> ``adversarial.weight`` beside ``ring_kl.weight``; ``members.0.optimizer.lr`` keeps ``0.optimizer.lr``)."""

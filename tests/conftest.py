@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,15 @@ class Command:
     def start(self, *args) -> subprocess.Popen:
         return subprocess.Popen(self.argv(*args), cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
+
+    def start_until(self, path: Path, *args, timeout: float = 120) -> subprocess.Popen:
+        """``start``, then wait until the command has written ``path`` (it must still be running then)."""
+        process = self.start(*args)
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        return process
 
     @staticmethod
     def assert_error(result, code: int, *texts: str) -> str:

@@ -1,5 +1,6 @@
 """The okd-ray command: bad input gets a clear error that names the fix, before any work starts."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,21 @@ def test_yaml_syntax_errors_name_the_file_and_line_without_a_traceback(okd_ray, 
     okd_ray.assert_error(okd_ray.run(*args), 2, *expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files), "an error wrote something"
 
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_an_unreachable_cluster_fails_at_once_naming_the_address(okd_ray, tmp_path, command):
+    args = (["train", "engine=ray", f"output_dir={tmp_path / 'runs'}"] if command == "train" else
+            ["tune", SWEEP, "engine=ray", "--storage-path", tmp_path / "runs"])
+    started = time.monotonic()
+    result = okd_ray.run(*args, "--address", "127.0.0.1:1", "--quiet", timeout=120)
+    okd_ray.assert_error(result, 2, "error: cannot reach a Ray cluster at 127.0.0.1:1 (Connection refused); "
+                         "check --address (ray.address) and that the cluster runs: `ray status` on its head node")
+    assert time.monotonic() - started < 30, "Ray's own retries took over"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_output_dir_that_cannot_be_made_is_one_error_naming_it(okd_ray):
+    okd_ray.assert_error(okd_ray.run("train", "output_dir=/proc/okd", "--quiet"), 2,
+                         "error: cannot create the folder /proc/okd/digits-afd-",
+                         "give a folder you may write: output_dir=... or --run-dir for okd-ray train")

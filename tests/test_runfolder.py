@@ -3,7 +3,6 @@ and Ctrl-C says how to continue. The okd-ray command runs in a subprocess wherev
 
 import re
 import signal
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -81,28 +80,40 @@ def test_epochs_count_from_one_in_metrics_and_a_resume_keeps_each_once(tiny_conf
 
 
 def test_a_failed_start_leaves_no_folder(ray_cluster, tiny_config, tmp_path):
-    with pytest.raises(ConfigError, match="num_gpus_per_member"):
-        train(tiny_config("engine=ray", "ray.num_gpus_per_member=4"), run_dir=str(tmp_path / "run"), quiet=True)
-    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="num_gpus_per_member"):  # after the folder was locked
+        train(tiny_config("engine=ray", "ray.num_gpus_per_member=4"), run_dir=str(tmp_path / "runs" / "run"),
+              quiet=True)
+    assert not (tmp_path / "runs").exists(), "the lock's folder, or a parent made for it, was left behind"
 
 
 def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, okd_ray):
     folder = tmp_path / "run"
-    process = okd_ray.start("train", "epochs=300", "data.train_limit=64", "data.test_limit=32", "--run-dir", folder,
-                            "--quiet")
-    deadline = time.monotonic() + 120
-    while not (folder / MANIFEST).exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.02)
+    process = okd_ray.start_until(folder / MANIFEST, "train", "epochs=300", "data.train_limit=64",
+                                  "data.test_limit=32", "--run-dir", folder, "--quiet")
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"is kept in {folder / MANIFEST}" in err and f"continue with: okd-ray train --resume {folder}" in err
-    done = read_manifest(RunStore(str(folder))).epoch
+    done = read_manifest(RunStore(str(folder))).latest.epoch
     assert done < 300, "interrupted too late"
 
     resumed = okd_ray.run("train", "--resume", folder, f"epochs={done + 1}")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {folder} after epoch {done}" in resumed.stdout
-    assert read_manifest(RunStore(str(folder))).epoch == done + 1
+    assert read_manifest(RunStore(str(folder))).latest.epoch == done + 1
+
+
+def test_sigterm_stops_a_ray_run_like_ctrl_c_with_exit_code_143(tmp_path, okd_ray):
+    """engine=ray: ray.init replaces the SIGTERM handler with a plain exit; okd-ray's must survive it."""
+    folder = tmp_path / "run"
+    process = okd_ray.start_until(folder / MANIFEST, "train", "engine=ray", "epochs=300", "data.train_limit=64",
+                                  "data.test_limit=32", "--run-dir", folder, "--quiet", timeout=180)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    last = err.strip().splitlines()[-1]  # the lines before it, if any, are Ray's own start-up notes
+    assert "Traceback" not in err and last.startswith("interrupted; "), err
+    assert f"is kept in {folder / MANIFEST}" in last and f"continue with: okd-ray train --resume {folder}" in last
+    assert read_manifest(RunStore(str(folder))).latest.epoch < 300, "stopped too late"
+    assert not (folder / ".okd-ray.lock").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from okd_ray.checkpoint import Checkpoint, Shard
 from okd_ray.config import TrainConfig
 from okd_ray.data.base import Split
 from okd_ray.population import PopulationPlan
@@ -23,8 +24,9 @@ class Engine(Protocol):
     def begin_epoch(self, epoch: int) -> PartMetrics:
         """Set the epoch's learning rates and schedules; returns each part's learning rates."""
 
-    def train_epoch(self, steps: int, on_step: Callable[[int], None]) -> PartMetrics:
-        """Run ``steps`` population steps; returns each part's mean loss terms and training top-1."""
+    def train_epoch(self, steps: int, on_step: Callable[[list[dict]], None]) -> PartMetrics:
+        """Run ``steps`` population steps, giving ``on_step`` each step's metrics (in ``parts_of`` order) as it
+        ends; returns each part's mean loss terms and training top-1."""
 
     def evaluate(self, split: Split) -> PartMetrics:
         """Top-1/top-5 on ``split`` (validation or test) of every member, the ensemble and the fused classifier."""
@@ -32,11 +34,11 @@ class Engine(Protocol):
     def placement(self) -> dict:
         """Where each part runs (node, placement group, bundle), as the parts report it; empty for one process."""
 
-    def save(self, store: RunStore, folder: str) -> None:
-        """Every part writes its checkpoint shard into ``folder`` of the run's storage."""
+    def save(self, store: RunStore, folder: str) -> dict[str, Shard]:
+        """Every part writes its checkpoint shard into ``folder`` of the run's storage; part key -> its shard."""
 
-    def load(self, store: RunStore, folder: str) -> None:
-        """Every part loads its shard from ``folder``."""
+    def load(self, store: RunStore, checkpoint: Checkpoint) -> None:
+        """Every part loads its shard of ``checkpoint``, checked first (CheckpointDamaged names a bad one)."""
 
     def close(self) -> None: ...
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from okd_ray.checkpoint import shard_path
+from okd_ray.checkpoint import Checkpoint, Shard, shard_path
 from okd_ray.config import TrainConfig
 from okd_ray.data.base import Split
 from okd_ray.metrics import EpochMeters, accuracy
@@ -38,11 +38,12 @@ class LocalEngine:
     def begin_epoch(self, epoch: int) -> dict[str, dict[str, float]]:
         return {pid.name: part.begin_epoch(epoch) for pid, part in zip(self.ids, self.parts)}
 
-    def train_epoch(self, steps: int, on_step: Callable[[int], None]) -> dict[str, dict[str, float]]:
+    def train_epoch(self, steps: int, on_step: Callable[[list[dict]], None]) -> dict[str, dict[str, float]]:
         meters = EpochMeters([pid.name for pid in self.ids])
         for _ in range(steps):
-            meters.add(population_step(self.population).in_part_order())
-            on_step(1)
+            metrics = population_step(self.population).in_part_order()
+            meters.add(metrics)
+            on_step(metrics)
         return meters.result()
 
     def evaluate(self, split: Split) -> dict[str, dict[str, float]]:
@@ -54,13 +55,13 @@ class LocalEngine:
     def placement(self) -> dict:
         return {}  # one process
 
-    def save(self, store: RunStore, folder: str) -> None:
-        for pid, part in zip(self.ids, self.parts):
-            part.save(store.address, shard_path(folder, pid.key))
+    def save(self, store: RunStore, folder: str) -> dict[str, Shard]:
+        return {pid.key: part.save(store.address, shard_path(folder, pid.key))
+                for pid, part in zip(self.ids, self.parts)}
 
-    def load(self, store: RunStore, folder: str) -> None:
+    def load(self, store: RunStore, checkpoint: Checkpoint) -> None:
         for pid, part in zip(self.ids, self.parts):
-            part.load(store.address, shard_path(folder, pid.key))
+            part.load(store.address, shard_path(checkpoint.folder, pid.key), checkpoint.shards[pid.key])
 
     def close(self) -> None:
         torch.set_num_threads(self.threads_before)

@@ -29,7 +29,7 @@ from ray.dag import DAGNode, InputNode, MultiOutputNode
 from ray.experimental.collective import create_collective_group
 from ray.exceptions import GetTimeoutError, RayActorError, RayChannelError, RayChannelTimeoutError, RayTaskError
 
-from okd_ray.checkpoint import shard_path
+from okd_ray.checkpoint import Checkpoint, Shard, shard_path
 from okd_ray.config import TrainConfig, validate
 from okd_ray.errors import ConfigError, OkdRayError, PopulationLost
 from okd_ray.data.base import Split
@@ -276,13 +276,14 @@ class RayEngine:
     def begin_epoch(self, epoch: int) -> dict[str, dict[str, float]]:
         return {pid.name: lrs for pid, lrs in zip(self.ids, self._call_all("begin_epoch", epoch))}
 
-    def train_epoch(self, steps: int, on_step: Callable[[int], None]) -> dict[str, dict[str, float]]:
+    def train_epoch(self, steps: int, on_step: Callable[[list[dict]], None]) -> dict[str, dict[str, float]]:
         meters = EpochMeters([pid.name for pid in self.ids])
         pending = collections.deque()
 
         def collect():
-            meters.add(self._guard(lambda: self.steps.result(pending.popleft())))
-            on_step(1)
+            metrics = self._guard(lambda: self.steps.result(pending.popleft()))
+            meters.add(metrics)
+            on_step(metrics)
 
         for _ in range(steps):
             pending.append(self._guard(self.steps.submit))
@@ -306,13 +307,15 @@ class RayEngine:
     def placement(self) -> dict:
         return self.where
 
-    def save(self, store: RunStore, folder: str) -> None:
-        """Every part writes its own shard, all at once; the driver only waits."""
-        self._guard(lambda: ray.get([a.call.remote("save", store.address, shard_path(folder, pid.key))
-                                     for a, pid in zip(self.actors, self.ids)]))
+    def save(self, store: RunStore, folder: str) -> dict[str, Shard]:
+        """Every part writes its own shard, all at once; the driver only waits for their sizes and digests."""
+        shards = self._guard(lambda: ray.get([a.call.remote("save", store.address, shard_path(folder, pid.key))
+                                              for a, pid in zip(self.actors, self.ids)]))
+        return {pid.key: shard for pid, shard in zip(self.ids, shards)}
 
-    def load(self, store: RunStore, folder: str) -> None:
-        self._guard(lambda: ray.get([a.call.remote("load", store.address, shard_path(folder, pid.key))
+    def load(self, store: RunStore, checkpoint: Checkpoint) -> None:
+        self._guard(lambda: ray.get([a.call.remote("load", store.address, shard_path(checkpoint.folder, pid.key),
+                                                   checkpoint.shards[pid.key])
                                      for a, pid in zip(self.actors, self.ids)]))
 
     def close(self) -> None:

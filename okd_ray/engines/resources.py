@@ -7,6 +7,9 @@ the cluster can never meet is an error that says what was asked and what the clu
 from __future__ import annotations
 
 import math
+import signal
+import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -15,15 +18,39 @@ from ray.util.placement_group import PlacementGroup, get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from okd_ray.config import TrainConfig
-from okd_ray.errors import ConfigError
+from okd_ray.errors import ClusterUnreachable, ConfigError
 from okd_ray.population import parts_of
 
 
-def connect(address: str | None) -> None:
-    """Join ``address`` (``auto``, ``ray://host:10001``), or start a local cluster; reuse a live connection."""
+CONNECT_TIMEOUT_S = 5.0  # to reach a given address; Ray's own retries would take minutes to give up
+
+
+def connect(address: str | None, log_to_driver: bool = True) -> None:
+    """Join ``address`` (``auto``, ``host:6379``, ``ray://host:10001``), or start a local cluster; reuse a live
+    connection. The caller's SIGTERM handler stays (``ray.init`` would make SIGTERM a plain exit)."""
     if ray.is_initialized():
         return
-    ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    if address not in (None, "auto", "local"):
+        check_reachable(address)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver, configure_logging=False)
+    except ConnectionError as e:  # "auto" with no cluster to find
+        raise ClusterUnreachable(address, str(e).splitlines()[0]) from None
+    finally:
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def check_reachable(address: str) -> None:
+    """Raise ClusterUnreachable unless something answers at ``address``'s host and port within a few seconds."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray's own error says what is wrong with it
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise ClusterUnreachable(address, e.strerror or f"no answer within {CONNECT_TIMEOUT_S:g} s") from None
 
 
 def part_bundles(config: TrainConfig, spare_cpus: float = 0.0) -> list[dict[str, float]]:

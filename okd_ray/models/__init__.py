@@ -9,14 +9,14 @@ import inspect
 from collections.abc import Callable
 from functools import partial
 
-from okd_ray.errors import ModelError, did_you_mean
+from okd_ray.errors import ConfigError, ModelError, did_you_mean
 from okd_ray.models.base import FeatureNet, feature_shape
 from okd_ray.models.cnn import SmallCNN
 from okd_ray.models.convstack import ConvStack
 from okd_ray.models.resnet import CifarResNet
 from okd_ray.models.wrn import WideResNet
 
-__all__ = ["MODELS", "FeatureNet", "build_model", "feature_shape"]
+__all__ = ["MODELS", "FeatureNet", "build_model", "feature_shape", "register_model", "unknown_model"]
 
 TORCHVISION_PREFIX = "tv:"
 
@@ -52,6 +52,37 @@ MODELS: dict[str, Callable[..., FeatureNet]] = {
 }
 
 
+def register_model(name: str, builder: Callable[..., FeatureNet]) -> Callable[..., FeatureNet]:
+    """Make ``builder`` known as ``members.N.arch: name`` (from a plugin). It takes ``in_channels`` and
+    ``num_classes`` as keywords and returns a FeatureNet. A name stands for one builder only; registering the
+    same one again (a plugin imported twice) is harmless."""
+    if name.startswith(TORCHVISION_PREFIX):
+        raise ConfigError(f"model {name!r}: the prefix {TORCHVISION_PREFIX} names torchvision's models; choose "
+                          "another name")
+    known = MODELS.get(name)
+    if known is not None and _origin(known) != _origin(builder):
+        raise ConfigError(f"model {name!r} is already registered by {_origin(known)}; choose another name")
+    MODELS[name] = builder
+    return builder
+
+
+def _origin(builder: Callable) -> str:
+    """Where ``builder`` is defined, by name (a ``partial`` with its arguments), equal for a re-imported plugin."""
+    if isinstance(builder, partial):
+        return f"{_origin(builder.func)}(*{builder.args}, **{builder.keywords})"
+    return f"{builder.__module__}.{builder.__qualname__}"
+
+
+def unknown_model(name: str) -> str:
+    """What to say of a model name that is neither registered nor torchvision's."""
+    return (
+        f"unknown model {name!r}; {did_you_mean(name, MODELS)}choose one of {', '.join(MODELS)}, "
+        f"or any torchvision classification model as {TORCHVISION_PREFIX}NAME "
+        "(e.g. tv:resnet18, tv:mobilenet_v3_small, tv:densenet121; "
+        "torchvision.models.list_models(module=torchvision.models) lists them)"
+    )
+
+
 def build_model(name: str, *, in_channels: int, num_classes: int, **kwargs) -> FeatureNet:
     """Build a model from MODELS, or torchvision's NAME for `tv:NAME`.
 
@@ -68,13 +99,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int, **kwargs) -> F
             name.removeprefix(TORCHVISION_PREFIX), in_channels=in_channels, num_classes=num_classes, **kwargs
         )
     if name not in MODELS:
-        hint = did_you_mean(name, MODELS)
-        raise ModelError(
-            f"unknown model {name!r}; {hint}choose one of {', '.join(MODELS)}, "
-            f"or any torchvision classification model as {TORCHVISION_PREFIX}NAME "
-            "(e.g. tv:resnet18, tv:mobilenet_v3_small, tv:densenet121; "
-            "torchvision.models.list_models(module=torchvision.models) lists them)"
-        )
+        raise ModelError(unknown_model(name))
     builder = MODELS[name]
     try:
         inspect.signature(builder).bind(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from okd_ray.checkpoint import Shard, load_shard, save_shard
 from okd_ray.config import TrainConfig
 from okd_ray.data.base import Split
 from okd_ray.errors import TrainingDiverged
@@ -50,8 +51,7 @@ class Part:
             return
         name, value = next((n, float(v)) for n, v in zip(values, stacked) if not torch.isfinite(v))
         lower = [k for key in keys for k in ([key] if isinstance(key, str) else key(name))]
-        raise TrainingDiverged(f"{self.name}: {name!r} is {value} at epoch {self.epoch + 1}, step "
-                               f"{self.step_index + 1}; lower {' or '.join(lower)}")
+        raise TrainingDiverged(self.name, name, value, self.epoch + 1, self.step_index + 1, tuple(lower))
 
     def state_dict(self) -> dict:
         return {
@@ -60,12 +60,14 @@ class Part:
             "rng": self.rng.state_dict(),
         }
 
-    def save(self, store_uri: str, path: str) -> None:
-        """Write this part's checkpoint shard straight to the run's storage (no state passes a driver)."""
-        RunStore(store_uri).save_torch(path, self.state_dict())
+    def save(self, store_uri: str, path: str) -> Shard:
+        """Write this part's checkpoint shard straight to the run's storage (no state passes a driver); returns
+        its size and digest for the manifest."""
+        return save_shard(RunStore(store_uri), path, self.state_dict())
 
-    def load(self, store_uri: str, path: str) -> None:
-        self.load_state_dict(RunStore(store_uri).load_torch(path))
+    def load(self, store_uri: str, path: str, shard: Shard | None) -> None:
+        """Load this part's shard once it matches the size and digest that ``save`` returned."""
+        self.load_state_dict(load_shard(RunStore(store_uri), path, shard))
 
     def load_state_dict(self, state: dict) -> None:
         for k, m in self.modules.items():

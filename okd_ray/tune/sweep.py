@@ -16,20 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
-from okd_ray.engines import part_bundles
-from okd_ray.errors import ConfigError, Interrupted, NoResult
+from okd_ray.engines import connect, part_bundles
+from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, signal_of
+from okd_ray.lock import LOCK, folder_lock
 from okd_ray.metrics import union_table
 from okd_ray.population import parts_of, plan_population
 from okd_ray.report import SEARCH, TEST_SELECTION_WARNING, number, rank_trials
 from okd_ray.storage import RunStore
-from okd_ray.terminal import console, fitted_table, short_names
+from okd_ray.terminal import console, fitted_table, short_names, warn
 
 from .space import params_to_overrides, parse_space
 from .trial import TRAINABLE_CPUS, metric_names, run_trial, trial_resources
@@ -185,17 +185,25 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> list[dict]:
     ``best_config.yaml``; print a table. An interrupted sweep, or one where no trial finished, is an error that
     gives the command to continue."""
     store = RunStore(sweep.path)
+    with folder_lock(store, warn):
+        return run_locked_sweep(sweep, store, address)
+
+
+def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list[dict]:
+    """``run_sweep``'s work, the sweep folder held by this process."""
     if sweep.options.overwrite:
-        store.delete()
+        for name in store.names():
+            if name != LOCK:
+                store.delete(name)
     try:
         with ray_output(sweep.options.quiet):
-            if not ray.is_initialized():  # trials print nothing of their own (each run is quiet), so their
-                # workers' output (Tune's checkpoint lines, workers stopped at the end) stays in Ray's log files
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            # trials print nothing of their own (each run is quiet), so their workers' output (Tune's
+            # checkpoint lines, workers stopped at the end) stays in Ray's log files
+            connect(address, log_to_driver=False)
             _resolve_auto_resources(sweep)
             results = tuner(sweep).fit()  # the first Ctrl-C stops the trials and saves the sweep's state
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over
-        raise Interrupted(f"sweep interrupted; continue with: {sweep.options.resume_command}") from None
+    except KeyboardInterrupt as e:  # a second Ctrl-C, one before Tune took over, or SIGTERM
+        raise Interrupted(f"sweep interrupted; continue with: {sweep.options.resume_command}", signal_of(e)) from None
     if not sweep.options.resume:  # how --resume goes on, and what the report needs to draw each key's axis
         store.write_text(SEARCH, yaml.safe_dump({"metric": sweep.options.metrics, "mode": sweep.options.modes,
                                                  "selected_on": selected_on(sweep.options.metrics),
@@ -326,8 +334,11 @@ def trial_status(trial, result: dict, epochs: int, total: int) -> tuple[str, str
     """done | stopped (early, by the scheduler) | diverged | error | unfinished (interrupted or not started),
     and what went wrong, in one line."""
     if trial.status == "ERROR":
-        error = trial.get_error()
-        lines = [line for line in str(error or "").splitlines() if line.strip()]
+        error = trial.get_pickled_error()
+        cause = getattr(error, "cause", error)  # a RayTaskError carries the trainable's own error
+        if isinstance(cause, OkdRayError):  # its message, built from its fields
+            return "error", str(cause)
+        lines = [line for line in str(trial.get_error() or "").splitlines() if line.strip()]  # a traceback's text
         return "error", lines[-1].strip() if lines else "failed"
     if trial.status != "TERMINATED":
         return "unfinished", ""

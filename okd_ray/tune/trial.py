@@ -77,7 +77,9 @@ def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
     config = validate(apply_overrides(raw_config, params_to_overrides(params)))
     run_dir = Path(tune.get_context().get_trial_dir()) / "run"
     restored = tune.get_checkpoint()
-    if restored is not None:  # resume, a retry, or PBT's exploit of a better trial (with new values)
+    if restored is None:  # a first start, or a retry before any checkpoint: whatever an attempt left is redone
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:  # resume, a retry, or PBT's exploit of a better trial (with new values)
         with restored.as_directory() as folder:
             own = run_dir / MANIFEST
             if not (own.exists() and own.read_text() == (Path(folder) / MANIFEST).read_text()):

@@ -107,4 +107,4 @@ def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpo
     assert "could not place the population's parts" in message and "ray.placement_timeout_s=5" in message
     assert "'CPU': 1" in message and f"okd-ray train --resume {run_dir}" in message
     assert waited >= 5
-    assert read_manifest(RunStore(str(run_dir))).epoch >= 1
+    assert read_manifest(RunStore(str(run_dir))).latest.epoch >= 1

@@ -64,3 +64,42 @@ def test_bad_options_are_model_errors():
         build_model("resnet32", in_channels=3, num_classes=0)
     with pytest.raises(ModelError, match="in_channels"):
         build_model("cnn16", in_channels=1.5, num_classes=10)
+
+
+PLUGIN = '''
+from functools import partial
+
+from okd_ray.models import register_model
+from okd_ray.models.cnn import SmallCNN
+
+register_model("tinycnn", partial(SmallCNN, width=8))
+'''
+
+
+def test_a_plugin_model_joins_a_population_and_names_are_checked_with_it(tmp_path, okd_ray):
+    import pyarrow.parquet as pq
+
+    plugin = tmp_path / "my_models.py"
+    plugin.write_text(PLUGIN)
+    tiny = [f"plugins=[{plugin}]", "epochs=1", "data.train_limit=64", "data.test_limit=32", "data.batch_size=32"]
+    result = okd_ray.run("train", *tiny, "members.1.arch=tinycnn", "--run-dir", tmp_path / "run", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert {r["arch"] for r in pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()} >= {"cnn16", "tinycnn"}
+    okd_ray.assert_error(okd_ray.run("train", *tiny, "members.1.arch=tinycn", "--quiet"), 2,
+                         "members.1.arch: unknown model 'tinycn'; did you mean tinycnn?", "tinycnn, or any torchvision")
+
+
+def test_a_model_name_stands_for_one_builder():
+    from functools import partial
+
+    from okd_ray.errors import ConfigError
+    from okd_ray.models import register_model
+    from okd_ray.models.resnet import CifarResNet
+
+    register_model("resnet8", partial(CifarResNet, depth=8))  # the same builder again (a plugin imported twice)
+    with pytest.raises(ConfigError, match=r"model 'resnet8' is already registered by "
+                                          r"okd_ray\.models\.resnet\.CifarResNet\(\*\(\), \*\*\{'depth': 8\}\)"):
+        register_model("resnet8", partial(CifarResNet, depth=14))
+    with pytest.raises(ConfigError, match="model 'tv:mine': the prefix tv: names torchvision's models"):
+        register_model("tv:mine", partial(CifarResNet, depth=8))
+    assert build_model("resnet8", in_channels=1, num_classes=10).stages  # still depth 8's builder

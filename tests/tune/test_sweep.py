@@ -140,6 +140,40 @@ def test_diverging_trials_are_not_retried_and_a_sweep_without_result_fails(ray_c
         assert lines((trial / "result.json").read_text()) == 1 and not (trial / "error.txt").exists()
 
 
+FAILING_TERM = '''
+from okd_ray.errors import DataError
+from okd_ray.methods import CrossEntropy, Term, register_method
+
+
+class Unreadable(Term):
+    """Fails at the first step, as a data set whose files vanish mid-run would."""
+
+    name = "unreadable"
+
+    def loss(self, batch):
+        raise DataError("plugin data: shard 3 vanished; put it back under data.root")
+
+
+register_method("fails-in-trial", [CrossEntropy, Unreadable])
+'''
+
+
+def test_a_failed_trial_reports_its_okd_ray_error_as_it_was_raised(ray_cluster, tmp_path, okd_ray):
+    """Taken from the error's fields, not parsed out of a traceback's last line."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    plugin = tmp_path / "failing.py"
+    plugin.write_text(FAILING_TERM)
+    space = write_space(tmp_path, {"method.terms.ce.weight": {"uniform": [0.5, 1.0]}})
+    result = okd_ray.run("tune", SWEEP, *SMALL, "epochs=1", f"plugins=[{plugin}]", "method.name=fails-in-trial",
+                         "--space", space, "--num-samples", "1", "--scheduler", "none", "--storage-path", tmp_path,
+                         "--name", "data", "--address", address, "--quiet")
+    message = "plugin data: shard 3 vanished; put it back under data.root"
+    okd_ray.assert_error(result, 1, f"no trial of sweep {tmp_path}/data finished", f"error: {message})",
+                         "retry the failed trials with: okd-ray tune")
+    (trial,) = pq.read_table(tmp_path / "data" / "trials.parquet").to_pylist()
+    assert (trial["status"], trial["message"]) == ("error", message)
+
+
 def test_a_sweep_name_is_used_once_unless_resumed_or_overwritten(ray_cluster, tmp_path, okd_ray):
     address = ray_cluster.get_runtime_context().gcs_address
     args = ["tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
