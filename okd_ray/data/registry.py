@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from okd_ray.errors import ConfigError, DataError
+from okd_ray.errors import DataError
+from okd_ray.registry import register
 
 from . import cifar, digits, fashion_mnist, imagefolder, synthetic
 from .base import Dataset
@@ -28,15 +29,7 @@ DATASETS: dict[str, Builder] = {
 
 def register_dataset(name: str, builder: Builder) -> Builder:
     """Make ``builder`` known as ``data.name: NAME``; a name stands for one builder only."""
-    known = DATASETS.get(name)
-    if known is not None and _origin(known) != _origin(builder):
-        raise ConfigError(f"data set {name!r} is already registered by {_origin(known)}; choose another name")
-    DATASETS[name] = builder
-    return builder
-
-
-def _origin(builder: Builder) -> str:
-    return f"{builder.__module__}.{builder.__qualname__}"
+    return register(DATASETS, "data set", name, builder)
 
 
 def build_dataset(name: str, *, seed: int = 0, **settings) -> Dataset:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import reduce
 
 from okd_ray.errors import ConfigError
+from okd_ray.registry import origin, register
 
 from .term import Need, Term, TermSpec
 
@@ -45,11 +46,7 @@ def register_term(term: type[Term]) -> type[Term]:
             raise TypeError(f"{term.__qualname__} is no loss term: it has no {attr!r}")
     if term.update not in ("logit", "feature"):
         raise TypeError(f"{term.__qualname__}.update must be 'logit' or 'feature', not {term.update!r}")
-    known = TERMS.get(term.name)
-    if known is not None and known is not term and _origin(known) != _origin(term):
-        raise ConfigError(f"term {term.name!r} is already registered by {_origin(known)}; choose another name")
-    TERMS[term.name] = term
-    return term
+    return register(TERMS, "term", term.name, term)
 
 
 def register_method(name: str, terms: Iterable[type[Term] | TermSpec]) -> Method:
@@ -63,12 +60,8 @@ def register_method(name: str, terms: Iterable[type[Term] | TermSpec]) -> Method
         register_term(spec.term)
     method = Method(name, specs)
     known = METHODS.get(name)
-    if known is not None and [(_origin(s.term), s.defaults) for s in known.terms] != [
-            (_origin(s.term), s.defaults) for s in specs]:
+    if known is not None and [(origin(s.term), s.defaults) for s in known.terms] != [
+            (origin(s.term), s.defaults) for s in specs]:
         raise ConfigError(f"method {name!r} is already registered with other terms; choose another name")
     METHODS[name] = method
     return method
-
-
-def _origin(term: type[Term]) -> str:
-    return f"{term.__module__}.{term.__qualname__}"

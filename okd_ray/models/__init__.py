@@ -10,6 +10,7 @@ from collections.abc import Callable
 from functools import partial
 
 from okd_ray.errors import ConfigError, ModelError, did_you_mean
+from okd_ray.registry import register
 from okd_ray.models.base import FeatureNet, feature_shape
 from okd_ray.models.cnn import SmallCNN
 from okd_ray.models.convstack import ConvStack
@@ -59,18 +60,7 @@ def register_model(name: str, builder: Callable[..., FeatureNet]) -> Callable[..
     if name.startswith(TORCHVISION_PREFIX):
         raise ConfigError(f"model {name!r}: the prefix {TORCHVISION_PREFIX} names torchvision's models; choose "
                           "another name")
-    known = MODELS.get(name)
-    if known is not None and _origin(known) != _origin(builder):
-        raise ConfigError(f"model {name!r} is already registered by {_origin(known)}; choose another name")
-    MODELS[name] = builder
-    return builder
-
-
-def _origin(builder: Callable) -> str:
-    """Where ``builder`` is defined, by name (a ``partial`` with its arguments), equal for a re-imported plugin."""
-    if isinstance(builder, partial):
-        return f"{_origin(builder.func)}(*{builder.args}, **{builder.keywords})"
-    return f"{builder.__module__}.{builder.__qualname__}"
+    return register(MODELS, "model", name, builder)
 
 
 def unknown_model(name: str) -> str:
