@@ -14,7 +14,7 @@ spec.loader.exec_module(study)
 DIGITS = ["data.name=digits", "epochs=2", "data.train_limit=256", "data.test_limit=128", "data.batch_size=32"]
 
 
-def test_runs_are_resumable_and_the_report_pairs_seeds(tmp_path, capsys):
+def test_runs_are_resumable_the_report_pairs_seeds_and_the_tuned_study_sets_them_beside(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "results" / "study"
     study.run_study(["vanilla", "ffl"], [0, 1], runs, DIGITS, jobs=2)
     assert capsys.readouterr().out.count("trained") == 4
@@ -45,30 +45,25 @@ def test_runs_are_resumable_and_the_report_pairs_seeds(tmp_path, capsys):
     with pytest.raises(SystemExit, match="another config"):  # a changed budget never mixes with old runs
         study.run_study(["vanilla"], [0], runs, [*DIGITS, "data.train_limit=300"])
 
-
-def test_the_tuned_study_sweeps_on_validation_retrains_on_fresh_seeds_and_sets_untuned_beside(tmp_path, capsys):
-    methods, seeds, runs, out = ["vanilla", "dml"], [0, 1], tmp_path / "runs", tmp_path / "results" / "study"
-    study.run_study(methods, seeds, runs / "untuned", DIGITS, jobs=2)
-    study.report(methods, seeds, runs / "untuned", out, DIGITS)
-    kept = tmp_path / "tuned" / "study_sweeps"
-    study.tune(methods, runs / "tuned" / "sweeps", kept, [*DIGITS, "epochs=1"], trials=2, jobs=2)
-    best = (kept / "dml" / "best_config.yaml").read_text()
+    # The tuned study, with the runs above (seeds 0 and 1) as its untuned side: it sweeps on validation,
+    # retrains what it selected on the study's seeds and sets the untuned runs beside.
+    methods, seeds, tuned, kept = ["vanilla", "ffl"], [0, 1], tmp_path / "tuned", tmp_path / "tuned" / "study_sweeps"
+    study.tune(methods, tuned / "sweeps", kept, [*DIGITS, "epochs=1"], trials=2, jobs=2)
+    best = (kept / "ffl" / "best_config.yaml").read_text()
     assert "best by mean_val_top1 (max) on the validation set" in best and not (kept / "vanilla").exists()
     assert f"seed: {study.TUNE_SEED}" in best and "validation: 0.1" in best
-    study.run_study(methods, seeds, runs / "tuned", DIGITS, jobs=2, kept=kept)
-    text = study.report(methods, seeds, runs / "tuned", tmp_path / "tuned" / "study", DIGITS, kept,
-                        out.with_suffix(".parquet"))
-    # retrained on every training image, on the study's seeds, from the selected config
-    config = (study.run_dir(runs / "tuned", "dml", 1) / "config.yaml").read_text()
+    study.run_study(methods, seeds, tuned, DIGITS, jobs=2, kept=kept)
+    text = study.report(methods, seeds, tuned, tuned / "study", DIGITS, kept, out.with_suffix(".parquet"))
+    config = (study.run_dir(tuned, "ffl", 1) / "config.yaml").read_text()  # every training image, seed 1
     assert "seed: 1" in config and "validation: 0\n" in config
     assert "| m0:fmnet-s untuned | m0:fmnet-s tuned |" in text
-    diffs = pq.read_table(tmp_path / "tuned" / "study_intervals.parquet").to_pylist()
+    diffs = pq.read_table(tuned / "study_intervals.parquet").to_pylist()
     # vanilla is the same config on the same seeds in both studies: tuning can change nothing there
     vanilla = [d for d in diffs if d["comparison"] == "tuned vs untuned" and d["method"] == "vanilla"]
     assert vanilla and all(d["mean_diff"] == 0 and d["sd_diff"] == 0 for d in vanilla)
-    assert any(d["comparison"] == "tuned vs untuned" and d["method"] == "dml" for d in diffs)
-    sweep = pq.read_table(tmp_path / "tuned" / "study_sweeps.parquet").to_pylist()
-    assert [s["method"] for s in sweep] == ["dml"] and sweep[0]["trials"] == 2
+    assert any(d["comparison"] == "tuned vs untuned" and d["method"] == "ffl" for d in diffs)
+    sweep = pq.read_table(tuned / "study_sweeps.parquet").to_pylist()
+    assert [s["method"] for s in sweep] == ["ffl"] and sweep[0]["trials"] == 2
 
 
 def test_paired_interval_by_hand():
