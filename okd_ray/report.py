@@ -131,9 +131,7 @@ def sweep_report(trials: list[dict], search: dict) -> Report:
     trials = rank_trials(trials, metric, (search.get("mode") or ["max"])[0])
     first = TEST_SELECTION_WARNING if "test_top" in metric else ""
     best = next((t for t in trials if t.get("best")), None)
-    test = metric.replace("val_top", "test_top")
-    notes = [f"Test result of the configuration chosen on validation (trial {best['trial_id']}, last epoch): "
-             f"{test} {fmt(best.get(test))}."] if best is not None and test != metric and test in best else []
+    notes = [note for note in [chosen_test_result(best, metric)] if note] if best is not None else []
     header = ["trial", *[k.removeprefix("config/") for k in keys], "epochs", "status", metric]
     table = [[t["trial_id"] + (" *" if t.get("best") else ""), *[t.get(k) for k in keys], t["epochs"],
               t.get("status"), t.get(metric)] for t in trials]
@@ -169,6 +167,16 @@ def sweep_report(trials: list[dict], search: dict) -> Report:
 
 TEST_SELECTION_WARNING = ("Selection was on the test set (--select-on-test): the best trial's accuracy is "
                           "optimistic, not a result to report.")
+
+
+def chosen_test_result(best: dict, metric: str) -> str:
+    """The selected trial's test accuracy, labelled as the test result of the configuration chosen on validation;
+    empty when the sweep selected on something else."""
+    test = metric.replace("val_top", "test_top")
+    if test == metric or test not in best:
+        return ""
+    return (f"Test result of the configuration chosen on validation (trial {best['trial_id']}, last epoch): "
+            f"{test} {fmt(best.get(test))}.")
 
 
 def rank_trials(trials: list[dict], metric: str, mode: str) -> list[dict]:

@@ -27,7 +27,7 @@ from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, sign
 from okd_ray.lock import LOCK, folder_lock
 from okd_ray.metrics import union_table
 from okd_ray.population import parts_of, plan_population
-from okd_ray.report import SEARCH, TEST_SELECTION_WARNING, number, rank_trials
+from okd_ray.report import SEARCH, TEST_SELECTION_WARNING, chosen_test_result, number, rank_trials
 from okd_ray.storage import RunStore
 from okd_ray.terminal import console, fitted_table, short_names, warn
 
@@ -235,26 +235,15 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
     store.write_text("best_config.yaml", best_config_header(best, sweep) + dump_config(best_config))
     if not sweep.options.quiet:
         metric = sweep.options.metrics[0]
+        result = TEST_SELECTION_WARNING if is_test_metric(metric) else chosen_test_result(best, metric)
         console().print(f"sweep folder: {sweep.path}; best_config.yaml is the config of trial {best['trial_id']} "
-                        f"({metric} {best[metric]:.4g} after {best['epochs']} epochs). {chosen_test_result(best, metric)}",
-                        soft_wrap=True)
+                        f"({metric} {best[metric]:.4g} after {best['epochs']} epochs). {result}", soft_wrap=True)
     return rows
 
 
 def selected_on(metrics: list[str]) -> str:
     """``test`` when the (first) metric is a test metric (``--select-on-test``), else ``validation``."""
     return "test" if is_test_metric(metrics[0]) else "validation"
-
-
-def chosen_test_result(best: dict, metric: str) -> str:
-    """The selected trial's test accuracy, labelled for what it is."""
-    test = metric.replace("val_top", "test_top")
-    if is_test_metric(metric):
-        return TEST_SELECTION_WARNING
-    if test == metric or test not in best:
-        return ""
-    return (f"Test result of the configuration chosen on validation: {test} {number(best.get(test)):.4g} "
-            "(last epoch).")
 
 
 def best_config_header(best: dict, sweep: Sweep) -> str:
