@@ -152,9 +152,10 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1)
     output_dir: str = "runs"  # a local folder or a pyarrow.fs URI (s3://, gs://)
     checkpoint_every: int = Field(1, ge=1)
-    # Trackers that get every epoch's metrics (per part) besides metrics.parquet: tensorboard (events in the
-    # run folder's tensorboard/); with log_every_steps=N, also every N training steps' loss terms.
-    logging: list[Literal["tensorboard"]] = []
+    # Trackers that get every epoch's metrics (per part) besides metrics.parquet (okd_ray/trackers): tensorboard
+    # (events in the run folder's tensorboard/), mlflow (MLFLOW_TRACKING_URI, else the run folder's mlflow.db);
+    # with log_every_steps=N, also every N training steps' loss terms.
+    logging: list[Literal["tensorboard", "mlflow"]] = []
     log_every_steps: int = Field(0, ge=0)  # 0: epochs only
     ray: RayConfig = RayConfig()
     # okd-ray tune's search space ({dotted key: {uniform|loguniform|int|choice: ...}}); okd-ray train ignores it.

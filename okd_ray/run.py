@@ -20,8 +20,7 @@ from okd_ray.progress import RunDisplay
 from okd_ray.runfolder import CONFIG, METRICS, check_resumable, check_same_run, write_config
 from okd_ray.storage import RunStore
 from okd_ray.terminal import warn
-from okd_ray.trackers import FOLDER as TRACKERS
-from okd_ray.trackers import Trackers
+from okd_ray.trackers import Trackers, check_trackers
 
 
 @dataclass
@@ -56,6 +55,7 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
     with folder_lock(store, warn):
         check_same_run(store, config)
         check_resumable(store)
+        check_trackers(config, store)
         result = run_with_restarts(config, plan, store, display, on_epoch)
     display.message(f"run folder: {store.uri}")
     return result
@@ -92,6 +92,7 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
     with this call's first results, so a run that fails to start leaves no folder behind."""
     start_epoch, rows, elapsed = 0, [], 0.0
     engine = trackers = None
+    status = "failed"  # how the trackers see this attempt end
     try:
         engine = make_engine(config, plan)
         resumed = load_checkpoint(engine, store)
@@ -138,16 +139,19 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             display.end_epoch(epoch, config.epochs, epoch_rows, seconds)
             if on_epoch is not None:
                 on_epoch(done, epoch_rows, saved_now)
+        status = "finished"
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        status = "interrupted"
         if not store.exists(CONFIG):
-            store.delete(TRACKERS)  # step events of an epoch that never ended
+            if trackers is not None:
+                trackers.discard()  # step values of an epoch that never ended
             raise Interrupted("interrupted before the first epoch ended; nothing was written", signal_of(e)) from None
         raise Interrupted(f"interrupted; {kept(store, 'last checkpoint')}; continue with: "
                           f"okd-ray train --resume {store.uri}", signal_of(e)) from None
     finally:
         display.stop()
         if trackers is not None:
-            trackers.close()
+            trackers.close(status)
         if engine is not None:
             engine.close()
     return RunResult(store.uri, rows, elapsed)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,15 @@ from ray.tune.search.optuna import OptunaSearch
 
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
 from okd_ray.engines import connect, part_bundles
-from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, signal_of
+from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, Terminated, signal_of
 from okd_ray.lock import LOCK, folder_lock
 from okd_ray.metrics import union_table
 from okd_ray.population import parts_of, plan_population
 from okd_ray.report import SEARCH, TEST_SELECTION_WARNING, chosen_test_result, number, rank_trials
 from okd_ray.storage import RunStore
 from okd_ray.terminal import console, fitted_table, short_names, warn
+from okd_ray.trackers import check_trackers
+from okd_ray.trackers.mlflow import sweep_callback
 
 from .space import params_to_overrides, parse_space
 from .trial import TRAINABLE_CPUS, metric_names, run_trial, trial_resources
@@ -91,6 +94,7 @@ def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -
     options.name = options.name or config.run_name
     sweep = Sweep(raw_config, raw_space, config, space, options)
     store = RunStore(sweep.path)
+    check_trackers(config, store)
     if options.resume and options.overwrite:
         raise ConfigError("--resume continues the sweep and --overwrite replaces it; give one of them")
     if options.resume:
@@ -165,6 +169,7 @@ def tuner(sweep: Sweep) -> tune.Tuner:
         failure_config=tune.FailureConfig(max_failures=2),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4),  # PBT may still need a trial's older one
         verbose=0 if opts.quiet else 1,
+        callbacks=[sweep_callback(RunStore(sweep.path), opts.name)] if "mlflow" in config.logging else None,
     )
     if opts.resume:
         return tune.Tuner.restore(_absolute(sweep.path), trainable, resume_unfinished=True, resume_errored=True)
@@ -201,8 +206,9 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
             # checkpoint lines, workers stopped at the end) stays in Ray's log files
             connect(address, log_to_driver=False)
             _resolve_auto_resources(sweep)
-            results = tuner(sweep).fit()  # the first Ctrl-C stops the trials and saves the sweep's state
-    except KeyboardInterrupt as e:  # a second Ctrl-C, one before Tune took over, or SIGTERM
+            with sigterm_as_ctrl_c() as stopped:
+                results = tuner(sweep).fit()  # the first Ctrl-C or SIGTERM stops the trials and saves the sweep
+    except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM, or one before Tune took over
         raise Interrupted(f"sweep interrupted; continue with: {sweep.options.resume_command}", signal_of(e)) from None
     if not sweep.options.resume:  # how --resume goes on, and what the report needs to draw each key's axis
         store.write_text(SEARCH, yaml.safe_dump({"metric": sweep.options.metrics, "mode": sweep.options.modes,
@@ -223,7 +229,7 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
     unfinished = sweep.options.num_samples - len(finished) - sum(r["status"] in ENDED for r in rows)
     if unfinished > 0:
         raise Interrupted(f"sweep interrupted: {len(finished)} of {sweep.options.num_samples} trials finished; "
-                          f"continue with: {sweep.options.resume_command}")
+                          f"continue with: {sweep.options.resume_command}", stopped.get("signal", signal.SIGINT))
     if best is None:
         failures = "; ".join(f"{r['trial_id']} {r['status']}: {r['message']}" for r in rows if r["message"])
         retry = any(r["status"] == "error" for r in rows)
@@ -239,6 +245,27 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
         console().print(f"sweep folder: {sweep.path}; best_config.yaml is the config of trial {best['trial_id']} "
                         f"({metric} {best[metric]:.4g} after {best['epochs']} epochs). {result}", soft_wrap=True)
     return rows
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM (a scheduler's stop, ``ray job stop``) is handed to the SIGINT handler, which during ``fit`` is
+    Tune's graceful stop (trials checkpoint, the sweep's state is saved); yields ``{"signal": SIGTERM}`` once one
+    came. With Python's own SIGINT handler in place (Tune's first stop restores it), it raises Terminated."""
+    stopped: dict[str, int] = {}
+
+    def forward(signum: int, frame) -> None:
+        stopped["signal"] = signal.SIGTERM
+        handler = signal.getsignal(signal.SIGINT)
+        if handler is signal.default_int_handler or not callable(handler):
+            raise Terminated()
+        handler(signal.SIGINT, frame)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def selected_on(metrics: list[str]) -> str:

@@ -75,6 +75,8 @@ def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
     A trial that diverges ends with its metrics NaN and a ``diverged`` message instead of an error: the same
     values would diverge again, so Tune's retries (meant for lost workers) would only repeat it."""
     config = validate(apply_overrides(raw_config, params_to_overrides(params)))
+    # MLflow hears of the trial from Tune's callback (tune/sweep.py), which the trial's run does not repeat
+    config = config.model_copy(update={"logging": [name for name in config.logging if name != "mlflow"]})
     run_dir = Path(tune.get_context().get_trial_dir()) / "run"
     restored = tune.get_checkpoint()
     if restored is None:  # a first start, or a retry before any checkpoint: whatever an attempt left is redone

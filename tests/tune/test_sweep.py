@@ -10,11 +10,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from okd_ray.cli import main
 from okd_ray.config import load_config
 from okd_ray.tune import SweepOptions, load_sweep_files, prepare
-from okd_ray.tune.sweep import schedulers
+from okd_ray.errors import Terminated
+from okd_ray.tune.sweep import schedulers, sigterm_as_ctrl_c
 
 SWEEP = Path(__file__).parents[2] / "experiments" / "configs" / "tune-digits.yaml"
 SMALL = ["epochs=2", "data.train_limit=320", "data.test_limit=200", "data.batch_size=32"]
@@ -27,7 +29,7 @@ def tune_cli(capsys, *args):
 
 def test_asha_sweep_writes_every_trial_and_a_best_config_that_trains(ray_cluster, capsys, tmp_path):
     code, err = tune_cli(
-        capsys, "--num-samples", "5", "--max-concurrent", "1", "--scheduler", "asha",
+        capsys, "logging=[mlflow]", "--num-samples", "5", "--max-concurrent", "1", "--scheduler", "asha",
         "--storage-path", str(tmp_path), "--name", "asha",
         # a wide learning-rate range makes some trials clearly worse, so ASHA has something to stop
         "--space", str(write_space(tmp_path, {"members.0.optimizer.lr": {"loguniform": [1e-4, 0.3]},
@@ -54,6 +56,16 @@ def test_asha_sweep_writes_every_trial_and_a_best_config_that_trains(ray_cluster
     run = Path(best["path"]) / "run"
     assert [json.loads(line)["epoch"] for line in (run.parent / "result.json").read_text().splitlines()] == [1, 2]
     assert sorted({r["epoch"] for r in pq.read_table(run / "metrics.parquet").to_pylist()}) == [1, 2]
+    # logging: [mlflow]: Tune's MLflow callback gives every trial one run in the sweep's database, named after the
+    # sweep, with its sampled values and every epoch's reported metrics; the trials' runs log none of their own
+    client = MlflowClient(f"sqlite:///{tmp_path / 'asha' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id])
+    by_lr = {float(r.data.params["members.0.optimizer.lr"]): r for r in runs}
+    assert len(runs) == 5 and set(by_lr) == {t["config/members.0.optimizer.lr"] for t in trials}
+    for t in trials:
+        history = client.get_metric_history(by_lr[t["config/members.0.optimizer.lr"]].info.run_id, "mean_val_top1")
+        assert len(history) == t["epochs"] and history[-1].value == t["mean_val_top1"]
+    assert not list(tmp_path.glob("asha/*/run/mlflow.db"))
 
 
 def write_space(folder, space):
@@ -95,8 +107,10 @@ def test_pbt_exploits_through_checkpoints(ray_cluster, capsys, tmp_path):
     assert exploits and all(e[0] != e[1] and e[4] != e[5] for e in exploits)
 
 
-def test_interrupted_sweep_exits_130_with_its_resume_command_and_resumes_without_rerunning(ray_cluster, tmp_path,
-                                                                                           okd_ray):
+def test_sweep_stopped_by_sigterm_exits_143_with_its_resume_command_and_resumes_without_rerunning(
+        ray_cluster, tmp_path, okd_ray):
+    """SIGTERM (a scheduler's stop) goes through Tune's graceful Ctrl-C stop (sigterm_as_ctrl_c below): the same
+    saved state, only the exit code differs."""
     address = ray_cluster.get_runtime_context().gcs_address
     # four trials of 3 full-digits epochs: slow enough that the interrupt lands mid-sweep
     args = ["tune", SWEEP, *SMALL, "epochs=3", "data.train_limit=1437", "--num-samples", "4", "--max-concurrent", "1",
@@ -104,10 +118,10 @@ def test_interrupted_sweep_exits_130_with_its_resume_command_and_resumes_without
     sweep = tmp_path / "resume"
     process = okd_ray.start(*args)
     finished = wait_for_finished_trial(sweep, epochs=3, process=process)
-    process.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves the sweep's state and stops
+    process.send_signal(signal.SIGTERM)  # handed to Tune's Ctrl-C handler: it saves the sweep's state and stops
     out, err = process.communicate(timeout=120)
     command = shlex.join(["okd-ray", *map(str, args), "--resume"])
-    okd_ray.assert_error(subprocess.CompletedProcess(args, process.returncode, out, err), 130,
+    okd_ray.assert_error(subprocess.CompletedProcess(args, process.returncode, out, err), 143,
                          "sweep interrupted: ", f"continue with: {command}")
     assert "Tuner.restore" not in out + err
     assert not (sweep / "best_config.yaml").exists(), "a best config from a partial sweep"
@@ -125,6 +139,20 @@ def test_interrupted_sweep_exits_130_with_its_resume_command_and_resumes_without
     (best,) = [t for t in pq.read_table(sweep / "trials.parquet").to_pylist() if t["best"]]
     assert f"best_config.yaml is the config of trial {best['trial_id']}" in " ".join(resumed.stdout.split())
     assert (sweep / "best_config.yaml").exists()
+
+
+def test_sigterm_during_a_sweep_goes_to_the_ctrl_c_handler_in_place_and_is_remembered():
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))  # as Tune's graceful stop
+    try:
+        with sigterm_as_ctrl_c() as stopped:
+            signal.raise_signal(signal.SIGTERM)
+        assert seen == [signal.SIGINT] and stopped == {"signal": signal.SIGTERM}
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # what Tune's handler restores after one stop
+        with pytest.raises(Terminated), sigterm_as_ctrl_c():
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_diverging_trials_are_not_retried_and_a_sweep_without_result_fails(ray_cluster, tmp_path, okd_ray):
