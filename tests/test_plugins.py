@@ -14,10 +14,13 @@ from dataclasses import replace
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from okd_ray.data import DataInfo, digits, register_dataset
 from okd_ray.data.tensor_dataset import TensorDataset
 from okd_ray.methods import CrossEntropy, Need, Term, TermSettings, register_method
+from okd_ray.models import register_model
+from okd_ray.models.base import FeatureNet
 
 
 class PeerMSE(Term):
@@ -45,6 +48,23 @@ def pairs_of_digits(config, seed):
 
 
 register_dataset("digit-pairs", pairs_of_digits)
+
+
+class TwoConv(FeatureNet):
+    """A user's own network: two convolutions; forward gives its last feature map and its logits."""
+
+    def __init__(self, *, in_channels, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 24, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(24, 48, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(48, num_classes)
+
+    def forward(self, x):
+        feature = self.features(x)
+        return feature, self.fc(feature.mean((2, 3)))
+
+
+register_model("two-conv", TwoConv)
 '''
 TINY = ["epochs=1", "data.train_limit=64", "data.test_limit=64", "data.batch_size=32", "threads=1",
         "ray.num_cpus_per_member=0.4"]
@@ -58,9 +78,10 @@ def plugin(tmp_path_factory):
     return path
 
 
-def test_a_plugin_method_runs_under_both_engines_with_the_same_result(ray_cluster, plugin, tmp_path, population_state):
+def test_a_plugin_method_model_and_data_set_run_under_both_engines_with_the_same_result(ray_cluster, plugin, tmp_path,
+                                                                                       population_state):
     overrides = [f"plugins=[{plugin}]", "method.name=mse-peers", "method.terms.peer_mse.weight=2",
-                 "data.name=digit-pairs", *TINY, f"output_dir={tmp_path}"]
+                 "data.name=digit-pairs", "members.1.arch=two-conv", *TINY, f"output_dir={tmp_path}"]
     config = load_config(None, overrides)
     assert config.method.settings("peer_mse").scale == 0.25  # the row's default
     local = train(config, run_dir=str(tmp_path / "local"), quiet=True)
@@ -68,6 +89,8 @@ def test_a_plugin_method_runs_under_both_engines_with_the_same_result(ray_cluste
     table = pq.read_table(tmp_path / "local" / "metrics.parquet").to_pylist()
     assert all(r["peer_mse"] > 0 for r in table if r["kind"] == "member")  # its column, with no list edited
     assert all(r["test_top5"] == 100 for r in table)  # the plugin's data set: five classes
+    assert {r["part"] for r in table} >= {"m1:two-conv"}  # the plugin's model
+    assert any(k.startswith("m1.modules.net.features.2.") for k in population_state(local.run_dir))
     a, b = population_state(local.run_dir), population_state(remote.run_dir)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
