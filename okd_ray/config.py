@@ -164,7 +164,7 @@ class TrainConfig(Strict):
     # Members of one architecture share its stem and first N stages (FFL's official set-up, ONE's); 0: none.
     trunk_stages: int = Field(0, ge=0)
     # Modules or .py files that register terms and methods; imported before the config is validated,
-    # in the driver, in every Ray actor and in every Tune trial.
+    # in the driver, in every Ray actor (whose part spec holds their terms) and in every Tune trial.
     plugins: list[str] = []
 
     @property

@@ -1,5 +1,7 @@
 """A user's own method and data set, defined in a file outside okd-ray, under both engines and okd-ray tune."""
 
+import os
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -10,10 +12,12 @@ from okd_ray.population import plan_population
 from okd_ray.run import train
 
 PLUGIN = '''
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from okd_ray.data import DataInfo, digits, register_dataset
@@ -31,6 +35,13 @@ class PeerMSE(Term):
 
     class Settings(TermSettings):
         scale: float = Field(0.5, gt=0)
+
+        @model_validator(mode="after")
+        def _noted(self):
+            """Which processes validate which settings (the test reads it)."""
+            with open(Path(__file__).with_suffix(".validated"), "a") as f:
+                f.write(f"{os.getpid()}:{self.weight}\\n")
+            return self
 
     def loss(self, batch):
         peers = torch.stack(list(batch.peer_logits.values()))
@@ -85,7 +96,12 @@ def test_a_plugin_method_model_and_data_set_run_under_both_engines_with_the_same
     config = load_config(None, overrides)
     assert config.method.settings("peer_mse").scale == 0.25  # the row's default
     local = train(config, run_dir=str(tmp_path / "local"), quiet=True)
+    validated = plugin.with_suffix(".validated")
+    validated.unlink(missing_ok=True)
     remote = train(load_config(None, [*overrides, "engine=ray"]), run_dir=str(tmp_path / "ray"), quiet=True)
+    # each part is built from the spec the plan made: no actor validates the config or its terms' settings again
+    # (an actor importing the plugin validates the row's defaults, weight 1, as any import does)
+    assert {line for line in validated.read_text().split() if not line.endswith(":1.0")} == {f"{os.getpid()}:2.0"}
     table = pq.read_table(tmp_path / "local" / "metrics.parquet").to_pylist()
     assert all(r["peer_mse"] > 0 for r in table if r["kind"] == "member")  # its column, with no list edited
     assert all(r["test_top5"] == 100 for r in table)  # the plugin's data set: five classes

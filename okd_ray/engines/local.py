@@ -29,7 +29,7 @@ class LocalEngine:
         self.config, self.plan = config, plan
         self.ids = parts_of(config)
         try:
-            self.parts = [build_part(config, plan, pid, device) for pid in self.ids]
+            self.parts = [build_part(spec, device) for spec in plan.specs]
         except BaseException:  # the process's thread count goes back as it was
             self.close()
             raise

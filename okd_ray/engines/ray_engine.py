@@ -25,15 +25,17 @@ from typing import Any
 
 import ray
 import torch
+from ray import cloudpickle
 from ray.dag import DAGNode, InputNode, MultiOutputNode
 from ray.experimental.collective import create_collective_group
 from ray.exceptions import GetTimeoutError, RayActorError, RayChannelError, RayChannelTimeoutError, RayTaskError
 
 from okd_ray.checkpoint import Checkpoint, Shard, shard_path
-from okd_ray.config import TrainConfig, validate
+from okd_ray.config import TrainConfig
 from okd_ray.errors import ConfigError, OkdRayError, PopulationLost
 from okd_ray.data.base import Split
 from okd_ray.metrics import EpochMeters, accuracy
+from okd_ray.plugins import load_plugins
 from okd_ray.population import (PartId, Population, PopulationPlan, StepMetrics, build_part, part_class, parts_of,
                                 population_eval, population_step)
 from okd_ray.population.protocol import flatten, nest, num_returns, return_names
@@ -49,11 +51,13 @@ LIVENESS_CHECK_S = 5.0  # how often a wait on a compiled step checks that its ac
 class PartActor:
     """Hosts one part of the population and runs its methods."""
 
-    def __init__(self, config: dict, plan: PopulationPlan, pid: PartId, threads: int, profile: bool):
+    def __init__(self, plugins: list[str], spec: bytes, threads: int, profile: bool):
+        """``spec`` is the part's PartSpec, pickled: opened once the plugins that define its terms and model
+        are imported in this process too."""
         torch.set_num_threads(threads)
-        config = validate(config)  # imports the config's plugins in this process too
+        load_plugins(plugins)
         self.device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
-        self.part = build_part(config, plan, pid, self.device)
+        self.part = build_part(cloudpickle.loads(spec), self.device)
         self.profile = profile
         self.busy: dict[str, list[float]] = collections.defaultdict(list)
         self.outbox: tuple = ()
@@ -91,7 +95,7 @@ class PartActor:
 
     @property
     def members(self) -> int:
-        return len(self.part.config.members)
+        return self.part.spec.members
 
     def compute_seconds(self) -> dict[str, list[float]]:
         busy, self.busy = dict(self.busy), collections.defaultdict(list)
@@ -227,11 +231,12 @@ class RayEngine:
             raise
 
     def _start(self, profile: bool) -> None:
-        raw, run_id = self.config.model_dump(mode="json"), uuid.uuid4().hex[:8]
-        for i, pid in enumerate(self.ids):
+        run_id = uuid.uuid4().hex[:8]
+        for i, spec in enumerate(self.plan.specs):
             options, threads = self.resources.options(i)
-            name = f"okd-{run_id}-{pid.key}"  # findable: ray.get_actor(name)
-            self.actors.append(PartActor.options(name=name, **options).remote(raw, self.plan, pid, threads, profile))
+            name = f"okd-{run_id}-{spec.pid.key}"  # findable: ray.get_actor(name)
+            self.actors.append(PartActor.options(name=name, **options).remote(
+                self.config.plugins, cloudpickle.dumps(spec), threads, profile))
         where = self._guard(lambda: ray.get([a.ready.remote() for a in self.actors]))
         self.where = {
             "driver_placement_group": ray.get_runtime_context().get_placement_group_id(),  # a Tune trial's

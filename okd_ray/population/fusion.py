@@ -10,28 +10,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from okd_ray.config import TrainConfig
-from okd_ray.methods import FusedKL, FusionModule, OwnedOptimizer, distill_kl
+from okd_ray.methods import FusionModule, OwnedOptimizer, distill_kl
 from okd_ray.optim import make_optimizer
 
 from .outgoing import outgoing
 from .part import Part
-from .plan import PopulationPlan
 from .protocol import FusedMessage, FusionInput, FusionStep
+from .spec import FusionSpec
 
 COLUMNS = ("ce", "ensemble_kl")  # the fusion's loss terms, unweighted
 
 
 class Fusion(Part):
-    def __init__(self, config: TrainConfig, plan: PopulationPlan, device: str | torch.device = "cpu"):
-        super().__init__(config, "fused", ("fusion",), device)
-        self.settings = config.method.settings(FusedKL.name)
+    def __init__(self, spec: FusionSpec, device: str | torch.device = "cpu"):
+        super().__init__(spec, ("fusion",), device)
+        self.settings = spec.settings
         with self.rng.active(self.device):
-            self.module = FusionModule(plan.shapes, plan.data.num_classes).to(self.device)
+            self.module = FusionModule(list(spec.shapes), spec.info.num_classes).to(self.device)
         self.modules = {"module": self.module}
-        cfg = self.settings.fusion_optimizer
-        cfg = cfg if cfg.lr is not None else cfg.model_copy(update={"lr": config.members[0].optimizer.lr})
-        self.optimizers = {"fusion": OwnedOptimizer(make_optimizer(self.module.parameters(), cfg), cfg)}
+        self.optimizers = {"fusion": OwnedOptimizer(make_optimizer(self.module.parameters(), spec.optimizer),
+                                                    spec.optimizer)}
 
     def begin_epoch(self, epoch: int) -> dict[str, float]:
         self.weight = self.settings.weight_at(epoch)

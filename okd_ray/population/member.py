@@ -11,50 +11,45 @@ from dataclasses import replace
 
 import torch
 
-from okd_ray.config import TrainConfig
 from okd_ray.data.base import Split
-from okd_ray.methods import Batch, MemberInfo, Need, OwnedOptimizer, transfer_layer
+from okd_ray.methods import Batch, Need, OwnedOptimizer, transfer_layer
 from okd_ray.models import build_model
 from okd_ray.optim import make_optimizer
 
 from .outgoing import outgoing
 from .part import Part
-from .plan import PopulationPlan, load_dataset
+from .plan import build_terms, load_dataset
 from .protocol import FusedMessage, FusionInput, MemberEval, MemberForward, MemberUpdate, RingMessage, SharedMessage, TrunkGrad
+from .spec import MemberSpec
 
 
 class Member(Part):
-    def __init__(self, config: TrainConfig, index: int, plan: PopulationPlan, device: str | torch.device = "cpu"):
-        super().__init__(config, f"m{index}:{config.members[index].arch}", ("member", index), device)
-        self.index, self.plan = index, plan
-        method = config.method.method
-        self.needs = method.needs
+    def __init__(self, spec: MemberSpec, device: str | torch.device = "cpu"):
+        super().__init__(spec, ("member", spec.index), device)
+        self.index, self.needs = spec.index, spec.needs
         with self.rng.active(self.device):
-            net = build_model(config.members[index].arch, in_channels=plan.data.in_channels,
-                              num_classes=plan.data.num_classes)
-            self.net = (net.split(config.trunk_stages)[1] if config.trunk_stages else net).to(self.device)
-            self.transfer = transfer_layer(plan.shapes[index], plan.common).to(self.device) if plan.common else None
-            info = MemberInfo(index, len(config.members), plan.common, self.device)
-            self.terms = [spec.term(config.method.settings(spec.name), info) for spec in method.terms]
+            net = build_model(spec.arch, in_channels=spec.info.in_channels, num_classes=spec.info.num_classes)
+            self.net = (net.split(spec.trunk_stages)[1] if spec.trunk_stages else net).to(self.device)
+            self.transfer = transfer_layer(spec.shape, spec.common).to(self.device) if spec.common else None
+            self.terms = build_terms(spec, self.device)
         self.modules = {"net": self.net, **({"transfer": self.transfer} if self.transfer else {})}
         for term in self.terms:
             self.modules.update(term.modules())
-        self.feature_mode = config.method.feature_update.mode if method.has_feature_terms else "joint"
+        self.feature_mode = spec.feature_update.mode if spec.feature_update else "joint"
         self._feature_update = FEATURE_UPDATES[self.feature_mode]
-        own = config.members[index].optimizer
         network = list(self.net.parameters())
         transfer = list(self.transfer.parameters()) if self.transfer else []
         # The logit update trains the network; the transfer layer feeds only feature-map terms.
         logit_params = network if self.feature_mode != "joint" else network + transfer
-        self.optimizers = {"logit": OwnedOptimizer(make_optimizer(logit_params, own), own)}
+        self.optimizers = {"logit": OwnedOptimizer(make_optimizer(logit_params, spec.optimizer), spec.optimizer)}
         if self.feature_mode != "joint":
-            feature = config.method.feature_update.optimizer
+            feature = spec.feature_update.optimizer
             self.optimizers["feature"] = OwnedOptimizer(make_optimizer(network + transfer, feature), feature)
         for term in self.terms:
             self.optimizers.update(term.optimizers())
-        self.stream = index if config.data.augment_per_member else None
+        self.stream = spec.stream
         # On a trunk the batches come from the trunk (in the messages); only a member on its own reads data.
-        self.dataset = None if config.trunk_stages else load_dataset(config.data, config.seed)
+        self.dataset = load_dataset(spec.data, spec.seed) if spec.data is not None else None
         self._batches = self._eval_batches = None
 
     # --- training -------------------------------------------------------------------------------------
@@ -104,7 +99,7 @@ class Member(Part):
         Returns each term's unweighted loss, the batch's correct count and size, and the gradient for the trunk.
         """
         to_device = lambda t: t.to(self.device) if t is not None else None  # noqa: E731
-        others = [k for k in range(len(self.config.members)) if k != self.index]
+        others = [k for k in range(self.spec.members) if k != self.index]
         batch = Batch(
             labels=self._labels, logits=self._logits, feature=self._feature, public=self._public, index=self.index,
             ring_map=to_device(ring.public) if ring else None, ring_logits=to_device(ring.logits) if ring else None,

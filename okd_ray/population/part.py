@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from okd_ray.checkpoint import Shard, load_shard, save_shard
-from okd_ray.config import TrainConfig
 from okd_ray.data.base import Split
 from okd_ray.errors import TrainingDiverged
 from okd_ray.methods import OwnedOptimizer
@@ -17,15 +16,16 @@ from okd_ray.seeding import derive_seed
 from okd_ray.storage import RunStore
 
 from .rng import PrivateRNG
+from .spec import PartSpec
 
 
 class Part:
     """Subclasses fill ``modules`` and ``optimizers``; learning rates follow the epoch, so a checkpoint
     (modules, optimizers, RNG) is the part's whole state."""
 
-    def __init__(self, config: TrainConfig, name: str, seed_keys: tuple, device: torch.device):
-        self.config, self.name, self.device = config, name, torch.device(device)
-        self.rng = PrivateRNG(derive_seed(config.seed, *seed_keys))
+    def __init__(self, spec: PartSpec, seed_keys: tuple, device: torch.device):
+        self.spec, self.name, self.device = spec, spec.pid.name, torch.device(device)
+        self.rng = PrivateRNG(derive_seed(spec.seed, *seed_keys))
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, OwnedOptimizer] = {}
         self.epoch, self.step_index = 0, 0
@@ -35,7 +35,7 @@ class Part:
         self.epoch, self.step_index = epoch, 0
         for module in self.modules.values():
             module.train()
-        return {f"lr_{key}": set_epoch_lr(owned.optimizer, owned.config, self.config.schedule, epoch, self.config.epochs)
+        return {f"lr_{key}": set_epoch_lr(owned.optimizer, owned.config, self.spec.schedule, epoch, self.spec.epochs)
                 for key, owned in self.optimizers.items()}
 
     def begin_eval(self, split: Split) -> None:

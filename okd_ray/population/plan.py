@@ -16,7 +16,7 @@ from okd_ray.methods import MemberInfo, Need, Term, common_shape
 from okd_ray.models import build_model, feature_shape
 from okd_ray.models.base import PooledHeadNet
 
-Shape = tuple[int, int, int]
+from .spec import MemberSpec, PartSpec, Shape, part_specs
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class PopulationPlan:
     common: Shape | None  # None when the method exchanges no feature maps
     num_train_batches: int
     num_eval_batches: dict[Split, int]  # the validation split's (0 without one) and the test set's
-    trunk_shape: Shape | None = None  # the shared features' shape, when members share a trunk
+    specs: tuple[PartSpec, ...]  # what each part is built from, in parts_of order
 
     @property
     def eval_splits(self) -> list[Split]:
@@ -78,29 +78,36 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
                 f"that differ from the ring's common shape {common}; set method.transfer.learn=true to learn "
                 "transfer layers, or choose members whose last feature maps agree"
             )
-    for k in range(len(config.members)):
-        check_terms(config, MemberInfo(k, len(config.members), common, torch.device("cpu")))
+    specs = tuple(part_specs(config, info, shapes, common, trunk_shape))
+    for spec in specs:
+        if isinstance(spec, MemberSpec):
+            check_terms(config.method.name, spec)
     num_eval = {split: dataset.num_eval_batches(split) for split in ("val", "test")}
-    return PopulationPlan(info, shapes, common, dataset.num_train_batches(), num_eval, trunk_shape)
+    return PopulationPlan(info, shapes, common, dataset.num_train_batches(), num_eval, specs)
 
 
 MEMBER_OWNS = {"module": ("net", "transfer"), "optimizer": ("logit", "feature")}  # see Member: its checkpoint keys
 
 
-def check_terms(config: TrainConfig, member: MemberInfo) -> None:
+def build_terms(spec: MemberSpec, device: torch.device) -> list[Term]:
+    """The member's terms, built from their validated settings."""
+    info = MemberInfo(spec.index, spec.members, spec.common, device)
+    return [term(settings, info) for term, settings in spec.terms]
+
+
+def check_terms(method: str, spec: MemberSpec) -> None:
     """Build the method's terms for one member, as its part will (on the CPU, RNG untouched): a term that refuses
     the population says so now, before any part starts, and no two owners may share a module or optimizer name
     (a term's ``net`` would replace the member's network in its checkpoint)."""
-    method = config.method.method
     with torch.random.fork_rng(devices=[]):
-        terms: list[Term] = [spec.term(config.method.settings(spec.name), member) for spec in method.terms]
+        terms = build_terms(spec, torch.device("cpu"))
     for kind, own in MEMBER_OWNS.items():
         owner = dict.fromkeys(own, "the member")
         for term in terms:
             for name in (term.modules() if kind == "module" else term.optimizers()):
                 if name in owner:
                     whose = "the member's own name" if owner[name] == "the member" else f"also term {owner[name]}'s"
-                    raise ConfigError(f"method {method.name}: term {term.name}'s {kind} {name!r} is {whose}; rename "
+                    raise ConfigError(f"method {method}: term {term.name}'s {kind} {name!r} is {whose}; rename "
                                       f"it in {term.name}.{kind}s()")
                 owner[name] = term.name
 

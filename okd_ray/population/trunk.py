@@ -9,32 +9,30 @@ from __future__ import annotations
 
 import torch
 
-from okd_ray.config import TrainConfig
 from okd_ray.data.base import Split
-from okd_ray.methods import Gate, Need, OwnedOptimizer
+from okd_ray.methods import Gate, OwnedOptimizer
 from okd_ray.models import build_model
 from okd_ray.optim import make_optimizer
 
 from .outgoing import outgoing
 from .part import Part
-from .plan import PopulationPlan, load_dataset
+from .plan import load_dataset
 from .protocol import SharedMessage, TrunkEval, TrunkForward, TrunkGrad
+from .spec import TrunkSpec
 
 
 class Trunk(Part):
-    def __init__(self, config: TrainConfig, plan: PopulationPlan, device: str | torch.device = "cpu"):
-        super().__init__(config, "trunk", ("trunk",), device)
-        arch = config.members[0]
+    def __init__(self, spec: TrunkSpec, device: str | torch.device = "cpu"):
+        super().__init__(spec, ("trunk",), device)
         with self.rng.active(self.device):
-            net = build_model(arch.arch, in_channels=plan.data.in_channels, num_classes=plan.data.num_classes)
-            self.net = net.split(config.trunk_stages)[0].to(self.device)
-            self.gate = (Gate(plan.trunk_shape[0], len(config.members)).to(self.device)
-                         if Need.GATE in config.method.method.needs else None)
+            net = build_model(spec.arch, in_channels=spec.info.in_channels, num_classes=spec.info.num_classes)
+            self.net = net.split(spec.trunk_stages)[0].to(self.device)
+            self.gate = Gate(spec.shape[0], spec.members).to(self.device) if spec.gate else None
         self.modules = {"net": self.net, **({"gate": self.gate} if self.gate is not None else {})}
         params = [p for m in self.modules.values() for p in m.parameters()]
         # The trunk learns with member 0's optimizer settings (all members share one architecture).
-        self.optimizers = {"trunk": OwnedOptimizer(make_optimizer(params, arch.optimizer), arch.optimizer)}
-        self.dataset = load_dataset(config.data, config.seed)
+        self.optimizers = {"trunk": OwnedOptimizer(make_optimizer(params, spec.optimizer), spec.optimizer)}
+        self.dataset = load_dataset(spec.data, spec.seed)
         self._batches = self._eval_batches = None
 
     def begin_epoch(self, epoch: int) -> dict[str, float]:

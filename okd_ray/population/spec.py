@@ -1,0 +1,89 @@
+"""What each part is built from: a spec the plan makes once from the validated config, so a part, in this
+process or in its own actor, never sees the whole config nor validates it (or its terms' settings) again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from okd_ray.config import FeatureUpdateConfig, TrainConfig
+from okd_ray.data import DataConfig, DataInfo
+from okd_ray.methods import FusedKL, Need, Term, TermSettings
+from okd_ray.optim import OptimizerConfig, ScheduleConfig
+
+from .protocol import PartId, parts_of
+
+Shape = tuple[int, int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartSpec:
+    pid: PartId
+    seed: int  # the run's: each part's private RNG is derived from it and the part's own keys
+    epochs: int  # the learning-rate schedules run over these
+    schedule: ScheduleConfig
+    members: int  # K: how many values a per-member message holds
+    data: DataConfig | None  # what the part reads itself (None: a member on a trunk, fed by the trunk)
+    info: DataInfo  # the data set's channels, classes and image size
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemberSpec(PartSpec):
+    arch: str
+    optimizer: OptimizerConfig
+    terms: tuple[tuple[type[Term], TermSettings], ...]  # the method's row, each with its validated settings
+    needs: frozenset[Need]
+    feature_update: FeatureUpdateConfig | None  # None: the joint update (no feature-map terms)
+    trunk_stages: int  # > 0: the network is the branch after that many shared stages
+    stream: int | None  # the member's own augmentation stream (data.augment_per_member), else the shared one
+    shape: Shape  # its last feature map's
+    common: Shape | None  # the ring's public map's, when feature maps are exchanged
+
+    @property
+    def index(self) -> int:
+        return self.pid.index
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusionSpec(PartSpec):
+    settings: TermSettings  # the members' fused_kl term's: weight, ramp-up, temperature, fusion optimizer
+    optimizer: OptimizerConfig  # with its learning rate resolved
+    shapes: tuple[Shape, ...]  # every member's feature map
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrunkSpec(PartSpec):
+    arch: str
+    optimizer: OptimizerConfig  # member 0's: all members share one architecture
+    trunk_stages: int
+    shape: Shape  # the shared features'
+    gate: bool  # ONE's gate over the members
+
+
+def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common: Shape | None,
+               trunk_shape: Shape | None) -> list[PartSpec]:
+    """Every part's spec, in ``parts_of`` order."""
+    method = config.method
+    common_fields = dict(seed=config.seed, epochs=config.epochs, schedule=config.schedule, members=len(config.members),
+                         info=info)
+    terms = tuple((spec.term, method.settings(spec.name)) for spec in method.method.terms)
+    specs: list[PartSpec] = []
+    for pid in parts_of(config):
+        if pid.kind == "member":
+            specs.append(MemberSpec(
+                pid=pid, **common_fields, data=None if config.trunk_stages else config.data,
+                arch=pid.arch, optimizer=config.members[pid.index].optimizer, terms=terms, needs=method.method.needs,
+                feature_update=method.feature_update if method.method.has_feature_terms else None,
+                trunk_stages=config.trunk_stages, stream=pid.index if config.data.augment_per_member else None,
+                shape=shapes[pid.index], common=common))
+        elif pid.kind == "fused":
+            settings = method.settings(FusedKL.name)
+            optimizer = settings.fusion_optimizer
+            if optimizer.lr is None:  # the members' base learning rate, as in FFL's code
+                optimizer = optimizer.model_copy(update={"lr": config.members[0].optimizer.lr})
+            specs.append(FusionSpec(pid=pid, **common_fields, data=None, settings=settings, optimizer=optimizer,
+                                    shapes=tuple(shapes)))
+        else:
+            specs.append(TrunkSpec(pid=pid, **common_fields, data=config.data, arch=config.members[0].arch,
+                                   optimizer=config.members[0].optimizer, trunk_stages=config.trunk_stages,
+                                   shape=trunk_shape, gate=Need.GATE in method.method.needs))
+    return specs
