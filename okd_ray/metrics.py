@@ -33,14 +33,15 @@ class Meter:
     def __init__(self):
         self.sums: dict[str, float] = defaultdict(float)
         self.n = 0
-        self.correct = 0
+        self.correct: int | None = None  # None: the part classifies nothing (OKDDip's attention part)
 
     def add(self, values: dict[str, float]) -> None:
         if not values:  # a part with no loss of its own (the trunk)
             return
         n = values["n"]
         self.n += n
-        self.correct += values["train_correct"]
+        if "train_correct" in values:
+            self.correct = (self.correct or 0) + values["train_correct"]
         for key, value in values.items():
             if key not in ("n", "train_correct"):
                 self.sums[key] += value * n
@@ -49,7 +50,8 @@ class Meter:
         if not self.n:
             return {}
         out = {k: v / self.n for k, v in self.sums.items()}
-        out["train_top1"] = 100.0 * self.correct / self.n
+        if self.correct is not None:
+            out["train_top1"] = 100.0 * self.correct / self.n
         return out
 
 

@@ -1,9 +1,11 @@
 """A user's own method and data set, defined in a file outside okd-ray, under both engines and okd-ray tune."""
 
 import os
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from okd_ray.cli import main
 from okd_ray.config import load_config
@@ -111,15 +113,43 @@ def test_a_plugin_method_model_and_data_set_run_under_both_engines_with_the_same
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
-def test_a_plugin_method_is_searched_by_okd_ray_tune(ray_cluster, plugin, tmp_path, capsys):
-    space = tmp_path / "space.yaml"
-    space.write_text("method.terms.peer_mse.scale: {uniform: [0.1, 1.0]}\n")
-    code = main(["tune", f"plugins=[{plugin}]", "method.name=mse-peers", *TINY, "data.validation=20", "--num-samples", "2",
-                 "--scheduler", "none", "--metric", "m0_peer_mse", "--mode", "min", "--storage-path", str(tmp_path),
-                 "--name", "plugin-sweep", "--space", str(space)])
+SHIPPED = Path(__file__).parents[1] / "experiments" / "plugins"  # the README's worked plugins
+
+
+@pytest.mark.parametrize("file, method", [("cosine_alignment.py", "cosine"),
+                                          ("peer_mean_teacher.py", "peer-mean-teacher")])
+def test_the_shipped_plugins_run_under_both_engines_with_the_same_result(ray_cluster, tmp_path, population_state,
+                                                                        file, method):
+    overrides = [f"plugins=[{SHIPPED / file}]", f"method.name={method}", "members=[cnn16, cnn32, cnn16]", *TINY,
+                 *(["method.terms.peer_mean_teacher.decay=0.9"] * (method == "peer-mean-teacher")),
+                 f"output_dir={tmp_path}"]
+    local = train(load_config(None, overrides), run_dir=str(tmp_path / "local"), quiet=True)
+    remote = train(load_config(None, [*overrides, "engine=ray"]), run_dir=str(tmp_path / "ray"), quiet=True)
+    a, b = population_state(local.run_dir), population_state(remote.run_dir)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert all(r[c] > 0 for r in local.rows if r["kind"] == "member" for c in ("cosine_align", "peer_mean_teacher")
+               if c in r)
+    if method == "peer-mean-teacher":  # the EMA copy is in the checkpoint, moved toward the network, not equal to it
+        teacher, net = ({k.removeprefix(f"m0.modules.{m}."): v for k, v in a.items() if k.startswith(f"m0.modules.{m}.")}
+                        for m in ("mean_teacher", "net"))
+        assert teacher.keys() == net.keys() and not all(torch.equal(teacher[k], net[k]) for k in teacher)
+
+
+@pytest.mark.parametrize("file, method, space, metric", [
+    ("cosine_alignment.py", "cosine", "method.feature_update.optimizer.lr: {loguniform: [1.0e-5, 1.0e-3]}",
+     "m0_cosine_align"),
+    ("peer_mean_teacher.py", "peer-mean-teacher", "method.terms.peer_mean_teacher.decay: {uniform: [0.5, 0.99]}",
+     "m0_peer_mean_teacher"),
+])
+def test_the_shipped_plugins_are_searched_by_okd_ray_tune(ray_cluster, tmp_path, capsys, file, method, space, metric):
+    path = tmp_path / "space.yaml"
+    path.write_text(space + "\n")
+    code = main(["tune", f"plugins=[{SHIPPED / file}]", f"method.name={method}", *TINY, "data.validation=20",
+                 "--num-samples", "2", "--scheduler", "none", "--metric", metric, "--mode", "min", "--storage-path",
+                 str(tmp_path), "--name", "plugin-sweep", "--space", str(path)])
     assert code == 0, capsys.readouterr().err
     trials = pq.read_table(tmp_path / "plugin-sweep" / "trials.parquet").to_pylist()
-    assert len(trials) == 2 and all(t["m0_peer_mse"] > 0 for t in trials)
+    assert len(trials) == 2 and all(t[metric] > 0 for t in trials)
 
 
 def test_a_broken_plugin_names_the_file_and_line(tmp_path):
@@ -167,20 +197,35 @@ class ShadowOptimizer(Shadow):
 
 
 class NeedsThree(Term):
+    """Refuses a population it cannot serve, before any part starts (OKDDip needs three members)."""
+
     name = "needs_three"
 
-    def __init__(self, settings, member):
-        super().__init__(settings, member)
-        if member.count < 3:
-            raise ConfigError(f"method needs-three: give at least 3 members, got {member.count}")
+    @classmethod
+    def check(cls, config):
+        if len(config.members) < 3:
+            raise ConfigError(f"method needs-three: give at least 3 members, got {len(config.members)}")
 
     def loss(self, batch):
         return batch.logits.sum() * 0
 
 
+class RefusesWhenBuilt(NeedsThree):
+    """The same refusal from ``__init__``: found too, while the run is planned."""
+
+    name = "refuses_when_built"
+    check = Term.check
+
+    def __init__(self, settings, member):
+        super().__init__(settings, member)
+        if member.count < 3:
+            raise ConfigError(f"method refuses-when-built: give at least 3 members, got {member.count}")
+
+
 register_method("shadow", [CrossEntropy, Shadow])
 register_method("shadow-optimizer", [CrossEntropy, ShadowOptimizer])
 register_method("needs-three", [CrossEntropy, NeedsThree])
+register_method("refuses-when-built", [CrossEntropy, RefusesWhenBuilt])
 '''
 
 
@@ -196,6 +241,7 @@ def clashing(tmp_path_factory):
     ("shadow-optimizer", "method shadow-optimizer: term shadow_optimizer's optimizer 'logit' is the member's own "
                          "name; rename it in shadow_optimizer.optimizers()"),
     ("needs-three", "method needs-three: give at least 3 members, got 2"),
+    ("refuses-when-built", "method refuses-when-built: give at least 3 members, got 2"),
 ])
 def test_a_terms_clash_or_refusal_is_found_while_the_run_is_planned(clashing, method, expected):
     """A term module named ``net`` once replaced the network in ``m0.pt``; now no part is built."""

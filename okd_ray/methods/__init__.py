@@ -11,12 +11,14 @@ from .fused_kl import FusedKL
 from .fusion import FusionModule
 from .kdcl import EnsembleKL, ensemble_teacher
 from .kl import distill_kl
+from .okddip import AttentionKL, PeerAttention, peer_targets
 from .one import Gate, TeacherCE, TeacherKL, gated_teacher
 from .peer_kl import PeerKL
 from .rampup import sigmoid_rampup
 from .registry import METHODS, TERMS, Method, register_method, register_term
 from .ring_kl import RingKL
-from .term import Batch, MemberInfo, Need, OwnedOptimizer, RampedSettings, Term, TermSettings, TermSpec
+from .term import (PEER_NEEDS, Batch, Fuser, FuserStep, FusionOptimizerConfig, MemberInfo, Need, OwnedOptimizer,
+                   RampedSettings, Term, TermSettings, TermSpec)
 from .transfer import common_shape, transfer_layer
 
 register_method("vanilla", [CrossEntropy])
@@ -28,12 +30,13 @@ register_method("ffl", [CrossEntropy, FusedKL])
 register_method("afd+ffl", [CrossEntropy, RingKL, Adversarial, FusedKL])
 register_method("kdcl", [CrossEntropy, EnsembleKL])
 register_method("one", [CrossEntropy, TeacherCE, TeacherKL])
+register_method("okddip", [CrossEntropy, AttentionKL])
 
 __all__ = [
     "METHODS", "TERMS", "Method", "register_method", "register_term",
-    "Batch", "MemberInfo", "Need", "OwnedOptimizer", "RampedSettings", "Term", "TermSettings", "TermSpec",
-    "Adversarial", "Align", "CrossEntropy", "EnsembleKL", "FusedKL", "PeerKL", "RingKL", "TeacherCE", "TeacherKL",
-    "Discriminator", "FusionModule", "Gate",
+    "PEER_NEEDS", "Batch", "Fuser", "FuserStep", "FusionOptimizerConfig", "MemberInfo", "Need", "OwnedOptimizer", "RampedSettings", "Term", "TermSettings", "TermSpec",
+    "Adversarial", "Align", "AttentionKL", "CrossEntropy", "EnsembleKL", "FusedKL", "PeerKL", "RingKL", "TeacherCE", "TeacherKL",
+    "Discriminator", "FusionModule", "Gate", "PeerAttention", "peer_targets",
     "alignment_loss", "discriminator_loss", "distill_kl", "ensemble_teacher", "gated_teacher", "generator_loss",
     "sigmoid_rampup", "common_shape", "transfer_layer",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import Field
@@ -29,8 +29,13 @@ class Need(str, enum.Enum):
     RING_MAP = "ring_map"  # the ring predecessor's public feature map (through its transfer layer)
     RING_LOGITS = "ring_logits"  # the ring predecessor's logits
     PEER_LOGITS = "peer_logits"  # every other member's logits
+    PEER_MAPS = "peer_maps"  # every other member's public feature map (the ring's common shape)
+    PEER_MESSAGES = "peer_messages"  # what each peer's terms send (``Term.to_peers``)
     FUSION = "fusion"  # FFL's fusion part: fused logits back, and the fused loss's gradient on the map
     GATE = "gate"  # the shared trunk's gate over the members (ONE); needs trunk_stages
+
+
+PEER_NEEDS = frozenset({Need.PEER_LOGITS, Need.PEER_MAPS, Need.PEER_MESSAGES})  # what goes to every peer
 
 
 class TermSettings(Strict):
@@ -54,16 +59,24 @@ class RampedSettings(TermSettings):
 
 @dataclass
 class Batch:
-    """What a member's terms see in one step: its own live tensors and what the others sent (detached)."""
+    """What a member's terms see in one step: its own live tensors and what the others sent (detached).
+
+    ``to_peers`` sees the member's own part only (the peers' messages are still on their way)."""
 
     labels: torch.Tensor
     logits: torch.Tensor  # own, with gradient
     feature: torch.Tensor  # own last feature map, with gradient
     public: torch.Tensor | None = None  # own map through the transfer layer (with gradient)
     index: int = 0  # this member's place in the population
+    input: torch.Tensor | None = None  # what the network ran on: the images, or a trunk's shared features
+    epoch: int = 0  # from 0
+    step: int = 0  # within the epoch, from 0
+    weights: dict[str, float] = field(default_factory=dict)  # every term's weight in this epoch, by term name
     ring_map: torch.Tensor | None = None
     ring_logits: torch.Tensor | None = None
     peer_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # member index -> logits
+    peer_maps: dict[int, torch.Tensor] = field(default_factory=dict)  # member index -> public map
+    peer_messages: dict[int, dict[str, Any]] = field(default_factory=dict)  # member index -> term name -> message
     fused_logits: torch.Tensor | None = None
     gate: torch.Tensor | None = None  # N × K weights, a leaf whose gradient goes back to the trunk
 
@@ -75,12 +88,17 @@ class Batch:
 
 @dataclass(frozen=True)
 class MemberInfo:
-    """What a term may know of the member it is built for."""
+    """What a term may know of the member it is built for. Terms are built under the member's RNG, after its
+    network, so a copy of ``network`` (an EMA teacher) starts from the very same weights on every engine."""
 
     index: int
     count: int  # members in the population
     public_shape: tuple[int, int, int] | None  # the ring's common map shape, when maps are exchanged
     device: torch.device
+    num_classes: int = 0
+    feature_shape: tuple[int, int, int] | None = None  # this member's own last feature map
+    seed: int = 0  # derived from the run's seed and the member's index: for a term's own generators
+    network: nn.Module | None = field(default=None, compare=False)  # the member's network (forward: map, logits)
 
 
 @dataclass
@@ -91,6 +109,44 @@ class OwnedOptimizer:
     config: OptimizerConfig
 
 
+class FusionOptimizerConfig(OptimizerConfig):
+    """The fusion part's optimizer: the ``fusion_optimizer`` setting every term that brings a ``Fuser`` has."""
+
+    lr: float | None = Field(None, gt=0)  # None: member 0's learning rate, as in FFL's official code
+    weight_decay: float = Field(1e-5, ge=0)  # FFL's official fusion optimizer's
+
+
+class FuserStep(NamedTuple):
+    losses: dict[str, torch.Tensor]  # each of ``columns``, unweighted
+    total: torch.Tensor  # what the fusion part steps on
+    to_members: list[torch.Tensor | None]  # what each member's terms read as ``batch.fused_logits``
+    fused: torch.Tensor | None  # logits of the fused row's training top-1, where there is a fused classifier
+
+
+class Fuser:
+    """The fusion part's modules and loss, brought by the term that needs ``Need.FUSION`` (its ``fuser``). Built
+    once, in the fusion part and under its RNG, from that term's settings. Every step it gets every member's map
+    and logits as leaves: the gradients its loss leaves on them go back to the members, so the members learn as
+    one graph over all of them would (FFL's fused loss, OKDDip's targets, which are not detached)."""
+
+    columns: ClassVar[tuple[str, ...]] = ()  # its losses, unweighted, as the fused row reports them
+    classifies: ClassVar[bool] = False  # a fused classifier: the fused row has accuracies (``eval``)
+
+    def __init__(self, settings: RampedSettings, shapes: list[tuple[int, int, int]], num_classes: int):
+        self.settings = settings
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def loss(self, maps: list[torch.Tensor], logits: list[torch.Tensor], labels: torch.Tensor,
+             weight: float) -> FuserStep:
+        raise NotImplementedError
+
+    def eval(self, maps: list[torch.Tensor]) -> torch.Tensor | None:
+        """The fused row's logits on an evaluation batch, or None where there is no fused classifier."""
+        return None
+
+
 class Term:
     """Base class: subclasses set the class attributes and ``loss``; the rest is optional."""
 
@@ -99,9 +155,17 @@ class Term:
     needs: ClassVar[frozenset[Need]] = frozenset()
     Settings: ClassVar[type[TermSettings]] = TermSettings
     extra_columns: ClassVar[tuple[str, ...]] = ()  # values ``after_update`` reports besides the loss
+    # With Need.FUSION: the fusion part this term brings, one term per method; its settings' weight and ramp-up
+    # weigh the fusion's loss, and its ``fusion_optimizer`` (a FusionOptimizerConfig) steps it
+    fuser: ClassVar[type[Fuser] | None] = None
 
     def __init__(self, settings: TermSettings, member: MemberInfo):
         self.settings = settings
+
+    @classmethod
+    def check(cls, config: Any) -> None:
+        """Refuse a run this term cannot serve (``config`` is the validated TrainConfig) with a ConfigError;
+        runs once, where the run is planned, before any part starts, on either engine."""
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -117,8 +181,16 @@ class Term:
         """The term's unweighted loss for this batch."""
         raise NotImplementedError
 
+    def to_peers(self, batch: Batch) -> Any:
+        """With ``Need.PEER_MESSAGES``: what this member's term sends every peer, computed after the member's
+        forward (tensors, or tuples and dicts of them; they leave detached). Peers read it in
+        ``batch.peer_messages[k][name]``; None sends nothing."""
+        return None
+
     def modules(self) -> dict[str, nn.Module]:
-        """Modules this term owns (saved in checkpoints, switched between train and eval)."""
+        """Modules this term owns (saved in checkpoints, switched between train and eval). Their trainable
+        parameters that none of the term's own optimizers steps learn from the member's loss with the member's
+        optimizer of this term's update (logit or feature), in every feature-update mode (a FitNets regressor)."""
         return {}
 
     def optimizers(self) -> dict[str, OwnedOptimizer]:

@@ -1,16 +1,16 @@
-"""FFL's fusion part: the fusion module and fused classifier, with its own optimizer. Plain PyTorch.
+"""The fusion part: the modules and loss of the term that brings it (``Term.fuser``: FFL's fusion module, OKDDip's
+attention), with its own optimizer. Plain PyTorch.
 
-Its loss is CE(z_F) + w·T²·KL(ensemble ‖ z_F), the ensemble being the detached mean of the members'
-logits, with the weight, ramp-up and temperature of the members' ``fused_kl`` term. The gradients on the
-members' maps go back to them, so the fused loss trains them as one graph would.
+Every member sends it its last feature map and its logits; it takes them as leaves, steps on its term's loss, and
+sends each member what that member's terms read (``batch.fused_logits``) with the gradients the loss left on its
+map and logits, so the members learn as one graph over all of them would.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from okd_ray.methods import FusionModule, OwnedOptimizer, distill_kl
+from okd_ray.methods import OwnedOptimizer
 from okd_ray.optim import make_optimizer
 
 from .outgoing import outgoing
@@ -18,41 +18,46 @@ from .part import Part
 from .protocol import FusedMessage, FusionInput, FusionStep
 from .spec import FusionSpec
 
-COLUMNS = ("ce", "ensemble_kl")  # the fusion's loss terms, unweighted
+
+def leaf(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t.to(device).detach().requires_grad_()
 
 
 class Fusion(Part):
     def __init__(self, spec: FusionSpec, device: str | torch.device = "cpu"):
         super().__init__(spec, ("fusion",), device)
-        self.settings = spec.settings
+        self.settings, self.term = spec.settings, spec.term
         with self.rng.active(self.device):
-            self.module = FusionModule(list(spec.shapes), spec.info.num_classes).to(self.device)
-        self.modules = {"module": self.module}
-        self.optimizers = {"fusion": OwnedOptimizer(make_optimizer(self.module.parameters(), spec.optimizer),
-                                                    spec.optimizer)}
+            self.fuser = spec.fuser(spec.settings, list(spec.shapes), spec.info.num_classes)
+            self.modules = {k: m.to(self.device) for k, m in self.fuser.modules().items()}
+        params = [p for m in self.modules.values() for p in m.parameters()]
+        self.optimizers = {"fusion": OwnedOptimizer(make_optimizer(params, spec.optimizer), spec.optimizer)}
 
     def begin_epoch(self, epoch: int) -> dict[str, float]:
         self.weight = self.settings.weight_at(epoch)
         return super().begin_epoch(epoch)
 
     def step(self, *inputs: FusionInput) -> FusionStep:
-        """Train on the members' maps; send each member the fused logits and the gradient on its map."""
-        maps = [i.feature.to(self.device).detach().requires_grad_() for i in inputs]
-        ensemble = torch.stack([i.logits.to(self.device) for i in inputs]).mean(0)
+        """Train on the members' maps and logits; send each member its fused logits and its gradients."""
+        maps = [leaf(i.feature, self.device) for i in inputs]
+        logits = [leaf(i.logits, self.device) for i in inputs]
         labels = inputs[0].labels.to(self.device)
         with self.rng.active(self.device):
-            fused = self.module(maps)
-            losses = dict(zip(COLUMNS, (F.cross_entropy(fused, labels), distill_kl(fused, ensemble, self.settings.temperature))))
-            self.check_finite(losses, "method.terms.fused_kl.fusion_optimizer.lr", "method.terms.fused_kl.weight")
+            out = self.fuser.loss(maps, logits, labels, self.weight)
+            self.check_finite(out.losses, f"method.terms.{self.term}.fusion_optimizer.lr",
+                              f"method.terms.{self.term}.weight")
             optimizer = self.optimizers["fusion"].optimizer
             optimizer.zero_grad(set_to_none=True)
-            (losses["ce"] + self.weight * losses["ensemble_kl"]).backward()
+            out.total.backward()
             optimizer.step()
         self.step_index += 1
-        metrics = dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist()))
-        metrics.update(train_correct=int((fused.detach().argmax(1) == labels).sum()), n=len(labels))
-        return FusionStep(metrics, outgoing(tuple(FusedMessage(fused, f.grad) for f in maps)))
+        metrics = dict(zip(out.losses, torch.stack([v.detach() for v in out.losses.values()]).tolist()))
+        if out.fused is not None:
+            metrics["train_correct"] = int((out.fused.detach().argmax(1) == labels).sum())
+        metrics["n"] = len(labels)
+        return FusionStep(metrics, outgoing(tuple(FusedMessage(z, f.grad, l.grad)
+                                                  for z, f, l in zip(out.to_members, maps, logits))))
 
     @torch.no_grad()
-    def eval(self, *features: torch.Tensor) -> torch.Tensor:
-        return outgoing(self.module([f.to(self.device) for f in features]))
+    def eval(self, *features: torch.Tensor) -> torch.Tensor | None:
+        return outgoing(self.fuser.eval([f.to(self.device) for f in features]))

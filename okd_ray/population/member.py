@@ -12,14 +12,14 @@ from dataclasses import replace
 import torch
 
 from okd_ray.data.base import Split
-from okd_ray.methods import Batch, Need, OwnedOptimizer, transfer_layer
-from okd_ray.models import build_model
+from okd_ray.methods import PEER_NEEDS, Batch, Need, OwnedOptimizer, transfer_layer
 from okd_ray.optim import make_optimizer
 
-from .outgoing import outgoing
+from .outgoing import map_tensors, outgoing
 from .part import Part
-from .plan import build_terms, load_dataset
-from .protocol import FusedMessage, FusionInput, MemberEval, MemberForward, MemberUpdate, RingMessage, SharedMessage, TrunkGrad
+from .plan import build_terms, load_dataset, member_network
+from .protocol import (FusedMessage, FusionInput, MemberEval, MemberForward, MemberUpdate, PeerMessage, RingMessage,
+                       SharedMessage, TrunkGrad)
 from .spec import MemberSpec
 
 
@@ -28,10 +28,9 @@ class Member(Part):
         super().__init__(spec, ("member", spec.index), device)
         self.index, self.needs = spec.index, spec.needs
         with self.rng.active(self.device):
-            net = build_model(spec.arch, in_channels=spec.info.in_channels, num_classes=spec.info.num_classes)
-            self.net = (net.split(spec.trunk_stages)[1] if spec.trunk_stages else net).to(self.device)
+            self.net = member_network(spec).to(self.device)
             self.transfer = transfer_layer(spec.shape, spec.common).to(self.device) if spec.common else None
-            self.terms = build_terms(spec, self.device)
+            self.terms = build_terms(spec, self.net, self.device)
         self.modules = {"net": self.net, **({"transfer": self.transfer} if self.transfer else {})}
         for term in self.terms:
             self.modules.update(term.modules())
@@ -39,12 +38,18 @@ class Member(Part):
         self._feature_update = FEATURE_UPDATES[self.feature_mode]
         network = list(self.net.parameters())
         transfer = list(self.transfer.parameters()) if self.transfer else []
-        # The logit update trains the network; the transfer layer feeds only feature-map terms.
-        logit_params = network if self.feature_mode != "joint" else network + transfer
+        learned = {update: learned_with_member(self.terms, update) for update in ("logit", "feature")}
+        # The logit update trains the network (and logit terms' own parameters); the transfer layer feeds only
+        # feature-map terms.
+        if self.feature_mode == "joint":
+            logit_params = network + transfer + learned["logit"] + learned["feature"]
+        else:
+            logit_params = network + learned["logit"]
         self.optimizers = {"logit": OwnedOptimizer(make_optimizer(logit_params, spec.optimizer), spec.optimizer)}
         if self.feature_mode != "joint":
             feature = spec.feature_update.optimizer
-            self.optimizers["feature"] = OwnedOptimizer(make_optimizer(network + transfer, feature), feature)
+            self.optimizers["feature"] = OwnedOptimizer(
+                make_optimizer(network + transfer + learned["feature"], feature), feature)
         for term in self.terms:
             self.optimizers.update(term.optimizers())
         self.stream = spec.stream
@@ -64,25 +69,29 @@ class Member(Part):
 
     def forward(self, shared: SharedMessage | None = None) -> MemberForward:
         """Run the next batch (from the images, or from the trunk's shared features) and say what to send."""
-        self._shared, self._gate = None, None
+        self._shared, gate = None, None
         if shared is None:
             x, y = next(self._batches)
             x = x.to(self.device, non_blocking=True)
         else:  # fresh leaves: their gradients go back to the trunk
             self._shared = x = shared.features.to(self.device).detach().requires_grad_()
             if shared.gate is not None:
-                self._gate = shared.gate.to(self.device).detach().requires_grad_()
+                gate = shared.gate.to(self.device).detach().requires_grad_()
             y = shared.labels
-        self._labels = y.to(self.device, non_blocking=True)
         with self.rng.active(self.device):
-            self._input = x
-            self._feature, self._logits, self._public = self._run(x)
-        self.check_finite({"logits": self._logits}, f"members.{self.index}.optimizer.lr")
+            feature, logits, public = self._run(x)
+            self._own = own = Batch(labels=y.to(self.device, non_blocking=True), logits=logits, feature=feature,
+                                    public=public, index=self.index, input=x, epoch=self.epoch, step=self.step_index,
+                                    weights=self.weights, gate=gate)
+            self.check_finite({"logits": logits}, f"members.{self.index}.optimizer.lr")
+            messages = {t.name: t.to_peers(own) for t in self.terms if Need.PEER_MESSAGES in t.needs}
         return outgoing(MemberForward(
-            ring=RingMessage(self._public if Need.RING_MAP in self.needs else None,
-                             self._logits if Need.RING_LOGITS in self.needs else None),
-            to_fusion=FusionInput(self._feature, self._logits, self._labels) if Need.FUSION in self.needs else None,
-            logits=self._logits if Need.PEER_LOGITS in self.needs else None,
+            ring=RingMessage(public if Need.RING_MAP in self.needs else None,
+                             logits if Need.RING_LOGITS in self.needs else None),
+            to_fusion=FusionInput(feature, logits, own.labels) if Need.FUSION in self.needs else None,
+            to_peers=PeerMessage(logits if Need.PEER_LOGITS in self.needs else None,
+                                 public if Need.PEER_MAPS in self.needs else None,
+                                 messages or None) if PEER_NEEDS & self.needs else None,
         ))
 
     def _run(self, x: torch.Tensor):
@@ -91,39 +100,41 @@ class Member(Part):
 
     def rerun(self):
         """The last batch through the network again (the sequential feature update's second pass)."""
-        return self._run(self._input.detach())
+        return self._run(self._own.input.detach())
 
-    def update(self, ring: RingMessage | None, fused: FusedMessage | None, *peer_logits: torch.Tensor) -> MemberUpdate:
+    def update(self, ring: RingMessage | None, fused: FusedMessage | None, *peers: PeerMessage) -> MemberUpdate:
         """One optimisation step from the last ``forward``, given what the ring, the peers and the fusion sent.
 
         Returns each term's unweighted loss, the batch's correct count and size, and the gradient for the trunk.
         """
         to_device = lambda t: t.to(self.device) if t is not None else None  # noqa: E731
         others = [k for k in range(self.spec.members) if k != self.index]
-        batch = Batch(
-            labels=self._labels, logits=self._logits, feature=self._feature, public=self._public, index=self.index,
-            ring_map=to_device(ring.public) if ring else None, ring_logits=to_device(ring.logits) if ring else None,
-            peer_logits={k: to_device(z) for k, z in zip(others, peer_logits)},
-            fused_logits=to_device(fused.logits) if fused else None, gate=self._gate,
+        own, received = self._own, dict(zip(others, peers))
+        batch = replace(
+            own, ring_map=to_device(ring.public) if ring else None, ring_logits=to_device(ring.logits) if ring else None,
+            peer_logits={k: to_device(m.logits) for k, m in received.items() if m.logits is not None},
+            peer_maps={k: to_device(m.public) for k, m in received.items() if m.public is not None},
+            peer_messages={k: map_tensors(m.messages, to_device) for k, m in received.items() if m.messages},
+            fused_logits=to_device(fused.logits) if fused else None,
         )
         with self.rng.active(self.device):
             losses = {term.name: term.loss(batch) for term in self.terms}
             self.check_finite(losses, self._term_keys, f"members.{self.index}.optimizer.lr",
                               *(["method.feature_update.optimizer.lr"] if "feature" in self.optimizers else []))
-            after = self._step_network(batch, losses, to_device(fused.feature_grad) if fused else None)
+            after = self._step_network(batch, losses, fused)
             for term in self.terms:
                 extra = term.after_update(after)
                 if extra:
                     self.check_finite(extra, *term.lr_keys())
                     losses.update(extra)
         metrics = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
-        metrics["train_correct"] = int((self._logits.detach().argmax(1) == self._labels).sum())
-        metrics["n"] = len(self._labels)
+        metrics["train_correct"] = int((own.logits.detach().argmax(1) == own.labels).sum())
+        metrics["n"] = len(own.labels)
         to_trunk = None
         if self._shared is not None:
-            to_trunk = outgoing(TrunkGrad(self._shared.grad, self._gate.grad if self._gate is not None else None))
+            to_trunk = outgoing(TrunkGrad(self._shared.grad, own.gate.grad if own.gate is not None else None))
         self.step_index += 1
-        self._input = self._feature = self._public = self._logits = self._labels = self._shared = self._gate = None
+        self._own = self._shared = None
         return MemberUpdate(metrics, to_trunk)
 
     def _term_keys(self, name: str) -> list[str]:
@@ -134,15 +145,16 @@ class Member(Part):
     def _weighted(self, losses: dict[str, torch.Tensor], update: str) -> torch.Tensor | float:
         return sum(self.weights[t.name] * losses[t.name] for t in self.terms if t.update == update)
 
-    def _step_network(self, batch: Batch, losses: dict[str, torch.Tensor], feature_grad: torch.Tensor | None) -> Batch:
-        """The logit loss with the fusion's gradient on the map, and the feature-map terms in the configured
-        update; returns the batch the terms' ``after_update`` sees."""
+    def _step_network(self, batch: Batch, losses: dict[str, torch.Tensor], fused: FusedMessage | None) -> Batch:
+        """The logit loss with the fusion's gradients on the map and the logits, and the feature-map terms in the
+        configured update; returns the batch the terms' ``after_update`` sees."""
         for owned in self.optimizers.values():
             owned.optimizer.zero_grad(set_to_none=True)
         outputs, grads = [self._weighted(losses, "logit")], [None]
-        if feature_grad is not None:  # the fused loss's gradient, computed where the fusion lives
-            outputs.append(self._feature)
-            grads.append(feature_grad)
+        for output, grad in ((batch.feature, fused and fused.feature_grad), (batch.logits, fused and fused.logits_grad)):
+            if grad is not None:  # the fusion loss's gradient, computed where the fusion lives
+                outputs.append(output)
+                grads.append(grad.to(self.device))
         return self._feature_update(self, batch, outputs, grads, self._weighted(losses, "feature"))
 
     def feature_loss(self, batch: Batch) -> torch.Tensor:
@@ -171,6 +183,20 @@ class Member(Part):
         with self.rng.active(self.device):
             feature, logits = self.net(x.to(self.device))
         return outgoing(MemberEval(feature if Need.FUSION in self.needs else None, logits, y))
+
+
+def learned_with_member(terms: list, update: str) -> list[torch.nn.Parameter]:
+    """The trainable parameters of the ``update`` terms' modules that no optimizer of the term's own steps: they
+    learn from the member's loss with the member's optimizer (a FitNets regressor; AFD's discriminator has its
+    own optimizer, an EMA teacher needs no gradient)."""
+    out = []
+    for term in terms:
+        if term.update != update:
+            continue
+        own = {id(p) for owned in term.optimizers().values() for g in owned.optimizer.param_groups for p in g["params"]}
+        out += [p for module in term.modules().values() for p in module.parameters()
+                if p.requires_grad and id(p) not in own]
+    return out
 
 
 # --- the feature-map update, one function per mode (method.feature_update.mode), chosen once per member ---

@@ -12,9 +12,10 @@ from okd_ray.config import TrainConfig
 from okd_ray.data import DATASETS, DataConfig, DataInfo, Dataset
 from okd_ray.data.base import Split
 from okd_ray.errors import ConfigError, ModelError
-from okd_ray.methods import MemberInfo, Need, Term, common_shape
+from okd_ray.methods import MemberInfo, Method, Need, Term, common_shape
 from okd_ray.models import build_model, feature_shape
 from okd_ray.models.base import PooledHeadNet
+from okd_ray.seeding import derive_seed
 
 from .spec import MemberSpec, PartSpec, Shape, part_specs
 
@@ -78,6 +79,9 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
                 f"that differ from the ring's common shape {common}; set method.transfer.learn=true to learn "
                 "transfer layers, or choose members whose last feature maps agree"
             )
+    check_fusion(config.method.method)
+    for term_spec in config.method.method.terms:  # each term's own check of the population, before any part
+        term_spec.term.check(config)
     specs = tuple(part_specs(config, info, shapes, common, trunk_shape))
     for spec in specs:
         if isinstance(spec, MemberSpec):
@@ -86,12 +90,29 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
     return PopulationPlan(info, shapes, common, dataset.num_train_batches(), num_eval, specs)
 
 
+def check_fusion(method: Method) -> None:
+    """A method that needs the fusion part has exactly one term that brings it (``Term.fuser``)."""
+    needers = [s.name for s in method.terms if Need.FUSION in s.term.needs]
+    bringers = [s.name for s in method.terms if s.term.fuser is not None]
+    if needers and len(bringers) != 1 or not needers and bringers:
+        raise ConfigError(
+            f"method {method.name}: terms {needers} need Need.FUSION and terms {bringers} bring a fusion part "
+            "(Term.fuser); give the method exactly one term that brings it, e.g. FFL's FusedKL, and Need.FUSION with it")
+
+
 MEMBER_OWNS = {"module": ("net", "transfer"), "optimizer": ("logit", "feature")}  # see Member: its checkpoint keys
 
 
-def build_terms(spec: MemberSpec, device: torch.device) -> list[Term]:
-    """The member's terms, built from their validated settings."""
-    info = MemberInfo(spec.index, spec.members, spec.common, device)
+def member_network(spec: MemberSpec) -> torch.nn.Module:
+    """The member's network: its whole model, or on a trunk the branch after the shared stages."""
+    net = build_model(spec.arch, in_channels=spec.info.in_channels, num_classes=spec.info.num_classes)
+    return net.split(spec.trunk_stages)[1] if spec.trunk_stages else net
+
+
+def build_terms(spec: MemberSpec, network: torch.nn.Module, device: torch.device) -> list[Term]:
+    """The member's terms, built from their validated settings (under the member's RNG, after its network)."""
+    info = MemberInfo(spec.index, spec.members, spec.common, device, spec.info.num_classes, spec.shape,
+                      derive_seed(spec.seed, "terms", spec.index), network)
     return [term(settings, info) for term, settings in spec.terms]
 
 
@@ -100,7 +121,7 @@ def check_terms(method: str, spec: MemberSpec) -> None:
     the population says so now, before any part starts, and no two owners may share a module or optimizer name
     (a term's ``net`` would replace the member's network in its checkpoint)."""
     with torch.random.fork_rng(devices=[]):
-        terms = build_terms(spec, torch.device("cpu"))
+        terms = build_terms(spec, member_network(spec), torch.device("cpu"))
     for kind, own in MEMBER_OWNS.items():
         owner = dict.fromkeys(own, "the member")
         for term in terms:

@@ -66,10 +66,12 @@ class FusionInput(NamedTuple):
 
 
 class FusedMessage(NamedTuple):
-    """Fusion → member k: the fused logits and the fused loss's gradient on member k's feature map."""
+    """Fusion → member k: what its terms read as ``fused_logits``, and the fusion loss's gradients on member k's
+    feature map and logits (None where the loss does not reach them)."""
 
-    logits: Tensor
-    feature_grad: Tensor
+    logits: Tensor | None
+    feature_grad: Tensor | None
+    logits_grad: Tensor | None
 
 
 class SharedMessage(NamedTuple):
@@ -87,10 +89,19 @@ class TrunkGrad(NamedTuple):
     gate: Tensor | None
 
 
+class PeerMessage(NamedTuple):
+    """Member k → every other member: its logits, its public map and its terms' own messages (each None where
+    no term needs it)."""
+
+    logits: Tensor | None
+    public: Tensor | None
+    messages: dict[str, Any] | None  # term name -> what its ``to_peers`` sent
+
+
 class MemberForward(NamedTuple):
     ring: RingMessage | None  # for the ring successor
     to_fusion: FusionInput | None
-    logits: Tensor | None  # for every peer (DML, KDCL, ONE)
+    to_peers: PeerMessage | None  # for every peer (DML, KDCL, ONE, and terms' own messages)
 
 
 class MemberUpdate(NamedTuple):
@@ -121,7 +132,7 @@ class MemberEval(NamedTuple):
 class MemberPart(Protocol):
     def forward(self, shared: SharedMessage | None) -> MemberForward: ...
 
-    def update(self, ring: RingMessage | None, fused: FusedMessage | None, *peer_logits: Tensor) -> MemberUpdate: ...
+    def update(self, ring: RingMessage | None, fused: FusedMessage | None, *peers: PeerMessage) -> MemberUpdate: ...
 
     def eval_next(self, shared: SharedMessage | None) -> MemberEval: ...
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from okd_ray.config import FeatureUpdateConfig, TrainConfig
 from okd_ray.data import DataConfig, DataInfo
-from okd_ray.methods import FusedKL, Need, Term, TermSettings
+from okd_ray.methods import Fuser, Method, Need, Term, TermSettings
 from okd_ray.optim import OptimizerConfig, ScheduleConfig
 
 from .protocol import PartId, parts_of
@@ -45,7 +45,9 @@ class MemberSpec(PartSpec):
 
 @dataclass(frozen=True, kw_only=True)
 class FusionSpec(PartSpec):
-    settings: TermSettings  # the members' fused_kl term's: weight, ramp-up, temperature, fusion optimizer
+    term: str  # the term that brings the fusion (FFL's fused_kl, OKDDip's attention_kl)
+    fuser: type[Fuser]
+    settings: TermSettings  # that term's: weight, ramp-up, temperature, fusion optimizer
     optimizer: OptimizerConfig  # with its learning rate resolved
     shapes: tuple[Shape, ...]  # every member's feature map
 
@@ -57,6 +59,11 @@ class TrunkSpec(PartSpec):
     trunk_stages: int
     shape: Shape  # the shared features'
     gate: bool  # ONE's gate over the members
+
+
+def fusion_term(method: Method) -> type[Term]:
+    """The term of ``method`` that brings the fusion part (checked where the run is planned: exactly one)."""
+    return next(spec.term for spec in method.terms if spec.term.fuser is not None)
 
 
 def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common: Shape | None,
@@ -76,12 +83,13 @@ def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common:
                 trunk_stages=config.trunk_stages, stream=pid.index if config.data.augment_per_member else None,
                 shape=shapes[pid.index], common=common))
         elif pid.kind == "fused":
-            settings = method.settings(FusedKL.name)
+            term = fusion_term(method.method)
+            settings = method.settings(term.name)
             optimizer = settings.fusion_optimizer
             if optimizer.lr is None:  # the members' base learning rate, as in FFL's code
                 optimizer = optimizer.model_copy(update={"lr": config.members[0].optimizer.lr})
-            specs.append(FusionSpec(pid=pid, **common_fields, data=None, settings=settings, optimizer=optimizer,
-                                    shapes=tuple(shapes)))
+            specs.append(FusionSpec(pid=pid, **common_fields, data=None, term=term.name, fuser=term.fuser,
+                                    settings=settings, optimizer=optimizer, shapes=tuple(shapes)))
         else:
             specs.append(TrunkSpec(pid=pid, **common_fields, data=config.data, arch=config.members[0].arch,
                                    optimizer=config.members[0].optimizer, trunk_stages=config.trunk_stages,

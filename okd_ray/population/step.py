@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from okd_ray.methods import Need
+from okd_ray.methods import PEER_NEEDS, Need
 
 from .protocol import FusionPart, MemberPart, Metrics, PartId, TrunkPart
 
@@ -56,8 +56,8 @@ def population_step(population: Population) -> StepMetrics:
     if fusion is not None:
         fusion_metrics, fused = fusion.step(*(s.to_fusion for s in sent))
     # 4. Each member learns from its ring predecessor k-1, its peers and the fusion.
-    peers = Need.PEER_LOGITS in population.needs
-    updates = [member.update(sent[k - 1].ring, fused[k], *(sent[j].logits for j in range(count) if peers and j != k))
+    peers = bool(PEER_NEEDS & population.needs)
+    updates = [member.update(sent[k - 1].ring, fused[k], *(sent[j].to_peers for j in range(count) if peers and j != k))
                for k, member in enumerate(members)]
     # 5. The trunk steps on the sum of the gradients the members send back.
     trunk_metrics = trunk.update(*(u.to_trunk for u in updates)) if trunk is not None else None

@@ -51,7 +51,9 @@ def check_trackers(config: TrainConfig, store: RunStore) -> None:
 def step_values(metrics: dict[str, float]) -> dict[str, float]:
     """One step's metrics of a part (loss terms, correct count, batch size) as a row shows them."""
     values = {k: v for k, v in metrics.items() if k not in ("n", "train_correct")}
-    return {**values, "train_top1": 100.0 * metrics["train_correct"] / metrics["n"]}
+    if "train_correct" in metrics:
+        values["train_top1"] = 100.0 * metrics["train_correct"] / metrics["n"]
+    return values
 
 
 class Trackers:

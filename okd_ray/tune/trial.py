@@ -18,7 +18,7 @@ from okd_ray.errors import TrainingDiverged
 from okd_ray.methods import Need
 from okd_ray.metrics import TIMINGS
 from okd_ray.population import PartId, parts_of
-from okd_ray.population.fusion import COLUMNS as FUSION_COLUMNS
+from okd_ray.population.spec import fusion_term
 from okd_ray.run import train
 
 from .space import params_to_overrides
@@ -50,10 +50,16 @@ def splits(config: TrainConfig) -> list[str]:
 def metric_names(config: TrainConfig) -> list[str]:
     """The metrics a run of ``config`` reports, for checking ``--metric`` before any trial: each part's validation
     and test accuracies and loss terms (from the method's registered terms), and the members' mean and best."""
-    parts = [p for p in parts_of(config) if p.kind != "trunk"]
-    losses = {"member": config.method.method.columns(), "fused": FUSION_COLUMNS, "ensemble": []}
+    method = config.method.method
+    fuser = fusion_term(method).fuser if Need.FUSION in method.needs else None
+    losses = {"member": method.columns(), "fused": fuser.columns if fuser else (), "ensemble": []}
     accuracies = [f"{split}_top{k}" for split in splits(config) for k in (1, 5)]
-    names = [f"{p.key}_{m}" for p in parts for m in (*accuracies, "train_top1", *losses[p.kind])]
+    names = []
+    for part in parts_of(config):
+        if part.kind == "trunk":
+            continue
+        scored = part.kind != "fused" or fuser.classifies  # OKDDip's attention part classifies nothing
+        names += [f"{part.key}_{m}" for m in [*(accuracies + ["train_top1"] if scored else []), *losses[part.kind]]]
     if len(config.members) > 1:
         names += [f"ensemble_{a}" for a in accuracies]
     if Need.GATE in config.method.method.needs:

@@ -41,14 +41,14 @@ def test_ffl_step_equals_one_joint_backward(tiny_config):
     x, y = first_batch(joint)
     members, fusion = joint.population.members, joint.population.fusion
     maps, logits = zip(*(m.net(x) for m in members))
-    fused = fusion.module(list(maps))
+    fused = fusion.modules["module"](list(maps))
     t = config.method.settings("fused_kl").temperature
     loss = F.cross_entropy(fused, y) + distill_kl(fused, torch.stack(logits).mean(0), t)
     for z in logits:
         loss = loss + F.cross_entropy(z, y) + distill_kl(z, fused, t)
     loss.backward()
-    assert_same_grads([m.net for m in split.population.members] + [split.population.fusion.module],
-                      [m.net for m in members] + [fusion.module])
+    assert_same_grads([m.net for m in split.population.members] + [split.population.fusion.modules["module"]],
+                      [m.net for m in members] + [fusion.modules["module"]])
 
 
 def official_kl(student, teacher, t):
@@ -69,7 +69,7 @@ def test_shared_trunk_reproduces_the_official_ffl_training_step(tiny_config):
     (b1, b2), fusion, trunk = joint.population.members, joint.population.fusion, joint.population.trunk
     shared = trunk.net(x)
     (f1, z1), (f2, z2) = b1.net(shared), b2.net(shared)
-    zf = fusion.module([f1, f2])
+    zf = fusion.modules["module"]([f1, f2])
     settings = config.method.settings("fused_kl")
     w, t = settings.weight_at(0), settings.temperature
     loss = (F.cross_entropy(z1, y) + F.cross_entropy(z2, y) + F.cross_entropy(zf, y)
@@ -77,7 +77,7 @@ def test_shared_trunk_reproduces_the_official_ffl_training_step(tiny_config):
     loss.backward()
     population = split.population
     assert_same_grads([population.trunk.net, population.members[0].net, population.members[1].net,
-                       population.fusion.module], [trunk.net, b1.net, b2.net, fusion.module])
+                       population.fusion.modules["module"]], [trunk.net, b1.net, b2.net, fusion.modules["module"]])
 
 
 def test_one_on_a_shared_trunk_equals_one_joint_backward(tiny_config):
@@ -123,7 +123,8 @@ def test_parts_send_detached_contiguous_tensors(tiny_config):
     e = engine(config)
     sent = [m.forward() for m in e.population.members]
     step = e.population.fusion.step(*(s.to_fusion for s in sent))
-    tensors = [t for s in sent for t in (*s.ring, *s.to_fusion)] + [t for f in step.to_members for t in f]
+    assert all(f.logits_grad is None for f in step.to_members)  # FFL's ensemble teaches detached
+    tensors = [t for s in sent for t in (*s.ring, *s.to_fusion)] + [t for f in step.to_members for t in f[:2]]
     assert len(tensors) == 14
     for t in tensors:
         assert t.is_contiguous() and not t.requires_grad
