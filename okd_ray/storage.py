@@ -10,13 +10,19 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from okd_ray.errors import ConfigError
+
 
 class RunStore:
     """The folder is made by the first write: a run that fails to start leaves nothing behind."""
 
     def __init__(self, uri: str):
         if "://" in uri:
-            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(uri)
+            except (OSError, pa.ArrowException) as e:  # no such scheme, no network, no credentials
+                raise ConfigError(f"cannot open {uri}: {str(e).splitlines()[0]}; check the URI, your credentials "
+                                  "and the network, or give a local folder") from None
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(uri).resolve())
         self.uri = uri

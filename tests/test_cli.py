@@ -94,3 +94,9 @@ def test_an_output_dir_that_cannot_be_made_is_one_error_naming_it(okd_ray):
     okd_ray.assert_error(okd_ray.run("train", "output_dir=/proc/okd", "--quiet"), 2,
                          "error: cannot create the folder /proc/okd/digits-afd-",
                          "give a folder you may write: output_dir=... or --run-dir for okd-ray train")
+
+
+def test_an_output_uri_that_cannot_be_opened_is_one_error_naming_it(okd_ray):
+    okd_ray.assert_error(okd_ray.run("train", "output_dir=nosuch://bucket/runs", "--quiet"), 2,
+                         "error: cannot open nosuch://bucket/runs/digits-afd-", "Unrecognized filesystem type",
+                         "check the URI, your credentials and the network, or give a local folder")
