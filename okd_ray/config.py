@@ -273,6 +273,11 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
+        if not isinstance(node, (dict, list)):  # members.0 given as "cnn16", then members.0.optimizer.lr=...
+            held = ".".join(parts[:i])
+            raise ConfigError(f"{key}: {held} is {node!r}, which has no keys; write it as a mapping first, e.g. "
+                              f"{held}={{arch: {node}}}" if held.startswith("members.") else
+                              f"{key}: {held} is {node!r}, which has no keys; set {held} as a mapping first")
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(f"{key}: {'.'.join(parts[:i])} has {len(node)} items; {part!r} is no index of it")

@@ -89,7 +89,8 @@ SHIPPED = sorted(set(CONFIGS.rglob("*.yaml")) - set(SPACES))
 
 
 def test_an_unknown_data_set_is_named_with_the_closest_ones():
-    with pytest.raises(ConfigError, match=r"data.name: unknown data set 'digit'; did you mean digits\? choose one of"):
+    # "digits" first; a plugin's data set registered earlier in the same process may follow it
+    with pytest.raises(ConfigError, match=r"data.name: unknown data set 'digit'; did you mean digits[,?].*choose one of"):
         load_config(None, ["data.name=digit"])
 
 
@@ -127,3 +128,12 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
         load_config(path)
     assert f"{path}, line 3, column 1: YAML syntax error" in str(err.value)
     assert "flow sequence from line 2, column 10" in str(err.value)
+
+
+def test_a_key_below_a_member_given_by_its_arch_alone_says_how_to_write_it():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["members=[cnn16, cnn32]", "members.0.optimizer.lr=0.05"])
+    assert str(err.value) == ("members.0.optimizer.lr: members.0 is 'cnn16', which has no keys; write it as a mapping "
+                              "first, e.g. members.0={arch: cnn16}")
+    assert load_config(None, ["members=[cnn16, cnn32]", "members.0={arch: cnn16}",
+                              "members.0.optimizer.lr=0.05"]).members[0].optimizer.lr == 0.05

@@ -13,6 +13,7 @@ from .kdcl import EnsembleKL, ensemble_teacher
 from .kl import distill_kl
 from .okddip import AttentionKL, PeerAttention, peer_targets
 from .one import Gate, TeacherCE, TeacherKL, gated_teacher
+from .pcl import PeerEnsemble, PeerEnsembleKL, PeerMeanKL, ema_decay
 from .peer_kl import PeerKL
 from .rampup import sigmoid_rampup
 from .registry import METHODS, TERMS, Method, register_method, register_term
@@ -31,12 +32,13 @@ register_method("afd+ffl", [CrossEntropy, RingKL, Adversarial, FusedKL])
 register_method("kdcl", [CrossEntropy, EnsembleKL])
 register_method("one", [CrossEntropy, TeacherCE, TeacherKL])
 register_method("okddip", [CrossEntropy, AttentionKL])
+register_method("pcl", [CrossEntropy, PeerEnsembleKL, PeerMeanKL])
 
 __all__ = [
     "METHODS", "TERMS", "Method", "register_method", "register_term",
     "PEER_NEEDS", "Batch", "Fuser", "FuserStep", "FusionOptimizerConfig", "MemberInfo", "Need", "OwnedOptimizer", "RampedSettings", "Term", "TermSettings", "TermSpec",
-    "Adversarial", "Align", "AttentionKL", "CrossEntropy", "EnsembleKL", "FusedKL", "PeerKL", "RingKL", "TeacherCE", "TeacherKL",
-    "Discriminator", "FusionModule", "Gate", "PeerAttention", "peer_targets",
+    "Adversarial", "Align", "AttentionKL", "CrossEntropy", "EnsembleKL", "FusedKL", "PeerEnsembleKL", "PeerKL", "PeerMeanKL", "RingKL", "TeacherCE", "TeacherKL",
+    "Discriminator", "FusionModule", "Gate", "PeerAttention", "PeerEnsemble", "peer_targets", "ema_decay",
     "alignment_loss", "discriminator_loss", "distill_kl", "ensemble_teacher", "gated_teacher", "generator_loss",
     "sigmoid_rampup", "common_shape", "transfer_layer",
 ]

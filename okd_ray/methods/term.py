@@ -98,6 +98,7 @@ class MemberInfo:
     num_classes: int = 0
     feature_shape: tuple[int, int, int] | None = None  # this member's own last feature map
     seed: int = 0  # derived from the run's seed and the member's index: for a term's own generators
+    steps_per_epoch: int = 0  # so that epoch · steps_per_epoch + step counts the run's steps
     network: nn.Module | None = field(default=None, compare=False)  # the member's network (forward: map, logits)
 
 
@@ -180,6 +181,11 @@ class Term:
     def loss(self, batch: Batch) -> torch.Tensor:
         """The term's unweighted loss for this batch."""
         raise NotImplementedError
+
+    def deployed(self) -> nn.Module | None:
+        """The network this member deploys, where it is not the one that trains (PCL's temporal mean): every
+        evaluation runs it instead of the member's network. None: the member's network."""
+        return None
 
     def to_peers(self, batch: Batch) -> Any:
         """With ``Need.PEER_MESSAGES``: what this member's term sends every peer, computed after the member's

@@ -52,6 +52,8 @@ class Member(Part):
                 make_optimizer(network + transfer + learned["feature"], feature), feature)
         for term in self.terms:
             self.optimizers.update(term.optimizers())
+        # What every evaluation runs: the member's network, or the one a term deploys instead (PCL's mean).
+        self.deployed = next((t.deployed() for t in self.terms if t.deployed() is not None), self.net)
         self.stream = spec.stream
         # On a trunk the batches come from the trunk (in the messages); only a member on its own reads data.
         self.dataset = load_dataset(spec.data, spec.seed) if spec.data is not None else None
@@ -178,10 +180,11 @@ class Member(Part):
 
     @torch.no_grad()
     def eval_next(self, shared: SharedMessage | None = None) -> MemberEval:
-        """The next evaluation batch: the feature map for the fusion (FFL), the logits and the labels."""
+        """The next evaluation batch through the deployed network: the feature map for the fusion (FFL), the
+        logits and the labels."""
         x, y = next(self._eval_batches) if shared is None else (shared.features, shared.labels)
         with self.rng.active(self.device):
-            feature, logits = self.net(x.to(self.device))
+            feature, logits = self.deployed(x.to(self.device))
         return outgoing(MemberEval(feature if Need.FUSION in self.needs else None, logits, y))
 
 

@@ -82,7 +82,7 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
     check_fusion(config.method.method)
     for term_spec in config.method.method.terms:  # each term's own check of the population, before any part
         term_spec.term.check(config)
-    specs = tuple(part_specs(config, info, shapes, common, trunk_shape))
+    specs = tuple(part_specs(config, info, shapes, common, trunk_shape, dataset.num_train_batches()))
     for spec in specs:
         if isinstance(spec, MemberSpec):
             check_terms(config.method.name, spec)
@@ -112,7 +112,7 @@ def member_network(spec: MemberSpec) -> torch.nn.Module:
 def build_terms(spec: MemberSpec, network: torch.nn.Module, device: torch.device) -> list[Term]:
     """The member's terms, built from their validated settings (under the member's RNG, after its network)."""
     info = MemberInfo(spec.index, spec.members, spec.common, device, spec.info.num_classes, spec.shape,
-                      derive_seed(spec.seed, "terms", spec.index), network)
+                      derive_seed(spec.seed, "terms", spec.index), spec.steps_per_epoch, network)
     return [term(settings, info) for term, settings in spec.terms]
 
 

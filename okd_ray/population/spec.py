@@ -24,6 +24,7 @@ class PartSpec:
     members: int  # K: how many values a per-member message holds
     data: DataConfig | None  # what the part reads itself (None: a member on a trunk, fed by the trunk)
     info: DataInfo  # the data set's channels, classes and image size
+    steps_per_epoch: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,11 +68,11 @@ def fusion_term(method: Method) -> type[Term]:
 
 
 def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common: Shape | None,
-               trunk_shape: Shape | None) -> list[PartSpec]:
+               trunk_shape: Shape | None, steps_per_epoch: int) -> list[PartSpec]:
     """Every part's spec, in ``parts_of`` order."""
     method = config.method
     common_fields = dict(seed=config.seed, epochs=config.epochs, schedule=config.schedule, members=len(config.members),
-                         info=info)
+                         info=info, steps_per_epoch=steps_per_epoch)
     terms = tuple((spec.term, method.settings(spec.name)) for spec in method.method.terms)
     specs: list[PartSpec] = []
     for pid in parts_of(config):

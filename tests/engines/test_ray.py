@@ -24,6 +24,9 @@ POPULATIONS = {
     # two peers and the group leader on a trunk; the attention part sends gradients on maps and logits back
     "okddip-on-a-trunk": ["method.name=okddip", "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
                           "trunk_stages=2"],
+    # the peer ensemble's part, temporal means sent to the peers and evaluated as the members
+    "pcl-own-augmentations": ["method.name=pcl", "members=[{arch: cnn16}, {arch: cnn32}, {arch: cnn16}]",
+                              "data.augment_per_member=true"],
 }
 TRANSPORTS = ["object_store", "compiled", "direct"]
 # 2 epochs of 3 steps with a learning-rate milestone between them, 20 of the 96 images held out for validation;
