@@ -113,9 +113,9 @@ class Member(Part):
         others = [k for k in range(self.spec.members) if k != self.index]
         own, received = self._own, dict(zip(others, peers))
         batch = replace(
-            own, ring_map=to_device(ring.public) if ring else None, ring_logits=to_device(ring.logits) if ring else None,
+            own, ring_map=to_device(ring.map) if ring else None, ring_logits=to_device(ring.logits) if ring else None,
             peer_logits={k: to_device(m.logits) for k, m in received.items() if m.logits is not None},
-            peer_maps={k: to_device(m.public) for k, m in received.items() if m.public is not None},
+            peer_maps={k: to_device(m.map) for k, m in received.items() if m.map is not None},
             peer_messages={k: map_tensors(m.messages, to_device) for k, m in received.items() if m.messages},
             fused_logits=to_device(fused.logits) if fused else None,
         )

@@ -51,9 +51,10 @@ def parts_of(config: TrainConfig) -> list[PartId]:
 
 
 class RingMessage(NamedTuple):
-    """Member k → member k+1: its public map and logits (None where no term needs them)."""
+    """Member k → member k+1: the sender's public map (its map through its transfer layer; the receiver's own is
+    ``Batch.public``) and its logits (None where no term needs them)."""
 
-    public: Tensor | None
+    map: Tensor | None
     logits: Tensor | None
 
 
@@ -94,7 +95,7 @@ class PeerMessage(NamedTuple):
     no term needs it)."""
 
     logits: Tensor | None
-    public: Tensor | None
+    map: Tensor | None  # the sender's public map
     messages: dict[str, Any] | None  # term name -> what its ``to_peers`` sent
 
 

@@ -168,7 +168,7 @@ def test_ring_sends_each_member_its_predecessor(tiny_config):
     population_step(e.population)
     for k in range(3):
         ring, peers = received[k]
-        assert ring is sent[(k - 1) % 3].ring and ring.public is not None and ring.logits is not None
+        assert ring is sent[(k - 1) % 3].ring and ring.map is not None and ring.logits is not None
         assert peers == ()  # AFD needs only the ring
 
 
