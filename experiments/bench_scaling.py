@@ -27,7 +27,7 @@ from rich.table import Table
 
 from okd_ray.config import load_config
 from okd_ray.engines.local import LocalEngine
-from okd_ray.engines.ray_engine import RayEngine
+from okd_ray.engines.ray import RayEngine
 from okd_ray.population import plan_population
 
 from bench_engine import step_times  # noqa: E402  (a sibling script)

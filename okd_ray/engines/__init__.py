@@ -54,7 +54,7 @@ def __getattr__(name: str):
 
 def make_engine(config: TrainConfig, plan: PopulationPlan) -> Engine:
     if config.engine == "ray":
-        from .ray_engine import RayEngine  # Ray's import costs seconds: only when asked for
+        from .ray import RayEngine  # Ray's import costs seconds: only when asked for
 
         return RayEngine(config, plan)
     from .local import LocalEngine

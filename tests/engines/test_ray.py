@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from okd_ray.checkpoint import MANIFEST
-from okd_ray.engines.ray_engine import auto_transport, check_direct
+from okd_ray.engines.ray.direct import Direct
+from okd_ray.engines.ray.transport import auto_transport
 from okd_ray.run import train
 from okd_ray.errors import ConfigError, OkdRayError
 
@@ -135,7 +136,7 @@ def test_auto_transport_follows_what_was_measured():
 
 def test_direct_transport_on_a_shared_gpu_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match=r"NCCL needs one whole GPU per part.*ray.num_gpus_fusion=1"):
-        check_direct(bundles(0.5, 0.5, 0.5))
+        Direct.check(bundles(0.5, 0.5, 0.5))
     with pytest.raises(ConfigError, match="GPU shares are \\[1, 1, 0\\]"):
-        check_direct(bundles(1, 1, 0))  # the fusion on the CPU could not join an NCCL group
-    check_direct(bundles(0, 0, 0))  # gloo
+        Direct.check(bundles(1, 1, 0))  # the fusion on the CPU could not join an NCCL group
+    Direct.check(bundles(0, 0, 0))  # gloo

@@ -1,0 +1,80 @@
+"""The Ray actor that hosts one part of the population (member, fusion, trunk) and runs its methods."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from typing import Any
+
+import ray
+import torch
+from ray import cloudpickle
+
+from okd_ray.plugins import load_plugins
+from okd_ray.population import build_part
+from okd_ray.population.protocol import flatten, num_returns
+
+
+@ray.remote(enable_tensor_transport=True)
+class PartActor:
+    """Hosts one part of the population and runs its methods."""
+
+    def __init__(self, plugins: list[str], spec: bytes, threads: int, profile: bool):
+        """``spec`` is the part's PartSpec, pickled: opened once the plugins that define its terms and model
+        are imported in this process too."""
+        torch.set_num_threads(threads)
+        load_plugins(plugins)
+        self.device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+        self.part = build_part(cloudpickle.loads(spec), self.device)
+        self.profile = profile
+        self.busy: dict[str, list[float]] = collections.defaultdict(list)
+        self.outbox: tuple = ()
+
+    def run(self, method: str, *args):
+        """A hot-path call: the part's method, its result flattened into one value per Ray return."""
+        fn = getattr(self.part, method)
+        with self._timed(method):
+            return flatten(fn(*args), fn)
+
+    def run_after(self, _tick: Any, method: str, *args):
+        """``run`` for a compiled graph's first calls, which must take the graph's input."""
+        return self.run(method, *args)
+
+    def run_one(self, method: str, *args):
+        """``run`` for transports that return one value per call: the first now, the rest by ``take``."""
+        result = self.run(method, *args)
+        self.outbox = result if num_returns(getattr(self.part, method), self.members) > 1 else (result,)
+        return self.outbox[0]
+
+    def take(self, index: int):
+        return self.outbox[index]
+
+    @contextlib.contextmanager
+    def _timed(self, name: str):
+        """Seconds spent computing (not waiting for inputs), per call, when a benchmark asks for them."""
+        if not self.profile:
+            yield
+            return
+        started = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.busy[name].append(time.perf_counter() - started)
+
+    @property
+    def members(self) -> int:
+        return self.part.spec.members
+
+    def compute_seconds(self) -> dict[str, list[float]]:
+        busy, self.busy = dict(self.busy), collections.defaultdict(list)
+        return busy
+
+    def ready(self) -> dict[str, str]:
+        """Where this part runs: its node and placement group (a liveness probe too)."""
+        context = ray.get_runtime_context()
+        return {"node": context.get_node_id(), "placement_group": context.get_placement_group_id()}
+
+    def call(self, method: str, *args):
+        """Anything outside the hot path: begin_epoch, save, load."""
+        return getattr(self.part, method)(*args)

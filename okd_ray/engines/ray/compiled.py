@@ -1,0 +1,80 @@
+"""``compiled``: the population step traced once into a Ray compiled graph (``ray.dag``) and executed per batch;
+its tensors move over shared-memory channels on one node, or NCCL between GPUs."""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+from ray.dag import DAGNode, InputNode, MultiOutputNode
+from ray.exceptions import GetTimeoutError, RayChannelTimeoutError
+
+from okd_ray.methods import Need
+from okd_ray.population import PartId, Population, part_class, population_step
+
+from .handles import RemotePart
+from .transport import STEPS_IN_FLIGHT, Bundles
+
+LIVENESS_CHECK_S = 5.0  # how often a wait on a compiled step checks that its actors are alive
+
+
+class Compiled:
+    """The population step traced once into a Ray compiled graph and executed per batch."""
+
+    @staticmethod
+    def check(bundles: Bundles) -> None:
+        pass  # one node's shared memory, or NCCL between GPUs: Ray's compiled graphs choose
+
+    def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
+        with InputNode() as tick:
+            parts = [RecordingPart(a, part_class(pid), members, tick) for a, pid in zip(actors, ids)]
+            metrics = population_step(Population.of(ids, parts, needs)).in_part_order()
+            # A compiled graph may have no dangling nodes: outputs no part consumes (say, a None message)
+            # go to the driver, after the metrics.
+            used = {id(n) for p in parts for n in p.consumed} | {id(m) for m in metrics}
+            leaves = [n for p in parts for n in p.produced if id(n) not in used]
+            graph = MultiOutputNode(metrics + leaves)
+        self.count, self.actors = len(metrics), actors
+        self.graph = graph.experimental_compile(_max_inflight_executions=STEPS_IN_FLIGHT + 1)
+        self.ticks = 0
+
+    def submit(self):
+        self.ticks += 1
+        return self.graph.execute(self.ticks)
+
+    def result(self, future) -> list[dict]:
+        """Wait for a step however long it takes, checking every few seconds that no actor has died
+        (a dead actor's channel would otherwise only show as a timeout)."""
+        while True:
+            try:
+                return ray.get(future, timeout=LIVENESS_CHECK_S)[: self.count]
+            except RayChannelTimeoutError:
+                try:  # a dead actor raises RayActorError here; a busy one merely times out
+                    ray.get([a.ready.remote() for a in self.actors], timeout=LIVENESS_CHECK_S)
+                except GetTimeoutError:
+                    pass
+
+    def close(self) -> None:
+        """Called once the actors are gone; Ray logs each dead actor's loop as an error, which it is not here."""
+        quiet = logging.getLogger("ray.dag.compiled_dag_node")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            self.graph.teardown()
+        finally:
+            quiet.setLevel(level)
+
+
+class RecordingPart(RemotePart):
+    """A RemotePart that binds graph nodes with tensor transport and remembers which it made and used."""
+
+    def __init__(self, actor, cls, members, tick):
+        super().__init__(actor, cls, members, tick=tick)
+        self.produced, self.consumed = [], []
+
+    def _submit(self, method, fn, count, args):
+        self.consumed += [a for a in args if isinstance(a, DAGNode)]
+        node = super()._submit(method, fn, count, args)
+        nodes = [n.with_tensor_transport() for n in (node if isinstance(node, (list, tuple)) else [node])]
+        self.produced += nodes
+        return nodes if count > 1 else nodes[0]
