@@ -92,7 +92,7 @@ def train(job: dict) -> list[dict]:
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         wall, cpu = time.perf_counter(), time.process_time()
-        for x, y in data.train_batches(epoch):
+        for x, y, _ in data.train_batches(epoch):
             _, z = model(x)
             loss = F.cross_entropy(z, y)
             optimizer.zero_grad(set_to_none=True)

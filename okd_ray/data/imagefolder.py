@@ -30,20 +30,21 @@ class _SeededView(torch.utils.data.Dataset):
     """The samples ``indices`` of a folder, each transformed with its own seed (keyed by its folder index)."""
 
     def __init__(self, folder: Any, indices: list[int], transform: Callable, seed: int, epoch: int,
-                 stream: int | None = None):
-        self.folder, self.indices, self.transform = folder, indices, transform
+                 stream: int | None = None, ids: bool = False):
+        self.folder, self.indices, self.transform, self.ids = folder, indices, transform, ids
         self.keys = (seed, epoch) + (() if stream is None else (stream,))
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, position: int) -> tuple:
+        """(image, label), and with ``ids`` the sample's index in its folder."""
         index = self.indices[position]
         image, label = self.folder[index]
         # torchvision's transforms draw from the global RNG; fork it so the caller's stream is untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed("image", *self.keys, index))
-            return self.transform(image), label
+            return (self.transform(image), label, index) if self.ids else (self.transform(image), label)
 
 
 def _open(split: Path) -> Any:
@@ -93,10 +94,12 @@ class ImageFolderDataset:
     def num_eval_batches(self, split: Split) -> int:
         return math.ceil(len(self._eval[split][1]) / self.test_batch_size)
 
-    def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor,
+                                                                                     torch.Tensor]]:
         count = len(self._train_indices)
         order = torch.randperm(count, generator=generator("order", self.seed, epoch)).tolist()
-        view = _SeededView(self._train, self._train_indices, self._train_transform, self.seed, epoch, stream)
+        view = _SeededView(self._train, self._train_indices, self._train_transform, self.seed, epoch, stream,
+                           ids=True)
         yield from self._loader(view, self.batch_size, order)
 
     def eval_batches(self, split: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -55,6 +55,7 @@ class TensorDataset:
         images, labels = data.train_images[:config.train_limit], data.train_labels[:config.train_limit]
         train, held = hold_out(labels, config.validation, seed)  # of the training images in use
         self._train = (images[train], labels[train])
+        self._train_ids = train  # each training image's index among the images in use
         self._eval = {"val": (images[held], labels[held]),
                       "test": (data.test_images[:config.test_limit], data.test_labels[:config.test_limit])}
         self._max_value = data.max_value
@@ -67,7 +68,8 @@ class TensorDataset:
     def num_eval_batches(self, split: Split) -> int:
         return math.ceil(len(self._eval[split][1]) / self.test_batch_size)
 
-    def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor,
+                                                                                     torch.Tensor]]:
         images, labels = self._train
         order = torch.randperm(len(labels), generator=generator("order", self.seed, epoch))
         for batch, start in enumerate(range(0, len(labels), self.batch_size)):
@@ -77,7 +79,7 @@ class TensorDataset:
                 # One generator per batch: batch b is the same whatever was drawn before it.
                 keys = ("augment", self.seed, epoch, batch) + (() if stream is None else (stream,))
                 x = self.augmentation(x, generator(*keys))
-            yield self._normalise(x), labels[index]
+            yield self._normalise(x), labels[index], self._train_ids[index]
 
     def eval_batches(self, split: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self._eval[split]

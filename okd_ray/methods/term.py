@@ -69,6 +69,7 @@ class Batch:
     public: torch.Tensor | None = None  # own map through the transfer layer (with gradient)
     index: int = 0  # this member's place in the population
     input: torch.Tensor | None = None  # what the network ran on: the images, or a trunk's shared features
+    ids: torch.Tensor | None = None  # each sample's index among the training images, the same every epoch
     epoch: int = 0  # from 0
     step: int = 0  # within the epoch, from 0
     weights: dict[str, float] = field(default_factory=dict)  # every term's weight in this epoch, by term name

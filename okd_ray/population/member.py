@@ -73,18 +73,18 @@ class Member(Part):
         """Run the next batch (from the images, or from the trunk's shared features) and say what to send."""
         self._shared, gate = None, None
         if shared is None:
-            x, y = next(self._batches)
+            x, y, ids = next(self._batches)
             x = x.to(self.device, non_blocking=True)
         else:  # fresh leaves: their gradients go back to the trunk
             self._shared = x = shared.features.to(self.device).detach().requires_grad_()
             if shared.gate is not None:
                 gate = shared.gate.to(self.device).detach().requires_grad_()
-            y = shared.labels
+            y, ids = shared.labels, shared.ids
         with self.rng.active(self.device):
             feature, logits, public = self._run(x)
             self._own = own = Batch(labels=y.to(self.device, non_blocking=True), logits=logits, feature=feature,
-                                    public=public, index=self.index, input=x, epoch=self.epoch, step=self.step_index,
-                                    weights=self.weights, gate=gate)
+                                    public=public, index=self.index, input=x, ids=ids, epoch=self.epoch,
+                                    step=self.step_index, weights=self.weights, gate=gate)
             self.check_finite({"logits": logits}, f"members.{self.index}.optimizer.lr")
             messages = {t.name: t.to_peers(own) for t in self.terms if Need.PEER_MESSAGES in t.needs}
         return outgoing(MemberForward(

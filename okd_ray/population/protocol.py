@@ -76,11 +76,13 @@ class FusedMessage(NamedTuple):
 
 
 class SharedMessage(NamedTuple):
-    """Trunk → every member: the shared features, the gate over members (ONE) or None, and the labels."""
+    """Trunk → every member: the shared features, the gate over members (ONE) or None, the labels and, in
+    training, the samples' ids."""
 
     features: Tensor
     gate: Tensor | None
     labels: Tensor
+    ids: Tensor | None = None
 
 
 class TrunkGrad(NamedTuple):

@@ -41,11 +41,11 @@ class Trunk(Part):
         return lrs
 
     def forward(self) -> TrunkForward:
-        x, y = next(self._batches)
+        x, y, ids = next(self._batches)
         with self.rng.active(self.device):
             self._features = self.net(x.to(self.device, non_blocking=True))
             self._gate = self.gate(self._features) if self.gate is not None else None
-        return TrunkForward(outgoing(SharedMessage(self._features, self._gate, y)))
+        return TrunkForward(outgoing(SharedMessage(self._features, self._gate, y, ids)))
 
     def update(self, *grads: TrunkGrad) -> dict[str, float]:
         """Step on the sum of the members' gradients (in member order, the same in every engine)."""

@@ -5,7 +5,7 @@ import torch
 
 
 def images(batches):
-    xs, ys = zip(*batches, strict=True)
+    xs, ys = zip(*(batch[:2] for batch in batches), strict=True)  # training batches carry ids too
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -34,5 +34,10 @@ def check_validation_split():
                                                 again.eval_batches("val"), strict=True):
             assert torch.equal(xa, xb) and torch.equal(xa, xc) and torch.equal(ya, yb) and torch.equal(ya, yc)
         assert plain.num_eval_batches("val") == len(list(plain.eval_batches("val")))
+        # each training image keeps its id every epoch, and the ids are those of the images training kept
+        by_id = [{int(i): x for x, _, ids in plain.train_batches(epoch) for x, i in zip(x, ids)} for epoch in (0, 1)]
+        assert by_id[0].keys() == by_id[1].keys() and len(by_id[0]) == total - held
+        assert all(torch.equal(by_id[0][i], by_id[1][i]) for i in by_id[0])
+        assert {bytes(x.numpy().tobytes()) for x in by_id[0].values()} == train_rows
 
     return check

@@ -66,7 +66,7 @@ def test_cifar10_pixels_and_labels_round_trip(tmp_path):
     # Shuffled training images are whole images of the training files, with their own labels.
     train = images_by_content(written, [f"data_batch_{i}" for i in range(1, 6)], "labels")
     seen = []
-    for x, y in data.train_batches(0):
+    for x, y, _ in data.train_batches(0):
         for image, label in zip(to_pixels(x, CIFAR10), y.tolist(), strict=True):
             assert train[image.numpy().tobytes()] == label
             seen.append(image.numpy().tobytes())
@@ -81,14 +81,14 @@ def test_cifar100_reads_fine_labels(tmp_path):
     assert len(y) == 10 and y.tolist() == written["test"][b"fine_labels"][:10]
     expected = torch.from_numpy(written["test"][b"data"][:10]).view(10, 3, 32, 32)
     assert torch.equal(to_pixels(x, CIFAR100), expected)
-    assert sum(len(y) for _, y in data.train_batches(0)) == 2 * PER_BATCH
+    assert sum(len(y) for _, y, _ in data.train_batches(0)) == 2 * PER_BATCH
 
 
 def test_augmentation_is_applied_to_train_batches_only(tmp_path):
     write_cifar10(tmp_path)
     plain = build_dataset("cifar10", root=tmp_path, batch_size=32, augment=False)
     augmented = build_dataset("cifar10", root=tmp_path, batch_size=32, augment=True)
-    (xp, yp), (xa, ya) = next(plain.train_batches(0)), next(augmented.train_batches(0))
+    (xp, yp, _), (xa, ya, _) = next(plain.train_batches(0)), next(augmented.train_batches(0))
     assert torch.equal(yp, ya)  # same order: augmentation does not shift the sample stream
     assert not torch.equal(xp, xa)
     for (tp, _), (ta, _) in zip(plain.eval_batches("test"), augmented.eval_batches("test"), strict=True):
@@ -101,7 +101,7 @@ def test_augmented_batches_are_seeded(tmp_path):
     a = build_dataset("cifar10", root=tmp_path, batch_size=32, seed=1)
     b = build_dataset("cifar10", root=tmp_path, batch_size=32, seed=1)
     for epoch in (0, 1):
-        for (xa, ya), (xb, yb) in zip(a.train_batches(epoch), b.train_batches(epoch), strict=True):
+        for (xa, ya, _), (xb, yb, _) in zip(a.train_batches(epoch), b.train_batches(epoch), strict=True):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(next(a.train_batches(0))[0], next(a.train_batches(1))[0])
     other = build_dataset("cifar10", root=tmp_path, batch_size=32, seed=2)

@@ -7,7 +7,7 @@ from okd_ray.data import DataInfo, Dataset, build_dataset
 
 
 def collect(batches):
-    xs, ys = zip(*batches, strict=True)
+    xs, ys = zip(*(batch[:2] for batch in batches), strict=True)  # training batches carry ids too
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -17,7 +17,7 @@ def test_shapes_dtypes_and_labels():
     assert data.info == DataInfo("digits", in_channels=1, num_classes=10, image_size=8)
     batches = list(data.train_batches(0))
     assert len(batches) == data.num_train_batches() == 15  # 1437 train images, last batch kept
-    assert [len(y) for _, y in batches][-1] == 37
+    assert [len(y) for _, y, _ in batches][-1] == 37
     x, y = collect(batches)
     assert x.shape == (1437, 1, 8, 8) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and set(y.tolist()) == set(range(10))
@@ -45,7 +45,7 @@ def test_limits_keep_the_first_samples():
     full = build_dataset("digits", batch_size=1000)
     small = build_dataset("digits", batch_size=16, train_limit=50, test_limit=30, test_batch_size=7)
     assert small.num_train_batches() == 4
-    assert [len(y) for _, y in small.train_batches(0)] == [16, 16, 16, 2]
+    assert [len(y) for _, y, _ in small.train_batches(0)] == [16, 16, 16, 2]
     assert [len(y) for _, y in small.eval_batches("test")] == [7, 7, 7, 7, 2]
     assert small.num_eval_batches("test") == 5
     x_small, _ = collect(small.eval_batches("test"))
@@ -58,7 +58,7 @@ def test_same_seed_same_batches_and_global_rng_untouched():
     a = build_dataset("digits", batch_size=50, seed=3)
     b = build_dataset("digits", batch_size=50, seed=3)
     for epoch in (0, 1):
-        for (xa, ya), (xb, yb) in zip(a.train_batches(epoch), b.train_batches(epoch), strict=True):
+        for (xa, ya, _), (xb, yb, _) in zip(a.train_batches(epoch), b.train_batches(epoch), strict=True):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(next(a.train_batches(0))[1], next(a.train_batches(1))[1])
     other = build_dataset("digits", batch_size=50, seed=4)

@@ -59,7 +59,7 @@ def test_reads_a_root_of_idx_files(tmp_path, compress, subfolder):
     x, y = next(iter(data.eval_batches("test")))
     assert torch.equal(to_pixels(x)[:, 0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"][:5]))
     assert y.tolist() == arrays["t10k-labels-idx1-ubyte"][:5].tolist()
-    train_labels = torch.cat([y for _, y in data.train_batches(0)])
+    train_labels = torch.cat([y for _, y, _ in data.train_batches(0)])
     assert sorted(train_labels.tolist()) == sorted(arrays["train-labels-idx1-ubyte"].tolist())
 
 
@@ -68,7 +68,7 @@ def test_augmentation_pads_with_zeros_and_is_seeded(tmp_path):
     plain = build_dataset("fashion-mnist", root=tmp_path, batch_size=40, seed=5, augment=False)
     a = build_dataset("fashion-mnist", root=tmp_path, batch_size=40, seed=5)
     b = build_dataset("fashion-mnist", root=tmp_path, batch_size=40, seed=5)
-    (xp, yp), (xa, ya), (xb, _) = next(plain.train_batches(0)), next(a.train_batches(0)), next(b.train_batches(0))
+    (xp, yp, _), (xa, ya, _), (xb, _, _) = next(plain.train_batches(0)), next(a.train_batches(0)), next(b.train_batches(0))
     assert torch.equal(yp, ya) and not torch.equal(xp, xa) and torch.equal(xa, xb)
     assert (to_pixels(xa) == 0).sum() > (to_pixels(xp) == 0).sum()  # the zero border shows in some crops
 

@@ -31,10 +31,10 @@ def test_shapes_and_labels(tree):
     assert data.info == DataInfo("imagefolder", in_channels=3, num_classes=2, image_size=16)
     assert data.num_train_batches() == 3
     batches = list(data.train_batches(0))
-    assert [len(y) for _, y in batches] == [4, 4, 2]
-    x, y = batches[0]
+    assert [len(y) for _, y, _ in batches] == [4, 4, 2]
+    x, y, _ = batches[0]
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert sorted(torch.cat([y for _, y in batches]).tolist()) == [0] * 5 + [1] * 5
+    assert sorted(torch.cat([y for _, y, _ in batches]).tolist()) == [0] * 5 + [1] * 5
     assert [y.tolist() for _, y in data.eval_batches("test")] == [[0, 0, 1], [1]]
 
 
@@ -42,7 +42,7 @@ def test_seeded_across_builds_and_workers_without_touching_the_global_rng(tree):
     state = torch.random.get_rng_state()
     a, b = build(tree, seed=7), build(tree, seed=7, num_workers=1)
     for epoch in (0, 1):
-        for (xa, ya), (xb, yb) in zip(a.train_batches(epoch), b.train_batches(epoch), strict=True):
+        for (xa, ya, _), (xb, yb, _) in zip(a.train_batches(epoch), b.train_batches(epoch), strict=True):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert torch.equal(state, torch.random.get_rng_state())
     first = next(a.train_batches(0))[0]
@@ -55,15 +55,15 @@ def test_test_batches_are_not_augmented(tree):
     for (xa, _), (xb, _) in zip(a.eval_batches("test"), b.eval_batches("test"), strict=True):
         assert torch.equal(xa, xb)
     # Without augmentation, training images get the test transform (resize + centre crop).
-    x_plain = torch.cat([x for x, _ in build(tree, augment=False, train_limit=4).train_batches(0)])
-    x_aug = torch.cat([x for x, _ in build(tree, train_limit=4).train_batches(0)])
+    x_plain = torch.cat([x for x, _, _ in build(tree, augment=False, train_limit=4).train_batches(0)])
+    x_aug = torch.cat([x for x, _, _ in build(tree, train_limit=4).train_batches(0)])
     assert not torch.equal(x_plain, x_aug)
 
 
 def test_limits(tree):
     data = build(tree, train_limit=3, test_limit=1)
     assert data.num_train_batches() == 1
-    assert sum(len(y) for _, y in data.train_batches(0)) == 3
+    assert sum(len(y) for _, y, _ in data.train_batches(0)) == 3
     assert sum(len(y) for _, y in data.eval_batches("test")) == 1
 
 

@@ -42,7 +42,7 @@ def test_one_pcl_step_has_the_reimplementations_gradients():
     population_step(split.population)
 
     members, fusion = joint.population.members, joint.population.fusion
-    x, y = next(iter(members[0].dataset.train_batches(0)))
+    x, y, _ = next(iter(members[0].dataset.train_batches(0)))
     outputs = [m.net(x) for m in members]
     means = [m.terms[2].mean(x)[1] for m in members]  # the peer mean teachers (the step's first: the nets' copies)
     en_output = fusion.fuser.logits([f for f, _ in outputs])

@@ -46,23 +46,31 @@ def engine(*overrides):
 
 
 def probes(local):
-    return [next(t for t in part.terms if t.name == "probe") for part in local.parts]
+    return [next(t for t in member.terms if t.name == "probe") for member in local.population.members]
 
 
 def test_a_term_sees_its_members_input_network_and_context():
     local, config = engine("method.name=probe", "members=[cnn16, cnn32, cnn16]")
     local.begin_epoch(0)
     local.train_epoch(2, lambda metrics: None)
-    x, _ = next(iter(load_dataset(config.data, config.seed).train_batches(0, None)))
+    x, _, ids = next(iter(load_dataset(config.data, config.seed).train_batches(0, None)))
     for k, (probe, part) in enumerate(zip(probes(local), local.parts)):
         info = probe.member
         assert info.network is part.net and info.num_classes == 10 and info.count == 3
         assert info.feature_shape == local.plan.shapes[k] and info.seed == derive_seed(config.seed, "terms", k)
         first, second = probe.seen
-        assert torch.equal(first.input, x)  # the very images the network ran on
+        assert torch.equal(first.input, x) and torch.equal(first.ids, ids)  # the very images it ran on, and theirs
         assert (first.epoch, first.step, second.step) == (0, 0, 1)
         assert first.weights == {"ce": 1.0, "probe": 1.0}
     assert len({p.member.seed for p in probes(local)}) == 3
+
+
+def test_members_on_a_trunk_see_the_ids_of_the_trunks_batch():
+    local, config = engine("method.name=probe", "members=[resnet8, resnet8, resnet8]", "trunk_stages=2")
+    local.begin_epoch(0)
+    local.train_epoch(1, lambda metrics: None)
+    _, _, ids = next(iter(load_dataset(config.data, config.seed).train_batches(0, None)))
+    assert all(torch.equal(p.seen[0].ids, ids) for p in probes(local))
 
 
 def test_every_peer_map_and_every_peers_message_arrive_as_sent():
