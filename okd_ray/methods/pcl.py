@@ -27,6 +27,7 @@ from torch import nn
 
 from okd_ray.errors import ConfigError
 
+from .fused_kl import FusedKL
 from .kl import distill_kl
 from .term import Batch, Fuser, FuserStep, FusionOptimizerConfig, Need, RampedSettings, Term
 
@@ -56,16 +57,13 @@ class PeerEnsemble(Fuser):
         return self.logits(maps)
 
 
-class PeerEnsembleKL(Term):
-    """T²·KL(peer ensemble ‖ own), the ensemble detached; the term brings the ensemble's part."""
+class PeerEnsembleKL(FusedKL):
+    """T²·KL(peer ensemble ‖ own), the ensemble detached: FFL's member term, with the peer ensemble's part."""
 
     name = "peer_ensemble_kl"
-    needs = frozenset({Need.FUSION})
     fuser = PeerEnsemble
 
-    class Settings(RampedSettings):
-        temperature: float = Field(3.0, gt=0)
-        rampup_epochs: float = Field(80, ge=0)
+    class Settings(FusedKL.Settings):
         # The re-implementation trains the ensemble classifier with the networks' SGD (wd 5e-4, Nesterov).
         fusion_optimizer: FusionOptimizerConfig = FusionOptimizerConfig(weight_decay=5e-4)
 
@@ -76,9 +74,6 @@ class PeerEnsembleKL(Term):
                               "each with its own augmentation, which okd-ray's trunk cannot feed yet); set "
                               "trunk_stages=0, and data.augment=true data.augment_per_member=true for PCL's "
                               "augmentations")
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        return distill_kl(batch.logits, batch.fused_logits, self.settings.temperature)
 
 
 def ema_decay(step: int, decay: float) -> float:
