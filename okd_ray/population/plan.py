@@ -52,7 +52,7 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
     """Build each model once (on the CPU, RNG untouched) to learn its feature map, and check the ring fits."""
     dataset = load_dataset(config.data, config.seed)
     info = dataset.info
-    shapes, trunk_shape = [], None
+    shapes, nets, trunk_shape = [], [], None
     for k, member in enumerate(config.members):
         with torch.random.fork_rng(devices=[]):
             try:
@@ -68,6 +68,7 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
                 "pick a convolutional model, or one whose last feature map is 4-D"
             )
         shapes.append(tuple(shape))
+        nets.append(net)
     common = None
     if Need.RING_MAP in config.method.method.needs:
         transfer = config.method.transfer
@@ -84,8 +85,8 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
         term_spec.term.check(config)
     specs = tuple(part_specs(config, info, shapes, common, trunk_shape, dataset.num_train_batches()))
     for spec in specs:
-        if isinstance(spec, MemberSpec):
-            check_terms(config.method.name, spec)
+        if isinstance(spec, MemberSpec):  # the terms, built on the model just built (not a second one)
+            check_terms(config.method.name, spec, branch(nets[spec.index], spec.trunk_stages))
     num_eval = {split: dataset.num_eval_batches(split) for split in ("val", "test")}
     return PopulationPlan(info, shapes, common, dataset.num_train_batches(), num_eval, specs)
 
@@ -106,7 +107,11 @@ MEMBER_OWNS = {"module": ("net", "transfer"), "optimizer": ("logit", "feature")}
 def member_network(spec: MemberSpec) -> torch.nn.Module:
     """The member's network: its whole model, or on a trunk the branch after the shared stages."""
     net = build_model(spec.arch, in_channels=spec.info.in_channels, num_classes=spec.info.num_classes)
-    return net.split(spec.trunk_stages)[1] if spec.trunk_stages else net
+    return branch(net, spec.trunk_stages)
+
+
+def branch(net: torch.nn.Module, trunk_stages: int) -> torch.nn.Module:
+    return net.split(trunk_stages)[1] if trunk_stages else net
 
 
 def build_terms(spec: MemberSpec, network: torch.nn.Module, device: torch.device) -> list[Term]:
@@ -116,12 +121,12 @@ def build_terms(spec: MemberSpec, network: torch.nn.Module, device: torch.device
     return [term(settings, info) for term, settings in spec.terms]
 
 
-def check_terms(method: str, spec: MemberSpec) -> None:
+def check_terms(method: str, spec: MemberSpec, network: torch.nn.Module) -> None:
     """Build the method's terms for one member, as its part will (on the CPU, RNG untouched): a term that refuses
     the population says so now, before any part starts, and no two owners may share a module or optimizer name
     (a term's ``net`` would replace the member's network in its checkpoint)."""
     with torch.random.fork_rng(devices=[]):
-        terms = build_terms(spec, member_network(spec), torch.device("cpu"))
+        terms = build_terms(spec, network, torch.device("cpu"))
     for kind, own in MEMBER_OWNS.items():
         owner = dict.fromkeys(own, "the member")
         for term in terms:
