@@ -126,7 +126,7 @@ def _settings_errors(model: type[BaseModel], values: dict | None, defaults: dict
 
 class RayConfig(Strict):
     address: str | None = None  # None: start a local cluster (or use the one this process is connected to)
-    transport: Literal["auto", "object_store", "compiled", "direct"] = "auto"
+    transport: Literal["auto", "object_store", "compiled", "direct", "collective"] = "auto"
     num_cpus_per_member: float | None = Field(None, gt=0)  # None: up to 1, sharing the cluster's CPUs
     num_gpus_per_member: float | None = Field(None, ge=0)  # None: one GPU each when the cluster has GPUs
     num_cpus_fusion: float | None = Field(None, gt=0)  # None: as a member

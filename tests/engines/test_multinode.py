@@ -47,8 +47,10 @@ def nodes_of(run_dir) -> dict[str, str]:
     return {p["part"]: p["node"] for p in placement["parts"]}
 
 
-def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state):
-    run = train(on_cluster(tiny_config, cluster), run_dir=str(tmp_path / "ray"), quiet=True)
+@pytest.mark.parametrize("transport", ["auto", "collective"])
+def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state, transport):
+    run = train(on_cluster(tiny_config, cluster, f"ray.transport={transport}"), run_dir=str(tmp_path / "ray"),
+                quiet=True)
     nodes = nodes_of(tmp_path / "ray")
     assert len(set(nodes.values())) == 3  # m0, m1 and the fusion each on its own node
     assert cluster.head_node.node_id not in nodes.values()
@@ -81,11 +83,12 @@ def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: boo
     return outcome, node_id
 
 
+@pytest.mark.parametrize("transport", ["auto", "collective"])
 def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(cluster, tiny_config, tmp_path,
-                                                                        population_state):
+                                                                        population_state, transport):
     straight = train(tiny_config(*POPULATION, "engine=local"), run_dir=str(tmp_path / "straight"), quiet=True)
-    outcome, removed = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster), tmp_path / "lost",
-                                                  "m1:cnn32", replace=True)
+    outcome, removed = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster, f"ray.transport={transport}"),
+                                                  tmp_path / "lost", "m1:cnn32", replace=True)
     result = outcome["result"]
     assert result.restarts == 1
     assert removed not in nodes_of(tmp_path / "lost").values()  # the rebuilt population found the new node

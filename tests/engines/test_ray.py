@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from okd_ray.checkpoint import MANIFEST
+from okd_ray.engines.ray.collective import GROUP_TIMEOUT_S, Collective
 from okd_ray.engines.ray.direct import Direct
 from okd_ray.engines.ray.transport import auto_transport
 from okd_ray.run import train
@@ -29,7 +30,7 @@ POPULATIONS = {
     "pcl-own-augmentations": ["method.name=pcl", "members=[{arch: cnn16}, {arch: cnn32}, {arch: cnn16}]",
                               "data.augment_per_member=true"],
 }
-TRANSPORTS = ["object_store", "compiled", "direct"]
+TRANSPORTS = ["object_store", "compiled", "direct", "collective"]
 # 2 epochs of 3 steps with a learning-rate milestone between them, 20 of the 96 images held out for validation;
 # one torch thread in every part, as locally.
 STEPS = ["epochs=2", "data.train_limit=96", "data.validation=20", "data.batch_size=32", "data.test_limit=64", "threads=1",
@@ -134,9 +135,54 @@ def test_auto_transport_follows_what_was_measured():
     assert auto_transport(bundles(1, 1, 1)) == "direct"  # a GPU each: NCCL
 
 
-def test_direct_transport_on_a_shared_gpu_is_refused_with_the_fix():
+@pytest.mark.parametrize("transport", [Direct, Collective])
+def test_a_process_group_transport_on_a_shared_gpu_is_refused_with_the_fix(transport):
     with pytest.raises(ConfigError, match=r"NCCL needs one whole GPU per part.*ray.num_gpus_fusion=1"):
-        Direct.check(bundles(0.5, 0.5, 0.5))
+        transport.check(bundles(0.5, 0.5, 0.5))
     with pytest.raises(ConfigError, match="GPU shares are \\[1, 1, 0\\]"):
-        Direct.check(bundles(1, 1, 0))  # the fusion on the CPU could not join an NCCL group
-    Direct.check(bundles(0, 0, 0))  # gloo
+        transport.check(bundles(1, 1, 0))  # the fusion on the CPU could not join an NCCL group
+    transport.check(bundles(0, 0, 0))  # gloo
+
+
+FAILING_PLUGIN = """
+from okd_ray.methods import CrossEntropy, Need, Term, register_method
+
+class FailsOnM1(Term):
+    name = "fails_on_m1"
+    needs = frozenset({Need.RING_MAP})
+
+    def __init__(self, settings, member):
+        super().__init__(settings, member)
+        self.index = member.index
+
+    def loss(self, batch):
+        if self.index == 1 and batch.step == 1:
+            raise ValueError("a plugin's bug in m1 at its second step")
+        return batch.ring_map.sum() * 0
+
+register_method("fails-on-m1", [CrossEntropy, FailsOnM1])
+"""
+
+
+@pytest.fixture(scope="module")
+def failing_plugin(tmp_path_factory):
+    """One file for the module: a plugin's term name is registered once per process."""
+    plugin = tmp_path_factory.mktemp("plugin") / "fails.py"
+    plugin.write_text(FAILING_PLUGIN)
+    return plugin
+
+
+@pytest.mark.parametrize("transport", ["object_store", "collective"])
+def test_a_part_that_fails_mid_epoch_gives_its_own_error_and_no_part_hangs(ray_cluster, tiny_config, tmp_path,
+                                                                           failing_plugin, transport):
+    """m1 raises in its second step while m0 goes on to wait for m1's ring message of the third; under
+    ``collective`` m0 is blocked in a receive from a part that is alive but done. The driver reports m1's error,
+    not a lost peer, and tears the population down at once."""
+    config = tiny_config(*STEPS, f"plugins=[{failing_plugin}]", "method.name=fails-on-m1", "engine=ray",
+                         f"ray.transport={transport}")
+    started = time.monotonic()
+    with pytest.raises(Exception, match="a plugin's bug in m1 at its second step"):
+        train(config, run_dir=str(tmp_path / "run"), quiet=True)
+    assert time.monotonic() - started < GROUP_TIMEOUT_S / 2  # nothing waited for the group's timeout
+    time.sleep(1)
+    assert not [a for a in ray_cluster.util.list_named_actors() if a.startswith("okd-")]  # every part is gone

@@ -15,6 +15,8 @@ from okd_ray.plugins import load_plugins
 from okd_ray.population import build_part
 from okd_ray.population.protocol import flatten, num_returns
 
+from . import collective
+
 
 @ray.remote(enable_tensor_transport=True)
 class PartActor:
@@ -30,6 +32,7 @@ class PartActor:
         self.profile = profile
         self.busy: dict[str, list[float]] = collections.defaultdict(list)
         self.outbox: tuple = ()
+        self.collective: collective.CollectiveSteps | None = None
 
     def run(self, method: str, *args):
         """A hot-path call: the part's method, its result flattened into one value per Ray return."""
@@ -74,6 +77,18 @@ class PartActor:
         """Where this part runs: its node and placement group (a liveness probe too)."""
         context = ray.get_runtime_context()
         return {"node": context.get_node_id(), "placement_group": context.get_placement_group_id()}
+
+    def free_address(self) -> str:
+        return collective.free_address()
+
+    def join_collective(self, rank: int, ids: list, needs: frozenset, backend: str, address: str) -> None:
+        """Join the population's process group (``collective``), as part ``rank`` of ``ids``."""
+        self.collective = collective.CollectiveSteps(self.part, rank, ids, needs, backend, address)
+
+    def run_steps(self, steps: int) -> list[dict]:
+        """``collective``: ``steps`` population steps run by the parts themselves; this part's metrics of each."""
+        with self._timed("steps"):
+            return self.collective.run(steps)
 
     def call(self, method: str, *args):
         """Anything outside the hot path: begin_epoch, save, load."""

@@ -13,12 +13,12 @@ from okd_ray.methods import Need
 from okd_ray.population import PartId, Population, part_class, population_step
 
 from .handles import RemotePart
-from .transport import STEPS_IN_FLIGHT, Bundles
+from .transport import STEPS_IN_FLIGHT, Bundles, DriverSteps
 
 LIVENESS_CHECK_S = 5.0  # how often a wait on a compiled step checks that its actors are alive
 
 
-class Compiled:
+class Compiled(DriverSteps):
     """The population step traced once into a Ray compiled graph and executed per batch."""
 
     @staticmethod

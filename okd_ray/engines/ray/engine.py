@@ -7,7 +7,6 @@ never through the driver. How they move is the transport's (``TRANSPORTS``, a mo
 
 from __future__ import annotations
 
-import collections
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -26,12 +25,14 @@ from okd_ray.storage import RunStore
 
 from ..resources import PartResources, connect, part_bundles, reserve
 from .actor import PartActor
+from .collective import Collective
 from .compiled import Compiled
 from .direct import Direct
 from .object_store import ObjectStore, calls
-from .transport import STEPS_IN_FLIGHT, Transport, auto_transport
+from .transport import Transport, auto_transport
 
-TRANSPORTS: dict[str, type[Transport]] = {"object_store": ObjectStore, "compiled": Compiled, "direct": Direct}
+TRANSPORTS: dict[str, type[Transport]] = {"object_store": ObjectStore, "compiled": Compiled, "direct": Direct,
+                                          "collective": Collective}
 
 
 class RayEngine:
@@ -93,19 +94,10 @@ class RayEngine:
 
     def train_epoch(self, steps: int, on_step: Callable[[list[dict]], None]) -> dict[str, dict[str, float]]:
         meters = EpochMeters([pid.name for pid in self.ids])
-        pending = collections.deque()
-
-        def collect():
-            metrics = self._guard(lambda: self.steps.result(pending.popleft()))
+        each_step = self.steps.run(steps)
+        while (metrics := self._guard(lambda: next(each_step, None))) is not None:
             meters.add(metrics)
             on_step(metrics)
-
-        for _ in range(steps):
-            pending.append(self._guard(self.steps.submit))
-            if len(pending) > STEPS_IN_FLIGHT:
-                collect()
-        while pending:
-            collect()
         return meters.result()
 
     def evaluate(self, split: Split) -> dict[str, dict[str, float]]:

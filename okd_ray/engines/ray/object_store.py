@@ -9,7 +9,7 @@ from okd_ray.methods import Need
 from okd_ray.population import PartId, Population, StepMetrics, part_class, population_step
 
 from .handles import RemotePart
-from .transport import Bundles
+from .transport import Bundles, DriverSteps
 
 
 def calls(actors: list, ids: list[PartId], members: int, needs: frozenset[Need],
@@ -19,7 +19,7 @@ def calls(actors: list, ids: list[PartId], members: int, needs: frozenset[Need],
     return Population.of(ids, parts, needs)
 
 
-class ObjectStore:
+class ObjectStore(DriverSteps):
     @staticmethod
     def check(bundles: Bundles) -> None:
         pass  # runs anywhere

@@ -1,15 +1,19 @@
 """How one population step's tensors move between the part actors: one module per transport, behind the
 protocol written once here, and one row of ``TRANSPORTS`` (``engine.py``).
 
-A transport is built once the actors are up; it runs the population step (``submit``), hands back a step's
-metrics in ``parts_of`` order (``result``) and tears down after the actors are gone (``close``). ``check``
-refuses a placement it cannot serve before anything is reserved.
+A transport is built once the actors are up; it runs an epoch's population steps (``run``), handing back each
+step's metrics in ``parts_of`` order, and tears down after the actors are gone (``close``). ``check`` refuses a
+placement it cannot serve before anything is reserved.
 """
 
 from __future__ import annotations
 
+import abc
+import collections
+from collections.abc import Iterator
 from typing import Any, Protocol
 
+from okd_ray.errors import ConfigError
 from okd_ray.methods import Need
 from okd_ray.population import PartId
 
@@ -25,18 +29,48 @@ class Transport(Protocol):
     def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
         """Set up over started actors (a collective group, a compiled graph); errors surface as the actors'."""
 
-    def submit(self) -> Any:
-        """Start the next population step; returns what ``result`` waits on."""
-
-    def result(self, future: Any) -> list[dict]:
-        """The step's metrics, one dict per part in ``parts_of`` order."""
+    def run(self, steps: int) -> Iterator[list[dict]]:
+        """``steps`` population steps; each step's metrics, one dict per part in ``parts_of`` order."""
 
     def close(self) -> None:
         """Called once the actors are gone."""
 
 
+class DriverSteps(abc.ABC):
+    """For transports whose driver starts every step (``submit``) and reads its metrics (``result``), keeping
+    ``STEPS_IN_FLIGHT`` steps ahead of the one it reads."""
+
+    @abc.abstractmethod
+    def submit(self) -> Any:
+        """Start the next population step; returns what ``result`` waits on."""
+
+    @abc.abstractmethod
+    def result(self, future: Any) -> list[dict]:
+        """The step's metrics, one dict per part in ``parts_of`` order."""
+
+    def run(self, steps: int) -> Iterator[list[dict]]:
+        pending = collections.deque()
+        for _ in range(steps):
+            pending.append(self.submit())
+            if len(pending) > STEPS_IN_FLIGHT:
+                yield self.result(pending.popleft())
+        while pending:
+            yield self.result(pending.popleft())
+
+
 def gpu_shares(bundles: Bundles) -> list[float]:
     return [b.get("GPU", 0) for b in bundles]
+
+
+def one_gpu_per_part(transport: str, bundles: Bundles) -> None:
+    """For a process group over the parts: NCCL needs one whole GPU per part (two ranks on one GPU are refused:
+    NCCL_ERROR_INVALID_USAGE, measured on an H100); gloo needs every part on the CPU."""
+    gpus = gpu_shares(bundles)
+    if any(gpus) and min(gpus) < 1:
+        raise ConfigError(
+            f"ray.transport={transport}: the parts' GPU shares are {gpus}; NCCL needs one whole GPU per part, members "
+            "and fusion alike. Set ray.num_gpus_per_member=1 and ray.num_gpus_fusion=1 on a cluster with that "
+            "many GPUs, or use ray.transport=compiled (measured fastest on a shared GPU) or object_store")
 
 
 def auto_transport(bundles: Bundles) -> str:

@@ -1,0 +1,208 @@
+"""``collective``: the parts run the population step themselves, a whole epoch per driver call, exchanging their
+messages point to point over one ``torch.distributed`` process group made at set-up (gloo on CPUs, NCCL between
+GPUs). The driver's work per step is nothing; it reads every step's metrics once the epoch ends.
+
+Every part walks the same ``population_step`` (SPMD). A call on its own part runs it; a call on another part sends
+that part the arguments this one owns and stands for the results it will own. A receiver takes each argument
+where it is used, so the arithmetic is the local engine's, operation for operation: no sum crosses a process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import ray
+import torch
+import torch.distributed as dist
+from ray.exceptions import RayTaskError
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from okd_ray.errors import PopulationLost
+from okd_ray.methods import Need
+from okd_ray.population import PartId, Population, part_class, population_step
+from okd_ray.population.protocol import Metrics, flatten, nest, num_returns
+
+from .transport import Bundles, one_gpu_per_part
+
+GROUP_TIMEOUT_S = 600  # the longest a part waits on a message: a peer stuck beyond it ends the epoch with an error
+CAUSE_WAIT_S = 30  # once a part lost a peer, how long the driver waits for the failure that caused it
+ARGS_PER_CALL = 256  # message tags: call index x ARGS_PER_CALL + argument position, the same on every part
+
+
+class PeerLost(RuntimeError):
+    """A message to or from another part failed: that part has died or raised (its own error says why)."""
+
+
+@dataclass
+class Owned:
+    """A value of the step as one part sees it: ``value`` where that part is its ``owner``, else a placeholder."""
+
+    owner: int
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """Where a tensor sat in a message: what the receiver allocates before it receives it."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    requires_grad: bool
+
+
+class Exchange:
+    """One part's messages: sent without waiting (every send is matched by a receive later in the same step on
+    the receiving part, so the step cannot deadlock), received where used, the sends waited for once per step."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sending, self.keep = [], []  # the sends in flight, and their tensors, kept alive until they complete
+
+    def send(self, value: Any, dst: int, tag: int) -> None:
+        leaves, spec = tree_flatten(value)
+        tensors = [t.detach().contiguous() for t in leaves if isinstance(t, torch.Tensor)]
+        skeleton = [TensorSlot(tuple(t.shape), t.dtype, t.requires_grad) if isinstance(t, torch.Tensor) else t
+                    for t in leaves]
+        data = torch.frombuffer(bytearray(pickle.dumps((spec, skeleton))), dtype=torch.uint8).to(self.device)
+        size = torch.tensor([data.numel()], dtype=torch.int64, device=self.device)
+        with peer_errors():
+            self.sending += [dist.isend(t, dst, tag=tag) for t in (size, data, *tensors)]
+        self.keep += [size, data, *tensors]
+
+    def recv(self, src: int, tag: int) -> Any:
+        with peer_errors():
+            size = torch.empty(1, dtype=torch.int64, device=self.device)
+            dist.recv(size, src, tag=tag)
+            data = torch.empty(int(size), dtype=torch.uint8, device=self.device)
+            dist.recv(data, src, tag=tag)
+            spec, skeleton = pickle.loads(data.cpu().numpy().tobytes())
+            leaves = []
+            for leaf in skeleton:
+                if isinstance(leaf, TensorSlot):
+                    tensor = torch.empty(leaf.shape, dtype=leaf.dtype, device=self.device)
+                    dist.recv(tensor, src, tag=tag)
+                    leaf = tensor.requires_grad_(leaf.requires_grad)
+                leaves.append(leaf)
+        return tree_unflatten(leaves, spec)
+
+    def flush(self) -> None:
+        with peer_errors():
+            for work in self.sending:
+                work.wait()
+        self.sending, self.keep = [], []
+
+
+@contextlib.contextmanager
+def peer_errors():
+    """A failed send or receive becomes PeerLost: the driver then looks for the part that caused it."""
+    try:
+        yield
+    except RuntimeError as error:  # gloo and NCCL raise DistBackendError, a RuntimeError
+        raise PeerLost(f"a message between parts failed: {error}") from error
+
+
+class RankPart:
+    """Part ``rank`` as the step code on part ``runner.rank`` sees it."""
+
+    def __init__(self, runner: CollectiveSteps, rank: int, cls: type):
+        self.runner, self.rank, self.cls = runner, rank, cls
+
+    def __getattr__(self, method: str):
+        return lambda *args: self.runner.call(self.rank, method, getattr(self.cls, method), args)
+
+
+class CollectiveSteps:
+    """The actor's side: this part's place in the process group and its walk through every step."""
+
+    def __init__(self, part, rank: int, ids: list[PartId], needs: frozenset[Need], backend: str, address: str):
+        dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=len(ids),
+                                timeout=timedelta(seconds=GROUP_TIMEOUT_S))
+        self.part, self.rank, self.members = part, rank, part.spec.members
+        self.exchange = Exchange(part.device if backend == "nccl" else torch.device("cpu"))
+        self.population = Population.of(ids, [RankPart(self, r, part_class(pid)) for r, pid in enumerate(ids)],
+                                        needs)
+        self.calls = 0
+
+    def call(self, rank: int, method: str, fn, args: tuple):
+        self.calls += 1
+        tags = [self.calls * ARGS_PER_CALL + i for i in range(len(args))]
+        count = num_returns(fn, self.members)
+        if rank == self.rank:
+            flat = flatten(getattr(self.part, method)(*map(self._take, args, tags)), fn)
+            results = [Owned(rank, v) for v in (flat if count > 1 else [flat])]
+        else:
+            for arg, tag in zip(args, tags):
+                if isinstance(arg, Owned) and arg.owner == self.rank:
+                    self.exchange.send(arg.value, rank, tag)
+            results = [Owned(rank)] * count
+        return nest(results if count > 1 else results[0], fn, self.members)
+
+    def _take(self, arg: Any, tag: int) -> Any:
+        if not isinstance(arg, Owned):
+            return arg  # None for a part the population does not have
+        return arg.value if arg.owner == self.rank else self.exchange.recv(arg.owner, tag)
+
+    def run(self, steps: int) -> list[Metrics]:
+        """``steps`` population steps; this part's metrics of each."""
+        metrics = []
+        for _ in range(steps):
+            self.calls = 0
+            metrics.append(population_step(self.population).in_part_order()[self.rank].value)
+            self.exchange.flush()
+        return metrics
+
+    def close(self) -> None:
+        dist.destroy_process_group()
+
+
+def free_address() -> str:
+    """This node's address and a port free on it, for the group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return f"{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
+
+
+class Collective:
+    """The driver's side: one set-up call per part, then one call per part and epoch."""
+
+    @staticmethod
+    def check(bundles: Bundles) -> None:
+        one_gpu_per_part("collective", bundles)
+
+    def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
+        backend = "nccl" if any(b.get("GPU", 0) for b in bundles) else "gloo"
+        address = ray.get(actors[0].free_address.remote())
+        ray.get([a.join_collective.remote(rank, ids, needs, backend, address) for rank, a in enumerate(actors)])
+        self.actors = actors
+
+    def run(self, count: int) -> Iterator[list[dict]]:
+        futures = [a.run_steps.remote(count) for a in self.actors]
+        yield from (list(step) for step in zip(*first_failure(futures)))
+
+    def close(self) -> None:
+        pass  # the group goes with its actors
+
+
+def first_failure(futures: list) -> list:
+    """Every part's result, or the error that stopped the epoch: a part's own (a dead actor, a diverged loss, a
+    plugin's mistake) rather than a peer's report that a message failed because of it."""
+    pending, lost = list(futures), None
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=CAUSE_WAIT_S if lost else None)
+        if not ready:
+            break  # only lost peers to show for it
+        try:
+            ray.get(ready)
+        except RayTaskError as e:
+            if not isinstance(e.cause, PeerLost):
+                raise
+            lost = lost or e.cause
+    if lost is not None:
+        raise PopulationLost(f"a part of the population stopped answering its peers: {lost}")
+    return ray.get(futures)
