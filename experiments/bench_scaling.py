@@ -4,9 +4,11 @@
     python experiments/bench_scaling.py                    # K = 2, 4, 8, 16 small CNNs, batch 64, CIFAR-shaped
     python experiments/bench_scaling.py --smoke-test
 
-Every part gets an equal share of the machine's CPUs (fractional for large K). Per K and transport: the median
-step time, the driver's own time per step (building and submitting the step's calls), the seconds from asking
-for the population to its first step being possible (actors started, collective group or graph built).
+Every part gets an equal share of the machine's CPUs (fractional for large K). Per K and transport: the time per
+step (an epoch of --steps after --warmup steps, over --steps: ``collective`` reports its steps only when the epoch
+ends), the driver process's CPU time per step (all its threads: building and submitting calls, Ray's own
+work), the seconds from asking for the population to its first step being possible (actors started, collective
+group or graph built).
 Exchange volume is counted from the tensors one step really moves (their sizes, from a real forward): per
 member on the ring, its predecessor's public map and logits; at the fusion, every member's feature map,
 logits and labels in, and the fused logits and each map's gradient out. Prints a table and writes Parquet.
@@ -15,7 +17,6 @@ logits and labels in, and the fused logits and each map's gradient out. Prints a
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
@@ -30,7 +31,6 @@ from okd_ray.engines.local import LocalEngine
 from okd_ray.engines.ray import RayEngine
 from okd_ray.population import plan_population
 
-from bench_engine import step_times  # noqa: E402  (a sibling script)
 
 
 def nbytes(t) -> int:
@@ -50,19 +50,13 @@ def exchange_bytes(config) -> tuple[int, int]:
     return ring, fusion_in + fusion_out
 
 
-class DriverClock:
-    """Wraps an engine's step submission to time the driver's own work per step (no waiting)."""
-
-    def __init__(self, steps):
-        self.steps, self.seconds = steps, []
-        self.submit_inner = steps.submit
-        steps.submit = self.submit
-
-    def submit(self):
-        started = time.perf_counter()
-        future = self.submit_inner()
-        self.seconds.append(time.perf_counter() - started)
-        return future
+def timed_epoch(engine, warmup: int, steps: int) -> tuple[float, float]:
+    """(wall seconds, driver CPU seconds) per step over ``steps`` steps, after ``warmup`` untimed ones."""
+    engine.begin_epoch(0)
+    engine.train_epoch(warmup, lambda _: None)
+    wall, cpu = time.perf_counter(), time.process_time()
+    engine.train_epoch(steps, lambda _: None)
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
 def main() -> None:
@@ -72,7 +66,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--transports", nargs="+", default=["object_store", "direct", "compiled"])
+    parser.add_argument("--transports", nargs="+", default=["object_store", "direct", "compiled", "collective"])
     parser.add_argument("--address", default=None)
     parser.add_argument("--smoke-test", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_scaling.parquet"))
@@ -97,24 +91,23 @@ def main() -> None:
             started = time.perf_counter()
             engine = RayEngine(config, plan)
             startup = time.perf_counter() - started
-            clock = DriverClock(engine.steps)
             try:
-                step = statistics.median(step_times(engine, total)[args.warmup:])
+                step, driver = timed_epoch(engine, args.warmup, args.steps)
             finally:
                 engine.close()
             rows.append({"members": k, "transport": transport, "batch_size": args.batch_size, "cpus_per_part": share,
-                         "median_step_ms": 1000 * step, "images_per_s": args.batch_size / step,
-                         "driver_ms_per_step": 1000 * statistics.median(clock.seconds[args.warmup:]),
+                         "step_ms": 1000 * step, "images_per_s": args.batch_size / step,
+                         "driver_cpu_ms_per_step": 1000 * driver,
                          "startup_s": startup, "ring_mb_per_member": ring / 2**20, "fusion_mb": fusion / 2**20,
                          "total_mb": (k * ring + fusion) / 2**20, "cpus": cpus})
             print(rows[-1], flush=True)
-    table = Table(title=f"scaling: afd+ffl, {args.arch} members, batch {args.batch_size}, medians")
-    for c in ["K", "transport", "step ms", "driver ms", "start-up s", "ring MB / member", "fusion MB",
+    table = Table(title=f"scaling: afd+ffl, {args.arch} members, batch {args.batch_size}, {args.steps} steps")
+    for c in ["K", "transport", "step ms", "driver CPU ms", "start-up s", "ring MB / member", "fusion MB",
               "total MB / step"]:
         table.add_column(c, justify="right")
     for r in rows:
-        table.add_row(str(r["members"]), r["transport"], f"{r['median_step_ms']:.1f}",
-                      f"{r['driver_ms_per_step']:.2f}", f"{r['startup_s']:.1f}", f"{r['ring_mb_per_member']:.3f}",
+        table.add_row(str(r["members"]), r["transport"], f"{r['step_ms']:.1f}",
+                      f"{r['driver_cpu_ms_per_step']:.2f}", f"{r['startup_s']:.1f}", f"{r['ring_mb_per_member']:.3f}",
                       f"{r['fusion_mb']:.3f}", f"{r['total_mb']:.3f}")
     Console(width=120).print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

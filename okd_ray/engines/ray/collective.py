@@ -2,14 +2,17 @@
 messages point to point over one ``torch.distributed`` process group made at set-up (gloo on CPUs, NCCL between
 GPUs). The driver's work per step is nothing; it reads every step's metrics once the epoch ends.
 
-Every part walks the same ``population_step`` (SPMD). A call on its own part runs it; a call on another part sends
-that part the arguments this one owns and stands for the results it will own. A receiver takes each argument
-where it is used, so the arithmetic is the local engine's, operation for operation: no sum crosses a process.
+Every part walks the same ``population_step`` (SPMD). A call on its own part runs it and sends each result at once
+to the parts whose calls take it; a call on another part stands for the results that part will own. A receiver
+takes each argument where it is used, so the arithmetic is the local engine's, operation for operation: no sum
+crosses a process.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import math
 import pickle
 import socket
 from collections.abc import Iterator
@@ -41,9 +44,11 @@ class PeerLost(RuntimeError):
 
 @dataclass
 class Owned:
-    """A value of the step as one part sees it: ``value`` where that part is its ``owner``, else a placeholder."""
+    """A value of the step as one part sees it: the ``index``-th result of the step's ``call``-th call, on part
+    ``owner``; ``value`` where this part is its owner."""
 
     owner: int
+    source: tuple[int, int]  # (call, index)
     value: Any = None
 
 
@@ -65,30 +70,36 @@ class Exchange:
         self.sending, self.keep = [], []  # the sends in flight, and their tensors, kept alive until they complete
 
     def send(self, value: Any, dst: int, tag: int) -> None:
+        """Two messages whatever ``value`` holds: its size, then one buffer with its structure (pickled, tensors
+        replaced by their slots) and every tensor's bytes. Few messages matter: each is a rendezvous with the
+        receiver, and on a busy CPU each costs a scheduling slice (measured: a message per tensor was slower)."""
         leaves, spec = tree_flatten(value)
         tensors = [t.detach().contiguous() for t in leaves if isinstance(t, torch.Tensor)]
         skeleton = [TensorSlot(tuple(t.shape), t.dtype, t.requires_grad) if isinstance(t, torch.Tensor) else t
                     for t in leaves]
-        data = torch.frombuffer(bytearray(pickle.dumps((spec, skeleton))), dtype=torch.uint8).to(self.device)
-        size = torch.tensor([data.numel()], dtype=torch.int64, device=self.device)
+        header = torch.frombuffer(bytearray(pickle.dumps((spec, skeleton))), dtype=torch.uint8).to(self.device)
+        pieces = [padded(header)] + [padded(t.view(-1).view(torch.uint8)) for t in tensors]
+        data = torch.cat(pieces)
+        size = torch.tensor([data.numel(), header.numel()], dtype=torch.int64, device=self.device)
         with peer_errors():
-            self.sending += [dist.isend(t, dst, tag=tag) for t in (size, data, *tensors)]
-        self.keep += [size, data, *tensors]
+            self.sending += [dist.isend(size, dst, tag=tag), dist.isend(data, dst, tag=tag)]
+        self.keep += [size, data]
 
     def recv(self, src: int, tag: int) -> Any:
         with peer_errors():
-            size = torch.empty(1, dtype=torch.int64, device=self.device)
+            size = torch.empty(2, dtype=torch.int64, device=self.device)
             dist.recv(size, src, tag=tag)
-            data = torch.empty(int(size), dtype=torch.uint8, device=self.device)
+            total, header = size.tolist()
+            data = torch.empty(total, dtype=torch.uint8, device=self.device)
             dist.recv(data, src, tag=tag)
-            spec, skeleton = pickle.loads(data.cpu().numpy().tobytes())
-            leaves = []
-            for leaf in skeleton:
-                if isinstance(leaf, TensorSlot):
-                    tensor = torch.empty(leaf.shape, dtype=leaf.dtype, device=self.device)
-                    dist.recv(tensor, src, tag=tag)
-                    leaf = tensor.requires_grad_(leaf.requires_grad)
-                leaves.append(leaf)
+        spec, skeleton = pickle.loads(data[:header].cpu().numpy().tobytes())
+        offset, leaves = aligned(header), []
+        for leaf in skeleton:
+            if isinstance(leaf, TensorSlot):
+                count = math.prod(leaf.shape) * leaf.dtype.itemsize
+                tensor = data[offset:offset + count].view(leaf.dtype).view(leaf.shape).clone()
+                leaf, offset = tensor.requires_grad_(leaf.requires_grad), offset + aligned(count)
+            leaves.append(leaf)
         return tree_unflatten(leaves, spec)
 
     def flush(self) -> None:
@@ -96,6 +107,17 @@ class Exchange:
             for work in self.sending:
                 work.wait()
         self.sending, self.keep = [], []
+
+
+ALIGN = 16  # bytes: every tensor starts at a multiple of it in a message's buffer, so it can be viewed as its dtype
+
+
+def aligned(count: int) -> int:
+    return -(-count // ALIGN) * ALIGN
+
+
+def padded(data: torch.Tensor) -> torch.Tensor:
+    return torch.cat([data, data.new_zeros(aligned(data.numel()) - data.numel())])
 
 
 @contextlib.contextmanager
@@ -118,7 +140,12 @@ class RankPart:
 
 
 class CollectiveSteps:
-    """The actor's side: this part's place in the process group and its walk through every step."""
+    """The actor's side: this part's place in the process group and its walk through every step.
+
+    The step is walked once without running anything, to learn where each result goes (the step code is the
+    same every step). Then a part sends each result as soon as it has it, to every part whose call takes it:
+    sent later, at the taking call, a message would wait on its sender's own later work (measured: m0's ring
+    message left only after m0's update, and m1 waited for it)."""
 
     def __init__(self, part, rank: int, ids: list[PartId], needs: frozenset[Need], backend: str, address: str):
         dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=len(ids),
@@ -127,20 +154,28 @@ class CollectiveSteps:
         self.exchange = Exchange(part.device if backend == "nccl" else torch.device("cpu"))
         self.population = Population.of(ids, [RankPart(self, r, part_class(pid)) for r, pid in enumerate(ids)],
                                         needs)
-        self.calls = 0
+        self.consumers: dict[tuple[int, int], list[tuple[int, int]]] = collections.defaultdict(list)
+        self.recording = True  # where results go: (call, index) -> [(part, tag)]
+        self._walk()
+        self.recording = False
 
     def call(self, rank: int, method: str, fn, args: tuple):
         self.calls += 1
-        tags = [self.calls * ARGS_PER_CALL + i for i in range(len(args))]
+        call, tags = self.calls, [self.calls * ARGS_PER_CALL + i for i in range(len(args))]
         count = num_returns(fn, self.members)
-        if rank == self.rank:
-            flat = flatten(getattr(self.part, method)(*map(self._take, args, tags)), fn)
-            results = [Owned(rank, v) for v in (flat if count > 1 else [flat])]
-        else:
+        values = [None] * count
+        if self.recording:
             for arg, tag in zip(args, tags):
-                if isinstance(arg, Owned) and arg.owner == self.rank:
-                    self.exchange.send(arg.value, rank, tag)
-            results = [Owned(rank)] * count
+                if isinstance(arg, Owned):
+                    self.consumers[arg.source].append((rank, tag))
+        elif rank == self.rank:
+            flat = flatten(getattr(self.part, method)(*map(self._take, args, tags)), fn)
+            values = list(flat) if count > 1 else [flat]
+            for index, value in enumerate(values):
+                for dst, tag in self.consumers.get((call, index), ()):
+                    if dst != self.rank:
+                        self.exchange.send(value, dst, tag)
+        results = [Owned(rank, (call, index), value) for index, value in enumerate(values)]
         return nest(results if count > 1 else results[0], fn, self.members)
 
     def _take(self, arg: Any, tag: int) -> Any:
@@ -148,18 +183,17 @@ class CollectiveSteps:
             return arg  # None for a part the population does not have
         return arg.value if arg.owner == self.rank else self.exchange.recv(arg.owner, tag)
 
+    def _walk(self) -> Any:
+        self.calls = 0
+        return population_step(self.population).in_part_order()[self.rank].value
+
     def run(self, steps: int) -> list[Metrics]:
         """``steps`` population steps; this part's metrics of each."""
         metrics = []
         for _ in range(steps):
-            self.calls = 0
-            metrics.append(population_step(self.population).in_part_order()[self.rank].value)
+            metrics.append(self._walk())
             self.exchange.flush()
         return metrics
-
-    def close(self) -> None:
-        dist.destroy_process_group()
-
 
 def free_address() -> str:
     """This node's address and a port free on it, for the group's rendezvous."""
