@@ -97,7 +97,7 @@ def main() -> None:
                 engine.close()
             rows.append({"members": k, "transport": transport, "batch_size": args.batch_size, "cpus_per_part": share,
                          "step_ms": 1000 * step, "images_per_s": args.batch_size / step,
-                         "driver_cpu_ms_per_step": 1000 * driver,
+                         "driver_cpu_ms_per_step": 1000 * driver, "driver_cpu_share": driver / step,
                          "startup_s": startup, "ring_mb_per_member": ring / 2**20, "fusion_mb": fusion / 2**20,
                          "total_mb": (k * ring + fusion) / 2**20, "cpus": cpus})
             print(rows[-1], flush=True)
