@@ -18,7 +18,7 @@ HOST = socket.gethostname()
 
 def test_a_second_process_on_a_run_folder_in_use_is_refused_naming_the_first(tmp_path, okd_ray):
     folder = tmp_path / "run"
-    first = okd_ray.start_until(folder / "checkpoints" / "manifest.json", "train", "epochs=300", *TINY,
+    first = okd_ray.start_until(folder / "checkpoints" / "manifest.json", "train", "epochs=100000", *TINY,
                                 "--run-dir", folder, "--quiet")
     second = okd_ray.run("train", "--resume", folder, "--quiet")
     first.send_signal(signal.SIGINT)
