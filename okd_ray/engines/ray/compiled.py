@@ -49,8 +49,6 @@ class Compiled(DriverSteps):
             try:
                 return ray.get(future, timeout=LIVENESS_CHECK_S)[: self.count]
             except RayChannelTimeoutError:
-                for ref in future:  # a timed-out ref counts as read (Ray 2.60), though its step is still running
-                    ref._ray_get_called = False
                 try:  # a dead actor raises RayActorError here; a busy one merely times out
                     ray.get([a.ready.remote() for a in self.actors], timeout=LIVENESS_CHECK_S)
                 except GetTimeoutError:
