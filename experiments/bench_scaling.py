@@ -32,7 +32,6 @@ from okd_ray.engines.ray import RayEngine
 from okd_ray.population import plan_population
 
 
-
 def nbytes(t) -> int:
     return 0 if t is None else t.nelement() * t.element_size()
 

@@ -26,6 +26,19 @@ def tiny_config(tmp_path):
     return make
 
 
+@pytest.fixture(scope="session")
+def plugin_file(tmp_path_factory):
+    """A factory: a plugin's source as a file, for a module-scoped fixture. A term or method name registers once
+    per process, so a second file with the same names would be refused."""
+
+    def write(name: str, source: str) -> Path:
+        path = tmp_path_factory.mktemp("plugin") / name
+        path.write_text(source)
+        return path
+
+    return write
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A real local Ray cluster (2 CPUs) for a test module (the multi-node tests start their own)."""

@@ -84,11 +84,8 @@ TINY = ["epochs=1", "data.train_limit=64", "data.test_limit=64", "data.batch_siz
 
 
 @pytest.fixture(scope="module")
-def plugin(tmp_path_factory):
-    """One file for the module: a second file registering the same method name would be refused."""
-    path = tmp_path_factory.mktemp("plugin") / "my_method.py"
-    path.write_text(PLUGIN)
-    return path
+def plugin(plugin_file):
+    return plugin_file("my_method.py", PLUGIN)
 
 
 def test_a_plugin_method_model_and_data_set_run_under_both_engines_with_the_same_result(ray_cluster, plugin, tmp_path,
@@ -230,10 +227,8 @@ register_method("refuses-when-built", [CrossEntropy, RefusesWhenBuilt])
 
 
 @pytest.fixture(scope="module")
-def clashing(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clashing") / "clashing.py"
-    path.write_text(CLASHING)
-    return path
+def clashing(plugin_file):
+    return plugin_file("clashing.py", CLASHING)
 
 
 @pytest.mark.parametrize("method, expected", [

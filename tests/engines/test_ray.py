@@ -165,11 +165,8 @@ register_method("fails-on-m1", [CrossEntropy, FailsOnM1])
 
 
 @pytest.fixture(scope="module")
-def failing_plugin(tmp_path_factory):
-    """One file for the module: a plugin's term name is registered once per process."""
-    plugin = tmp_path_factory.mktemp("plugin") / "fails.py"
-    plugin.write_text(FAILING_PLUGIN)
-    return plugin
+def failing_plugin(plugin_file):
+    return plugin_file("fails.py", FAILING_PLUGIN)
 
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])

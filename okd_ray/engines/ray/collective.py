@@ -31,7 +31,7 @@ from okd_ray.methods import Need
 from okd_ray.population import PartId, Population, part_class, population_step
 from okd_ray.population.protocol import Metrics, flatten, nest, num_returns
 
-from .transport import Bundles, one_gpu_per_part
+from .transport import Bundles, gpu_shares, one_gpu_per_part
 
 GROUP_TIMEOUT_S = 600  # the longest a part waits on a message: a peer stuck beyond it ends the epoch with an error
 CAUSE_WAIT_S = 30  # once a part lost a peer, how long the driver waits for the failure that caused it
@@ -78,8 +78,12 @@ class Exchange:
         skeleton = [TensorSlot(tuple(t.shape), t.dtype, t.requires_grad) if isinstance(t, torch.Tensor) else t
                     for t in leaves]
         header = torch.frombuffer(bytearray(pickle.dumps((spec, skeleton))), dtype=torch.uint8).to(self.device)
-        pieces = [padded(header)] + [padded(t.view(-1).view(torch.uint8)) for t in tensors]
-        data = torch.cat(pieces)
+        pieces = [header] + [t.view(-1).view(torch.uint8) for t in tensors]
+        data = torch.zeros(sum(aligned(b.numel()) for b in pieces), dtype=torch.uint8, device=self.device)
+        offset = 0
+        for piece in pieces:  # each copied once, into its aligned place
+            data[offset:offset + piece.numel()] = piece
+            offset += aligned(piece.numel())
         size = torch.tensor([data.numel(), header.numel()], dtype=torch.int64, device=self.device)
         with peer_errors():
             self.sending += [dist.isend(size, dst, tag=tag), dist.isend(data, dst, tag=tag)]
@@ -116,10 +120,6 @@ def aligned(count: int) -> int:
     return -(-count // ALIGN) * ALIGN
 
 
-def padded(data: torch.Tensor) -> torch.Tensor:
-    return torch.cat([data, data.new_zeros(aligned(data.numel()) - data.numel())])
-
-
 @contextlib.contextmanager
 def peer_errors():
     """A failed send or receive becomes PeerLost: the driver then looks for the part that caused it."""
@@ -154,8 +154,9 @@ class CollectiveSteps:
         self.exchange = Exchange(part.device if backend == "nccl" else torch.device("cpu"))
         self.population = Population.of(ids, [RankPart(self, r, part_class(pid)) for r, pid in enumerate(ids)],
                                         needs)
+        # where each result goes: (call, index) -> [(part, tag)], learned by one walk that computes nothing
         self.consumers: dict[tuple[int, int], list[tuple[int, int]]] = collections.defaultdict(list)
-        self.recording = True  # where results go: (call, index) -> [(part, tag)]
+        self.recording = True
         self._walk()
         self.recording = False
 
@@ -195,6 +196,7 @@ class CollectiveSteps:
             self.exchange.flush()
         return metrics
 
+
 def free_address() -> str:
     """This node's address and a port free on it, for the group's rendezvous."""
     with socket.socket() as s:
@@ -210,7 +212,7 @@ class Collective:
         one_gpu_per_part("collective", bundles)
 
     def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
-        backend = "nccl" if any(b.get("GPU", 0) for b in bundles) else "gloo"
+        backend = "nccl" if any(gpu_shares(bundles)) else "gloo"
         address = ray.get(actors[0].free_address.remote())
         ray.get([a.join_collective.remote(rank, ids, needs, backend, address) for rank, a in enumerate(actors)])
         self.actors = actors
