@@ -13,7 +13,10 @@ cloud, so only the local (on-premises) variant goes through _bootstrap_config it
 from __future__ import annotations
 
 import copy
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -23,6 +26,8 @@ import yaml
 from ray.autoscaler._private.commands import _bootstrap_config
 from ray.autoscaler._private.providers import _NODE_PROVIDERS
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from okd_ray.engines.resources import PRELOAD
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
 VARIANT = re.compile(r"^# --- variant: (?P<name>\S+) ---\n(?P<body>.*?)^# --- end ---$", re.M | re.S)
@@ -144,9 +149,28 @@ def test_token_authentication_stays_on(name):
     prepared = ray_up_checks(load(name))
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         starts = [c for c in strings(prepared[key]) if "ray start" in c]
-        assert starts and all(re.search(r"\bRAY_AUTH_MODE=token ray start\b", c) for c in starts), key
+        assert starts and all(re.search(r"\bRAY_AUTH_MODE=token\b[^;]*\bray start\b", c) for c in starts), key
     # Every node gets the one token (`ray up` stops before setting up the head where it was never generated).
     assert prepared["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+@pytest.mark.parametrize("name", ["aws", "gcp", "local"])
+def test_every_node_s_workers_preload_torch(name):
+    prepared = ray_up_checks(load(name))
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in strings(prepared[key]) if "ray start" in c]
+        assert starts and all(re.search(rf"\b{PRELOAD}=torch\b[^;]*\bray start\b", c) for c in starts), key
+
+
+def test_a_ray_that_okd_ray_starts_has_workers_that_preload_torch():
+    """A task that imports nothing finds torch already imported in its worker (without the preload it is not:
+    Ray's worker itself never imports torch)."""
+    probe = ("import sys, ray; from okd_ray.engines import connect; connect('local', log_to_driver=False); "
+             "print(ray.get(ray.remote(lambda: 'torch' in sys.modules).remote()))")
+    env = {k: v for k, v in os.environ.items() if k != PRELOAD}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"], done.stdout
 
 
 @pytest.mark.parametrize("name", ["aws", "gcp", "local"])

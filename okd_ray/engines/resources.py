@@ -7,6 +7,7 @@ the cluster can never meet is an error that says what was asked and what the clu
 from __future__ import annotations
 
 import math
+import os
 import signal
 import socket
 import threading
@@ -23,15 +24,18 @@ from okd_ray.population import parts_of
 
 
 CONNECT_TIMEOUT_S = 5.0  # to reach a given address; Ray's own retries would take minutes to give up
+PRELOAD = "RAY_preload_python_modules"  # read by a raylet as it starts: what its workers import once registered
 
 
 def connect(address: str | None, log_to_driver: bool = True) -> None:
-    """Join ``address`` (``auto``, ``host:6379``, ``ray://host:10001``), or start a local cluster; reuse a live
-    connection. The caller's SIGTERM handler stays (``ray.init`` would make SIGTERM a plain exit)."""
+    """Join ``address`` (``auto``, ``host:6379``, ``ray://host:10001``), or start a local cluster whose workers
+    preload torch (unless ``RAY_preload_python_modules`` says otherwise); reuse a live connection. The caller's
+    SIGTERM handler stays (``ray.init`` would make SIGTERM a plain exit)."""
     if ray.is_initialized():
         return
     if address not in (None, "auto", "local"):
         check_reachable(address)
+    os.environ.setdefault(PRELOAD, "torch")  # a cluster joined keeps its own setting: its raylets have started
     on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver, configure_logging=False)
