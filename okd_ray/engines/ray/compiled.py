@@ -7,15 +7,12 @@ import logging
 
 import ray
 from ray.dag import DAGNode, InputNode, MultiOutputNode
-from ray.exceptions import GetTimeoutError, RayChannelTimeoutError
 
 from okd_ray.methods import Need
 from okd_ray.population import PartId, Population, part_class, population_step
 
 from .handles import RemotePart
 from .transport import STEPS_IN_FLIGHT, Bundles, DriverSteps
-
-LIVENESS_CHECK_S = 5.0  # how often a wait on a compiled step checks that its actors are alive
 
 
 class Compiled(DriverSteps):
@@ -34,7 +31,7 @@ class Compiled(DriverSteps):
             used = {id(n) for p in parts for n in p.consumed} | {id(m) for m in metrics}
             leaves = [n for p in parts for n in p.produced if id(n) not in used]
             graph = MultiOutputNode(metrics + leaves)
-        self.count, self.actors = len(metrics), actors
+        self.count = len(metrics)
         self.graph = graph.experimental_compile(_max_inflight_executions=STEPS_IN_FLIGHT + 1)
         self.ticks = 0
 
@@ -43,16 +40,10 @@ class Compiled(DriverSteps):
         return self.graph.execute(self.ticks)
 
     def result(self, future) -> list[dict]:
-        """Wait for a step however long it takes, checking every few seconds that no actor has died
-        (a dead actor's channel would otherwise only show as a timeout)."""
-        while True:
-            try:
-                return ray.get(future, timeout=LIVENESS_CHECK_S)[: self.count]
-            except RayChannelTimeoutError:
-                try:  # a dead actor raises RayActorError here; a busy one merely times out
-                    ray.get([a.ready.remote() for a in self.actors], timeout=LIVENESS_CHECK_S)
-                except GetTimeoutError:
-                    pass
+        """Wait for a step however long it takes (``-1``: no timeout; a timed-out CompiledDAGRef cannot be read
+        again). A dead actor ends its execution loop, and Ray's monitor then tears the graph down, which fails
+        this read with a channel error."""
+        return ray.get(future, timeout=-1)[: self.count]
 
     def close(self) -> None:
         """Called once the actors are gone; Ray logs each dead actor's loop as an error, which it is not here."""
