@@ -33,6 +33,21 @@ def cluster():
     cluster.shutdown()
 
 
+@pytest.fixture(scope="module")
+def local_state(tmp_path_factory):
+    """The population's state after an uninterrupted local-engine run, made once for every test here."""
+    states = []
+
+    def get(tiny_config, population_state):
+        if not states:
+            run = train(tiny_config(*POPULATION, "engine=local"), run_dir=str(tmp_path_factory.mktemp("local")),
+                        quiet=True)
+            states.append(population_state(run.run_dir))
+        return states[0]
+
+    return get
+
+
 def on_cluster(tiny_config, cluster, *overrides):
     """Joined as ``--address`` would: a lost node's parts are waited for, not refused at once."""
     return tiny_config(*POPULATION, f"ray.address={cluster.address}", "ray.placement_timeout_s=30", *overrides)
@@ -48,14 +63,14 @@ def nodes_of(run_dir) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("transport", ["auto", "collective"])
-def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state, transport):
+def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state, local_state,
+                                                         transport):
     run = train(on_cluster(tiny_config, cluster, f"ray.transport={transport}"), run_dir=str(tmp_path / "ray"),
                 quiet=True)
     nodes = nodes_of(tmp_path / "ray")
     assert len(set(nodes.values())) == 3  # m0, m1 and the fusion each on its own node
     assert cluster.head_node.node_id not in nodes.values()
-    local = train(tiny_config(*POPULATION, "engine=local"), run_dir=str(tmp_path / "local"), quiet=True)
-    assert same_state(population_state(local.run_dir), population_state(run.run_dir))
+    assert same_state(local_state(tiny_config, population_state), population_state(run.run_dir))
 
 
 def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: bool):
@@ -85,14 +100,13 @@ def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: boo
 
 @pytest.mark.parametrize("transport", ["auto", "collective"])
 def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(cluster, tiny_config, tmp_path,
-                                                                        population_state, transport):
-    straight = train(tiny_config(*POPULATION, "engine=local"), run_dir=str(tmp_path / "straight"), quiet=True)
+                                                                        population_state, local_state, transport):
     outcome, removed = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster, f"ray.transport={transport}"),
                                                   tmp_path / "lost", "m1:cnn32", replace=True)
     result = outcome["result"]
     assert result.restarts == 1
     assert removed not in nodes_of(tmp_path / "lost").values()  # the rebuilt population found the new node
-    assert same_state(population_state(straight.run_dir), population_state(result.run_dir))
+    assert same_state(local_state(tiny_config, population_state), population_state(result.run_dir))
 
 
 def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpoint(cluster, tiny_config, tmp_path):

@@ -53,15 +53,15 @@ def assert_same_rows(a, b):
 
 @pytest.fixture(scope="module")
 def local_runs(tmp_path_factory):
-    """Each population's local-engine run, made once and compared with every transport."""
+    """Each population's local-engine run (its overrides), made once and compared with every transport."""
     runs = {}
 
-    def get(population, tiny_config, population_state):
-        if population not in runs:
+    def get(overrides, tiny_config, population_state):
+        if overrides not in runs:
             folder = tmp_path_factory.mktemp("local")
-            local = train(tiny_config(*STEPS, *POPULATIONS[population]), run_dir=str(folder), quiet=True)
-            runs[population] = (population_state(local.run_dir), local.rows)
-        return runs[population]
+            local = train(tiny_config(*overrides), run_dir=str(folder), quiet=True)
+            runs[overrides] = (population_state(local.run_dir), local.rows)
+        return runs[overrides]
 
     return get
 
@@ -70,7 +70,7 @@ def local_runs(tmp_path_factory):
 @pytest.mark.parametrize("population", list(POPULATIONS))
 def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tmp_path, population_state, local_runs,
                                                     population, transport):
-    state, rows = local_runs(population, tiny_config, population_state)
+    state, rows = local_runs((*STEPS, *POPULATIONS[population]), tiny_config, population_state)
     config = tiny_config(*STEPS, *POPULATIONS[population], "engine=ray", f"ray.transport={transport}")
     run = train(config, run_dir=str(tmp_path / transport), quiet=True)
     assert_same_state(state, population_state(run.run_dir))
@@ -81,10 +81,12 @@ def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tm
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_config, tmp_path, population_state, transport):
-    overrides = [*STEPS, "epochs=3", "data.train_limit=256", "method.name=afd+ffl", "engine=ray",
-                 f"ray.transport={transport}", "schedule={kind: multistep, milestones: [2]}"]
-    straight = train(tiny_config(*overrides), run_dir=str(tmp_path / "straight"), quiet=True)
+def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_config, tmp_path, population_state,
+                                                            local_runs, transport):
+    """Against the uninterrupted run of the local engine, which every transport equals (above)."""
+    population = (*STEPS, "epochs=3", "data.train_limit=160", "method.name=afd+ffl",
+                  "schedule={kind: multistep, milestones: [2]}")
+    state, rows = local_runs(population, tiny_config, population_state)
 
     run_dir = tmp_path / "killed"
     killed = []
@@ -99,11 +101,12 @@ def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_co
 
     killer = threading.Thread(target=kill_member_after_first_checkpoint)
     killer.start()
-    result = train(tiny_config(*overrides), run_dir=str(run_dir), quiet=True)
+    result = train(tiny_config(*population, "engine=ray", f"ray.transport={transport}"), run_dir=str(run_dir),
+                   quiet=True)
     killer.join()
     assert killed and result.restarts == 1
-    assert_same_state(population_state(straight.run_dir), population_state(result.run_dir))
-    assert_same_rows(straight.rows, result.rows)
+    assert_same_state(state, population_state(result.run_dir))
+    assert_same_rows(rows, result.rows)
 
 
 def test_unmeetable_resources_are_a_clear_error(ray_cluster, tiny_config):
