@@ -62,7 +62,7 @@ def nodes_of(run_dir) -> dict[str, str]:
     return {p["part"]: p["node"] for p in placement["parts"]}
 
 
-@pytest.mark.parametrize("transport", ["auto", "collective"])
+@pytest.mark.parametrize("transport", ["object_store", "collective"])
 def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state, local_state,
                                                          transport):
     run = train(on_cluster(tiny_config, cluster, f"ray.transport={transport}"), run_dir=str(tmp_path / "ray"),
@@ -98,7 +98,7 @@ def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: boo
     return outcome, node_id
 
 
-@pytest.mark.parametrize("transport", ["auto", "collective"])
+@pytest.mark.parametrize("transport", ["object_store", "collective"])
 def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(cluster, tiny_config, tmp_path,
                                                                         population_state, local_state, transport):
     outcome, removed = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster, f"ray.transport={transport}"),

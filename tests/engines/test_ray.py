@@ -133,7 +133,7 @@ def bundles(*gpus):
 
 
 def test_auto_transport_follows_what_was_measured():
-    assert auto_transport(bundles(0, 0, 0)) == "object_store"  # CPUs
+    assert auto_transport(bundles(0, 0, 0)) == "collective"  # CPUs
     assert auto_transport(bundles(0.5, 0.5)) == "compiled"  # parts sharing a GPU (measured on an H100)
     assert auto_transport(bundles(1, 1, 1)) == "direct"  # a GPU each: NCCL
 

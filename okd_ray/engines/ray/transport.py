@@ -74,9 +74,11 @@ def one_gpu_per_part(transport: str, bundles: Bundles) -> None:
 
 
 def auto_transport(bundles: Bundles) -> str:
-    """``direct`` (NCCL) when every part has its own GPU (not measured yet); on a shared GPU and on CPUs,
-    what ``experiments/bench_engine.py`` measured fastest (README, "What the engines cost")."""
+    """``direct`` (NCCL) when every part has its own GPU (not measured yet); on a shared GPU, what
+    ``experiments/bench_engine.py`` measured fastest; on CPUs, ``collective``, the fastest at every K that
+    ``experiments/bench_scaling.py`` measured, with a sixteenth of the driver's CPU or less (README, "What the
+    engines cost")."""
     gpus = gpu_shares(bundles)
     if gpus and min(gpus) >= 1:
         return "direct"
-    return "compiled" if any(gpus) else "object_store"
+    return "compiled" if any(gpus) else "collective"
