@@ -236,11 +236,12 @@ def markdown(final: dict, diffs: list[dict], rows: list[dict], methods: list[str
              untuned: dict | None = None) -> str:
     parts = ["m0", "m1", "ensemble", "fused"]
     names = {p: next((r["part"] for r in rows if part_key(r) == p), p) for p in parts}
-    lines = [f"Test top-1 (%) on all 10,000 Fashion-MNIST test images after the last epoch, mean ± std over seeds "
-             f"{', '.join(map(str, seeds))}.", "", "| method | " + " | ".join(names[p] for p in parts) + " |",
-             "|---" * (len(parts) + 1) + "|"]
+    lines = [f"Test top-1 (%) on all 10,000 Fashion-MNIST test images after the last epoch, mean ± std over the "
+             f"seeds of {', '.join(map(str, seeds))} that each method has finished (*seeds*).", "",
+             "| method | seeds | " + " | ".join(names[p] for p in parts) + " |", "|---" * (len(parts) + 2) + "|"]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(spread(final, m, p, seeds) for p in parts) + " |")
+        done = sum((m, "m0", s) in final for s in seeds)
+        lines.append(f"| {m} | {done} | " + " | ".join(spread(final, m, p, seeds) for p in parts) + " |")
     if untuned:
         lines += ["", "Untuned (every weight 1, the committed study) beside tuned (each method's config selected on "
                   "validation, retrained on every training image), test top-1 (%), mean ± std over the same seeds.", "",
