@@ -100,12 +100,12 @@ def measure(args) -> list[dict]:
     cpus = ray.cluster_resources().get("CPU", 1)
     nodes = len([n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")])
     total = args.warmup + 1 + args.steps
+    spread = ["ray.placement=spread"] if args.nodes else []
     rows = []
     for k in args.sizes:
         base = population(k, args.arch, args.batch_size, total)
         ring, fusion = exchange_bytes(load_config(None, base))
         for transport in args.transports:
-            spread = ["ray.placement=spread"] if args.nodes else []
             config = load_config(None, [*on_ray(base, transport, k, cpus, nodes), *spread])
             share = config.ray.num_cpus_per_member
             plan = plan_population(config)
@@ -124,6 +124,14 @@ def measure(args) -> list[dict]:
                          "total_mb": (k * ring + fusion) / 2**20, "cpus": cpus})
             print(rows[-1], flush=True)
     return rows
+
+
+def publish(table: Table, rows: list[dict], out: str) -> None:
+    """Print the table; write the rows to Parquet at ``out``."""
+    Console(width=120).print(table)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out)
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -164,10 +172,7 @@ def main() -> None:
         table.add_row(str(r["members"]), r["transport"], f"{r['step_ms']:.1f}", f"{r['driver_cpu_ms_per_step']:.2f}",
                       f"{r['driver_cpu_ms_per_call']:.1f}", f"{r['startup_s']:.1f}", f"{r['ring_mb_per_member']:.3f}",
                       f"{r['fusion_mb']:.3f}", f"{r['total_mb']:.3f}")
-    Console(width=120).print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), args.out)
-    print(f"wrote {args.out}")
+    publish(table, rows, args.out)
 
 
 if __name__ == "__main__":

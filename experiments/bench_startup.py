@@ -20,10 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
-from rich.console import Console
 from rich.table import Table
 
 from okd_ray.config import load_config
@@ -31,7 +28,7 @@ from okd_ray.engines.ray import RayEngine
 from okd_ray.engines.resources import PRELOAD
 from okd_ray.population import plan_population
 
-from bench_scaling import on_ray, population  # a sibling: the same populations as the scaling benchmark
+from bench_scaling import on_ray, population, publish  # a sibling: the same populations as the scaling benchmark
 
 
 def startup_s(k: int, preload: bool, idle_s: float, arch: str) -> float:
@@ -81,10 +78,7 @@ def main() -> None:
                                          if (r["members"], r["state"], r["preload"]) == (k, state, p))
                        for p in (False, True))
             table.add_row(str(k), state, f"{off:.1f}", f"{on:.1f}", f"{on / off:.2f}")
-    Console(width=120).print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), args.out)
-    print(f"wrote {args.out}")
+    publish(table, rows, args.out)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,23 @@ def flatten(obj, prefix=""):
     return {prefix: torch.as_tensor(obj)} if obj is not None else {}
 
 
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory):
+    """A factory: the local-engine run of a tuple of overrides, made once per test module, as (the population's
+    state, its metric rows): what every transport and every interrupted run is compared with."""
+    from okd_ray.run import train
+
+    runs = {}
+
+    def get(overrides: tuple[str, ...], tiny_config, population_state):
+        if overrides not in runs:
+            local = train(tiny_config(*overrides), run_dir=str(tmp_path_factory.mktemp("local")), quiet=True)
+            runs[overrides] = (population_state(local.run_dir), local.rows)
+        return runs[overrides]
+
+    return get
+
+
 @pytest.fixture
 def population_state():
     """Reads a run's final checkpoint as a flat {key: tensor} of the whole population."""

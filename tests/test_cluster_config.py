@@ -67,6 +67,12 @@ def strings(obj) -> list[str]:
     return [obj] if isinstance(obj, str) else []
 
 
+def ray_starts(prepared: dict) -> dict[str, list[str]]:
+    """The `ray start` commands of the head's and the workers' start commands."""
+    return {key: [c for c in strings(prepared[key]) if "ray start" in c]
+            for key in ("head_start_ray_commands", "worker_start_ray_commands")}
+
+
 def test_the_variants_are_there():
     assert set(SOURCES) == {"aws", "gcp", "local"}
     assert {name: load(name)["provider"]["type"] for name in SOURCES} == {"aws": "aws", "gcp": "gcp", "local": "local"}
@@ -136,7 +142,7 @@ def test_ray_up_rejects_a_broken_copy(case):
 def test_dashboard_listens_on_localhost_only(name):
     prepared = ray_up_checks(load(name))  # with the provider's defaults merged in
     commands = strings(prepared["head_start_ray_commands"]) + strings(prepared["worker_start_ray_commands"])
-    head_start = [c for c in strings(prepared["head_start_ray_commands"]) if "ray start" in c]
+    head_start = ray_starts(prepared)["head_start_ray_commands"]
     assert len(head_start) == 1
     assert re.findall(r"--dashboard-host[= ](\S+)", head_start[0]) == ["127.0.0.1"]
     assert not [c for c in commands if "0.0.0.0" in c or "::" in c]
@@ -147,8 +153,7 @@ def test_dashboard_listens_on_localhost_only(name):
 def test_token_authentication_stays_on(name):
     assert not re.search(r"RAY_AUTH_MODE\W*disabled", SOURCES[name], re.I)
     prepared = ray_up_checks(load(name))
-    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        starts = [c for c in strings(prepared[key]) if "ray start" in c]
+    for key, starts in ray_starts(prepared).items():
         assert starts and all(re.search(r"\bRAY_AUTH_MODE=token\b[^;]*\bray start\b", c) for c in starts), key
     # Every node gets the one token (`ray up` stops before setting up the head where it was never generated).
     assert prepared["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
@@ -156,9 +161,7 @@ def test_token_authentication_stays_on(name):
 
 @pytest.mark.parametrize("name", ["aws", "gcp", "local"])
 def test_every_node_s_workers_preload_torch(name):
-    prepared = ray_up_checks(load(name))
-    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        starts = [c for c in strings(prepared[key]) if "ray start" in c]
+    for key, starts in ray_starts(ray_up_checks(load(name))).items():
         assert starts and all(re.search(rf"\b{PRELOAD}=torch\b[^;]*\bray start\b", c) for c in starts), key
 
 

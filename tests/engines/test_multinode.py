@@ -19,6 +19,7 @@ from okd_ray.storage import RunStore
 POPULATION = ["method.name=afd+ffl", "epochs=4", "data.train_limit=192", "data.batch_size=32", "data.test_limit=64",
               "threads=1", "schedule={kind: multistep, milestones: [2]}", "engine=ray", "ray.placement=strict_spread",
               "ray.num_cpus_per_member=1", "ray.num_cpus_fusion=1"]
+LOCAL = (*POPULATION, "engine=local")  # the uninterrupted run every test here is compared with
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +32,6 @@ def cluster():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
-
-
-@pytest.fixture(scope="module")
-def local_state(tmp_path_factory):
-    """The population's state after an uninterrupted local-engine run, made once for every test here."""
-    states = []
-
-    def get(tiny_config, population_state):
-        if not states:
-            run = train(tiny_config(*POPULATION, "engine=local"), run_dir=str(tmp_path_factory.mktemp("local")),
-                        quiet=True)
-            states.append(population_state(run.run_dir))
-        return states[0]
-
-    return get
 
 
 def on_cluster(tiny_config, cluster, *overrides):
@@ -63,14 +49,14 @@ def nodes_of(run_dir) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
-def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state, local_state,
+def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state, local_runs,
                                                          transport):
     run = train(on_cluster(tiny_config, cluster, f"ray.transport={transport}"), run_dir=str(tmp_path / "ray"),
                 quiet=True)
     nodes = nodes_of(tmp_path / "ray")
     assert len(set(nodes.values())) == 3  # m0, m1 and the fusion each on its own node
     assert cluster.head_node.node_id not in nodes.values()
-    assert same_state(local_state(tiny_config, population_state), population_state(run.run_dir))
+    assert same_state(local_runs(LOCAL, tiny_config, population_state)[0], population_state(run.run_dir))
 
 
 def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: bool):
@@ -100,13 +86,13 @@ def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: boo
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
 def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(cluster, tiny_config, tmp_path,
-                                                                        population_state, local_state, transport):
+                                                                        population_state, local_runs, transport):
     outcome, removed = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster, f"ray.transport={transport}"),
                                                   tmp_path / "lost", "m1:cnn32", replace=True)
     result = outcome["result"]
     assert result.restarts == 1
     assert removed not in nodes_of(tmp_path / "lost").values()  # the rebuilt population found the new node
-    assert same_state(local_state(tiny_config, population_state), population_state(result.run_dir))
+    assert same_state(local_runs(LOCAL, tiny_config, population_state)[0], population_state(result.run_dir))
 
 
 def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpoint(cluster, tiny_config, tmp_path):

@@ -51,21 +51,6 @@ def assert_same_rows(a, b):
     assert strip(a) == strip(b)
 
 
-@pytest.fixture(scope="module")
-def local_runs(tmp_path_factory):
-    """Each population's local-engine run (its overrides), made once and compared with every transport."""
-    runs = {}
-
-    def get(overrides, tiny_config, population_state):
-        if overrides not in runs:
-            folder = tmp_path_factory.mktemp("local")
-            local = train(tiny_config(*overrides), run_dir=str(folder), quiet=True)
-            runs[overrides] = (population_state(local.run_dir), local.rows)
-        return runs[overrides]
-
-    return get
-
-
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("population", list(POPULATIONS))
 def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tmp_path, population_state, local_runs,
