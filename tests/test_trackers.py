@@ -90,6 +90,20 @@ def test_a_run_interrupted_in_its_first_epoch_leaves_no_events_behind(tmp_path, 
     assert not folder.exists() or not list(folder.iterdir()), list(folder.iterdir())
 
 
+def test_a_signal_while_a_writer_is_made_takes_effect_once_the_writer_is_kept():
+    """The writer's event thread starts inside its constructor: interrupted there, it outlived ``discard`` and
+    wrote into the folder being deleted (CI: 'Directory not empty', exit 1 instead of 130)."""
+    from okd_ray.trackers.tensorboard import signals_deferred
+
+    before = signal.getsignal(signal.SIGINT)
+    kept = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+            kept.append("writer")
+    assert kept == ["writer"] and signal.getsignal(signal.SIGINT) is before
+
+
 def test_mlflow_needs_a_tracking_uri_for_a_run_folder_given_as_a_uri(tmp_path, monkeypatch):
     from okd_ray.errors import ConfigError
     from okd_ray.storage import RunStore

@@ -3,6 +3,9 @@ PyTorch's own writer. A resumed run purges what a longer, lost attempt wrote aft
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from typing import Any
 
 from okd_ray.config import TrainConfig
@@ -20,7 +23,9 @@ class TensorBoardTracker:
         if kind not in self.writers:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only for runs that use it
 
-            self.writers[kind] = SummaryWriter(f"{self.store.address}/{FOLDER}/{kind}", purge_step=self.first[kind])
+            with signals_deferred():
+                self.writers[kind] = SummaryWriter(f"{self.store.address}/{FOLDER}/{kind}",
+                                                   purge_step=self.first[kind])
         for tag, value in values.items():
             self.writers[kind].add_scalar(tag, value, step)
 
@@ -35,3 +40,24 @@ class TensorBoardTracker:
     def discard(self) -> None:
         self.close("interrupted")
         self.store.delete(FOLDER)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Ctrl-C or SIGTERM during the block takes effect when it ends. A SummaryWriter starts its event thread
+    before its constructor returns: interrupted in between, the writer is never closed, and its thread goes on
+    writing into the folder that ``discard`` is deleting. Signals reach the main thread only; elsewhere (a Tune
+    trial's thread) there is nothing to defer."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {number: signal.signal(number, lambda number, frame: caught.append(number))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in caught[:1]:
+            signal.raise_signal(number)  # to the handler that was there before: KeyboardInterrupt, Terminated
