@@ -189,10 +189,6 @@ class TrainConfig(Strict):
             raise PydanticCustomError(
                 "population", f"trunk_stages: members sharing a trunk must have one architecture, got "
                 f"{[m.arch for m in self.members]}; give every member the same arch, or set trunk_stages=0")
-        if self.trunk_stages and self.data.augment_per_member:
-            raise PydanticCustomError(
-                "population", "data.augment_per_member: members on a shared trunk see the trunk's one batch; set "
-                "data.augment_per_member=false, or trunk_stages=0 for each member's own augmentation")
         if self.data.augment_per_member and not self.data.augment:
             raise PydanticCustomError(
                 "population", "data.augment_per_member: with data.augment=false there is no augmentation to draw per "

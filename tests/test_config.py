@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from okd_ray.config import apply_overrides, dump_config, load_config, load_yaml, parse_config, read_raw
-from okd_ray.errors import ConfigError
+from okd_ray.errors import ConfigError, DataError
 from okd_ray.optim import OptimizerConfig
+from okd_ray.population import plan_population
 from okd_ray.tune import parse_space
 
 
@@ -62,11 +63,11 @@ def test_bad_values_name_the_key(override, expected):
     assert expected in str(err.value)
 
 
-def test_per_member_augmentation_on_a_shared_trunk_is_refused():
-    with pytest.raises(ConfigError, match="data.augment_per_member: members on a shared trunk see the trunk's one"):
-        load_config(None, ["members=[resnet8, resnet8]", "trunk_stages=2", "data.augment_per_member=true"])
+def test_per_member_augmentation_without_an_augmentation_is_refused():
     with pytest.raises(ConfigError, match="data.augment_per_member: with data.augment=false there is no augmentation"):
         load_config(None, ["data.augment=false", "data.augment_per_member=true"])
+    with pytest.raises(DataError, match="data.augment_per_member: digits has no augmentation to draw per member"):
+        plan_population(load_config(None, ["data.augment_per_member=true"]))
 
 
 def test_ffl_with_one_member_is_refused():
@@ -137,3 +138,12 @@ def test_a_key_below_a_member_given_by_its_arch_alone_says_how_to_write_it():
                               "first, e.g. members.0={arch: cnn16}")
     assert load_config(None, ["members=[cnn16, cnn32]", "members.0={arch: cnn16}",
                               "members.0.optimizer.lr=0.05"]).members[0].optimizer.lr == 0.05
+
+
+SHIPPED = sorted(p for p in (Path(__file__).parents[1] / "experiments" / "configs").rglob("*.yaml")
+                 if p.parent.name != "fashion-mnist-search")  # those are search spaces, read by the study
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_every_shipped_config_is_valid(path):
+    load_config(str(path), [])

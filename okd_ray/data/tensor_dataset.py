@@ -51,6 +51,10 @@ class TensorDataset:
         self.info = data.info
         self.batch_size, self.test_batch_size = config.batch_size, config.test_batch_size
         self.seed = seed
+        if config.augment_per_member and data.augmentation is None:
+            raise DataError(f"data.augment_per_member: {data.info.name} has no augmentation to draw per member, so "
+                            "every member would see the same images; leave it false, or use a data set with one "
+                            "(fashion-mnist, cifar10, cifar100, imagefolder)")
         self.augmentation = data.augmentation if config.augment else None
         images, labels = data.train_images[:config.train_limit], data.train_labels[:config.train_limit]
         train, held = hold_out(labels, config.validation, seed)  # of the training images in use

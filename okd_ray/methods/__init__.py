@@ -19,7 +19,7 @@ from .rampup import sigmoid_rampup
 from .registry import METHODS, TERMS, Method, register_method, register_term
 from .ring_kl import RingKL
 from .term import (PEER_NEEDS, Batch, Fuser, FuserStep, FusionOptimizerConfig, MemberInfo, Need, OwnedOptimizer,
-                   RampedSettings, Term, TermSettings, TermSpec)
+                   RampedSettings, Term, TermSettings, TermSpec, TrunkHook)
 from .transfer import common_shape, transfer_layer
 
 register_method("vanilla", [CrossEntropy])
@@ -36,7 +36,7 @@ register_method("pcl", [CrossEntropy, PeerEnsembleKL, PeerMeanKL])
 
 __all__ = [
     "METHODS", "TERMS", "Method", "register_method", "register_term",
-    "PEER_NEEDS", "Batch", "Fuser", "FuserStep", "FusionOptimizerConfig", "MemberInfo", "Need", "OwnedOptimizer", "RampedSettings", "Term", "TermSettings", "TermSpec",
+    "PEER_NEEDS", "Batch", "Fuser", "FuserStep", "FusionOptimizerConfig", "MemberInfo", "Need", "OwnedOptimizer", "RampedSettings", "Term", "TermSettings", "TermSpec", "TrunkHook",
     "Adversarial", "Align", "AttentionKL", "CrossEntropy", "EnsembleKL", "FusedKL", "PeerEnsembleKL", "PeerKL", "PeerMeanKL", "RingKL", "TeacherCE", "TeacherKL",
     "Discriminator", "FusionModule", "Gate", "PeerAttention", "PeerEnsemble", "peer_targets", "ema_decay",
     "alignment_loss", "discriminator_loss", "distill_kl", "ensemble_teacher", "gated_teacher", "generator_loss",

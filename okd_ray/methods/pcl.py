@@ -13,9 +13,10 @@ public re-implementation shaoeric/Peer-Collaborative-Learning-for-Online-Knowled
     L = CE(ensemble) + Σ_k [CE(z_k) + w(e)·T²·KL(ensemble ‖ z_k) + w(e)·(1/(K−1))·Σ_{j≠k} T²·KL(mean_j ‖ z_k)],
 
 with T = 3. w(e) is the usual ramp-up exp(−5(1 − e/80)²) (the re-implementation's divides by 1 instead of 80,
-which looks like a slip). PCL's peers share their low-level layers, each with its own augmentation; here the
-peers are independent networks (``data.augment_per_member`` gives each its own augmentation), since okd-ray's
-trunk feeds every branch one batch.
+which looks like a slip). PCL's peers share their low-level layers (``trunk_stages``), each peer with its own
+augmentation of the batch (``data.augment_per_member``): the trunk runs every peer's images, and keeps the
+temporal mean of the shared stages (a trunk hook), which runs the peer mean teachers' share of the work and is
+deployed with them. Independent peers (no trunk) work too.
 """
 
 import copy
@@ -25,11 +26,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from okd_ray.errors import ConfigError
-
 from .fused_kl import FusedKL
 from .kl import distill_kl
-from .term import Batch, Fuser, FuserStep, FusionOptimizerConfig, Need, RampedSettings, Term
+from .term import Batch, Fuser, FuserStep, FusionOptimizerConfig, Need, RampedSettings, Term, TrunkHook
 
 
 class PeerEnsemble(Fuser):
@@ -67,18 +66,42 @@ class PeerEnsembleKL(FusedKL):
         # The re-implementation trains the ensemble classifier with the networks' SGD (wd 5e-4, Nesterov).
         fusion_optimizer: FusionOptimizerConfig = FusionOptimizerConfig(weight_decay=5e-4)
 
-    @classmethod
-    def check(cls, config) -> None:
-        if config.trunk_stages:
-            raise ConfigError("trunk_stages: pcl runs on independent peers here (its peers share low-level layers, "
-                              "each with its own augmentation, which okd-ray's trunk cannot feed yet); set "
-                              "trunk_stages=0, and data.augment=true data.augment_per_member=true for PCL's "
-                              "augmentations")
-
 
 def ema_decay(step: int, decay: float) -> float:
     """The true average until the exponential one is the better estimate (Tarvainen & Valpola's mean teacher)."""
     return min(1 - 1 / (step + 1), decay)
+
+
+@torch.no_grad()
+def follow(mean: nn.Module, live: nn.Module, step: int, decay: float) -> None:
+    """One temporal-mean update of ``mean``'s parameters towards ``live``'s at the run's ``step`` (its buffers, the
+    batch-norm statistics, are its own: it runs in train mode on the same images, as in the re-implementation)."""
+    alpha = ema_decay(step, decay)
+    for m, p in zip(mean.parameters(), live.parameters()):
+        m.mul_(alpha).add_(p, alpha=1 - alpha)
+
+
+class TrunkMean(TrunkHook):
+    """On a shared trunk: the temporal mean of the shared stages. It runs every peer's images, so that a peer mean
+    teacher is the mean trunk and the mean branch, as the re-implementation's mean model is; it is deployed."""
+
+    def __init__(self, settings, trunk, steps_per_epoch):
+        super().__init__(settings, trunk, steps_per_epoch)
+        self.trunk, self.steps_per_epoch = trunk, steps_per_epoch
+        self.mean = copy.deepcopy(trunk).requires_grad_(False)
+
+    def modules(self):
+        return {"mean_trunk": self.mean}
+
+    def to_members(self, images):
+        with torch.no_grad():
+            return self.mean(images)
+
+    def after_update(self, epoch, step):
+        follow(self.mean, self.trunk, epoch * self.steps_per_epoch + step, self.settings.decay)
+
+    def deployed(self):
+        return self.mean
 
 
 class PeerMeanKL(Term):
@@ -87,6 +110,7 @@ class PeerMeanKL(Term):
 
     name = "peer_mean_kl"
     needs = frozenset({Need.PEER_MESSAGES})
+    trunk_hook = TrunkMean
 
     class Settings(RampedSettings):
         temperature: float = Field(3.0, gt=0)
@@ -105,16 +129,14 @@ class PeerMeanKL(Term):
         return self.mean
 
     def to_peers(self, batch: Batch):
+        """The mean network on the member's images: on a trunk, on the mean trunk's features of them."""
         with torch.no_grad():
-            return self.mean(batch.input)[1]
+            return self.mean(batch.trunk_messages.get(self.name, batch.input))[1]
 
     def loss(self, batch: Batch) -> torch.Tensor:
         teachers = [sent[self.name] for sent in batch.peer_messages.values()]
         return sum(distill_kl(batch.logits, t, self.settings.temperature) for t in teachers) / len(teachers)
 
     def after_update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        alpha = ema_decay(batch.epoch * self.steps_per_epoch + batch.step, self.settings.decay)
-        with torch.no_grad():
-            for mean, live in zip(self.mean.parameters(), self.network.parameters()):
-                mean.mul_(alpha).add_(live, alpha=1 - alpha)
+        follow(self.mean, self.network, batch.epoch * self.steps_per_epoch + batch.step, self.settings.decay)
         return {}

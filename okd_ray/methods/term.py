@@ -69,6 +69,7 @@ class Batch:
     public: torch.Tensor | None = None  # own map through the transfer layer (with gradient)
     index: int = 0  # this member's place in the population
     input: torch.Tensor | None = None  # what the network ran on: the images, or a trunk's shared features
+    trunk_messages: dict[str, Any] = field(default_factory=dict)  # term name -> what its trunk hook sent with them
     ids: torch.Tensor | None = None  # each sample's index among the training images, the same every epoch
     epoch: int = 0  # from 0
     step: int = 0  # within the epoch, from 0
@@ -149,6 +150,32 @@ class Fuser:
         return None
 
 
+class TrunkHook:
+    """What a term keeps in the shared trunk's part (PCL's temporal mean of the shared stages), brought by the
+    term's ``trunk_hook``. Built once, in the trunk part and under its RNG, after the trunk's network (so a copy
+    starts identical on every engine), from the term's settings."""
+
+    def __init__(self, settings: TermSettings, trunk: nn.Module, steps_per_epoch: int):
+        self.settings = settings
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Saved in the trunk's checkpoints, switched between train and eval; not trained by the trunk's loss."""
+        return {}
+
+    def to_members(self, images: torch.Tensor) -> Any:
+        """What goes with the shared features of ``images`` (a training batch, or one member's stream of it) to the
+        members fed them; their terms read it as ``batch.trunk_messages[name]``. None sends nothing."""
+        return None
+
+    def after_update(self, epoch: int, step: int) -> None:
+        """Runs after the trunk's optimizer stepped (``epoch`` from 0, ``step`` within it)."""
+
+    def deployed(self) -> nn.Module | None:
+        """The shared stages every evaluation runs, where they are not the trained ones (PCL's temporal mean;
+        the term's member side deploys the matching branch). None: the trunk's own."""
+        return None
+
+
 class Term:
     """Base class: subclasses set the class attributes and ``loss``; the rest is optional."""
 
@@ -160,6 +187,8 @@ class Term:
     # With Need.FUSION: the fusion part this term brings, one term per method; its settings' weight and ramp-up
     # weigh the fusion's loss, and its ``fusion_optimizer`` (a FusionOptimizerConfig) steps it
     fuser: ClassVar[type[Fuser] | None] = None
+    # On a shared trunk: what this term keeps in the trunk's part (TrunkHook)
+    trunk_hook: ClassVar[type[TrunkHook] | None] = None
 
     def __init__(self, settings: TermSettings, member: MemberInfo):
         self.settings = settings

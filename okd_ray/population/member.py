@@ -71,7 +71,7 @@ class Member(Part):
 
     def forward(self, shared: SharedMessage | None = None) -> MemberForward:
         """Run the next batch (from the images, or from the trunk's shared features) and say what to send."""
-        self._shared, gate = None, None
+        self._shared, gate, trunk_messages = None, None, {}
         if shared is None:
             x, y, ids = next(self._batches)
             x = x.to(self.device, non_blocking=True)
@@ -80,11 +80,12 @@ class Member(Part):
             if shared.gate is not None:
                 gate = shared.gate.to(self.device).detach().requires_grad_()
             y, ids = shared.labels, shared.ids
+            trunk_messages = map_tensors(shared.messages or {}, lambda t: t.to(self.device))
         with self.rng.active(self.device):
             feature, logits, public = self._run(x)
             self._own = own = Batch(labels=y.to(self.device, non_blocking=True), logits=logits, feature=feature,
-                                    public=public, index=self.index, input=x, ids=ids, epoch=self.epoch,
-                                    step=self.step_index, weights=self.weights, gate=gate)
+                                    public=public, index=self.index, input=x, trunk_messages=trunk_messages, ids=ids,
+                                    epoch=self.epoch, step=self.step_index, weights=self.weights, gate=gate)
             self.check_finite({"logits": logits}, f"members.{self.index}.optimizer.lr")
             messages = {t.name: t.to_peers(own) for t in self.terms if Need.PEER_MESSAGES in t.needs}
         return outgoing(MemberForward(

@@ -17,7 +17,7 @@ from okd_ray.models import build_model, feature_shape
 from okd_ray.models.base import PooledHeadNet
 from okd_ray.seeding import derive_seed
 
-from .spec import MemberSpec, PartSpec, Shape, part_specs
+from .spec import MemberSpec, PartSpec, Shape, TrunkSpec, part_specs
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,11 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
     for term_spec in config.method.method.terms:  # each term's own check of the population, before any part
         term_spec.term.check(config)
     specs = tuple(part_specs(config, info, shapes, common, trunk_shape, dataset.num_train_batches()))
-    for spec in specs:
-        if isinstance(spec, MemberSpec):  # the terms, built on the model just built (not a second one)
+    for spec in specs:  # the terms, built on the model just built (not a second one)
+        if isinstance(spec, MemberSpec):
             check_terms(config.method.name, spec, branch(nets[spec.index], spec.trunk_stages))
+        elif isinstance(spec, TrunkSpec):
+            check_trunk_hooks(config.method.name, spec, nets[0].split(spec.trunk_stages)[0])
     num_eval = {split: dataset.num_eval_batches(split) for split in ("val", "test")}
     return PopulationPlan(info, shapes, common, dataset.num_train_batches(), num_eval, specs)
 
@@ -127,15 +129,27 @@ def check_terms(method: str, spec: MemberSpec, network: torch.nn.Module) -> None
     (a term's ``net`` would replace the member's network in its checkpoint)."""
     with torch.random.fork_rng(devices=[]):
         terms = build_terms(spec, network, torch.device("cpu"))
-    for kind, own in MEMBER_OWNS.items():
-        owner = dict.fromkeys(own, "the member")
-        for term in terms:
-            for name in (term.modules() if kind == "module" else term.optimizers()):
-                if name in owner:
-                    whose = "the member's own name" if owner[name] == "the member" else f"also term {owner[name]}'s"
-                    raise ConfigError(f"method {method}: term {term.name}'s {kind} {name!r} is {whose}; rename "
-                                      f"it in {term.name}.{kind}s()")
-                owner[name] = term.name
+    check_names(method, "the member", "module", MEMBER_OWNS["module"], [(t.name, t.modules()) for t in terms])
+    check_names(method, "the member", "optimizer", MEMBER_OWNS["optimizer"], [(t.name, t.optimizers()) for t in terms])
+
+
+def check_trunk_hooks(method: str, spec: TrunkSpec, trunk: torch.nn.Module) -> None:
+    """The terms' trunk hooks, built as the trunk part will: their modules' names are not the trunk's own."""
+    with torch.random.fork_rng(devices=[]):
+        hooks = [hook(settings, trunk, spec.steps_per_epoch) for _, hook, settings in spec.hooks]
+    check_names(method, "the trunk", "module", ("net", "gate"), [(type(h).__name__, h.modules()) for h in hooks])
+
+
+def check_names(method: str, part: str, kind: str, part_owns: tuple[str, ...], terms: list[tuple[str, dict]]) -> None:
+    """No two owners in ``part`` share a ``kind`` (module, optimizer) name: the part's own, then each term's."""
+    owner = dict.fromkeys(part_owns, part)
+    for term, owned in terms:
+        for name in owned:
+            if name in owner:
+                whose = f"{part}'s own name" if owner[name] == part else f"also term {owner[name]}'s"
+                raise ConfigError(f"method {method}: term {term}'s {kind} {name!r} is {whose}; rename it in "
+                                  f"{term}.{kind}s()")
+            owner[name] = term
 
 
 def _trunk_shape(net, stages: int, info) -> Shape:

@@ -76,13 +76,14 @@ class FusedMessage(NamedTuple):
 
 
 class SharedMessage(NamedTuple):
-    """Trunk → every member: the shared features, the gate over members (ONE) or None, the labels and, in
-    training, the samples' ids."""
+    """Trunk → a member: the shared features, the gate over members (ONE) or None, the labels and, in training,
+    the samples' ids and what the terms' trunk hooks send (term name -> message; None without)."""
 
     features: Tensor
     gate: Tensor | None
     labels: Tensor
     ids: Tensor | None = None
+    messages: dict[str, Any] | None = None
 
 
 class TrunkGrad(NamedTuple):
@@ -118,7 +119,7 @@ class FusionStep(NamedTuple):
 
 
 class TrunkForward(NamedTuple):
-    shared: SharedMessage
+    shared: tuple[SharedMessage, ...]  # member k's: the one batch's, or its own stream's (data.augment_per_member)
 
 
 class TrunkEval(NamedTuple):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from okd_ray.config import FeatureUpdateConfig, TrainConfig
 from okd_ray.data import DataConfig, DataInfo
-from okd_ray.methods import Fuser, Method, Need, Term, TermSettings
+from okd_ray.methods import Fuser, Method, Need, Term, TermSettings, TrunkHook
 from okd_ray.optim import OptimizerConfig, ScheduleConfig
 
 from .protocol import PartId, parts_of
@@ -60,6 +60,8 @@ class TrunkSpec(PartSpec):
     trunk_stages: int
     shape: Shape  # the shared features'
     gate: bool  # ONE's gate over the members
+    streams: int  # 1, or one per member: each its own augmentation of the batch (data.augment_per_member)
+    hooks: tuple[tuple[str, type[TrunkHook], TermSettings], ...]  # the terms' trunk hooks: term name, class, settings
 
 
 def fusion_term(method: Method) -> type[Term]:
@@ -94,5 +96,8 @@ def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common:
         else:
             specs.append(TrunkSpec(pid=pid, **common_fields, data=config.data, arch=config.members[0].arch,
                                    optimizer=config.members[0].optimizer, trunk_stages=config.trunk_stages,
-                                   shape=trunk_shape, gate=Need.GATE in method.method.needs))
+                                   shape=trunk_shape, gate=Need.GATE in method.method.needs,
+                                   streams=len(config.members) if config.data.augment_per_member else 1,
+                                   hooks=tuple((term.name, term.trunk_hook, settings) for term, settings in terms
+                                               if term.trunk_hook is not None)))
     return specs

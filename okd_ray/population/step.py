@@ -50,7 +50,7 @@ def population_step(population: Population) -> StepMetrics:
     # 0. A shared trunk computes the features every member starts from.
     shared = trunk.forward().shared if trunk is not None else None
     # 1. Every member runs the same (seeded) batch.
-    sent = [m.forward(shared) for m in members]
+    sent = [m.forward(shared[k] if shared else None) for k, m in enumerate(members)]
     # 2./3. FFL: the fusion trains on all feature maps and returns its logits and each map's gradient.
     fused, fusion_metrics = [None] * count, None
     if fusion is not None:

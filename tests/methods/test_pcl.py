@@ -2,14 +2,12 @@
 written out here: one population step's gradients on every network and the peer ensemble, the temporal mean's
 update, and the deployed network."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from okd_ray.config import load_config
 from okd_ray.engines.local import LocalEngine
-from okd_ray.errors import ConfigError
 from okd_ray.methods import ema_decay
 from okd_ray.population import plan_population, population_step
 
@@ -30,6 +28,22 @@ def pm_loss(pred, targets):
     return sum(kd_loss(pred, t.detach()) for t in targets) / len(targets)
 
 
+def loss_wrapper(outputs, means, en_output, y):
+    """src/losses/loss_wrapper.LossWrapper.forward, rampup_weight 1: ``outputs`` each peer's (map, logits), ``means``
+    each peer mean teacher's logits."""
+    loss = F.cross_entropy(en_output, y)
+    for k, (_, pred) in enumerate(outputs):
+        loss = loss + F.cross_entropy(pred, y) + kd_loss(pred, en_output.detach()) + pm_loss(
+            pred, [means[j] for j in range(len(means)) if j != k])
+    return loss
+
+
+def assert_same_grads(split, joint):
+    for a, b in zip(split, joint):
+        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def engine(*overrides):
     config = load_config(None, [*PCL, *overrides])
     e = LocalEngine(config, plan_population(config))
@@ -45,17 +59,9 @@ def test_one_pcl_step_has_the_reimplementations_gradients():
     x, y, _ = next(iter(members[0].dataset.train_batches(0)))
     outputs = [m.net(x) for m in members]
     means = [m.terms[2].mean(x)[1] for m in members]  # the peer mean teachers (the step's first: the nets' copies)
-    en_output = fusion.fuser.logits([f for f, _ in outputs])
-    # src/losses/loss_wrapper.LossWrapper.forward, rampup_weight 1
-    loss = F.cross_entropy(en_output, y)
-    for k, (_, pred) in enumerate(outputs):
-        loss = loss + F.cross_entropy(pred, y) + kd_loss(pred, en_output.detach()) + pm_loss(
-            pred, [means[j] for j in range(3) if j != k])
-    loss.backward()
-    for a, b in zip([*(m.net for m in split.population.members), split.population.fusion.modules["classifier"]],
-                    [*(m.net for m in members), fusion.modules["classifier"]]):
-        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
-            torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
+    loss_wrapper(outputs, means, fusion.fuser.logits([f for f, _ in outputs]), y).backward()
+    assert_same_grads([*(m.net for m in split.population.members), split.population.fusion.modules["classifier"]],
+                      [*(m.net for m in members), fusion.modules["classifier"]])
 
 
 def test_the_temporal_mean_follows_the_network_and_is_what_is_evaluated():
@@ -73,7 +79,31 @@ def test_the_temporal_mean_follows_the_network_and_is_what_is_evaluated():
     assert member.deployed is mean and not any(p.requires_grad for p in mean.parameters())
 
 
-def test_pcl_on_a_trunk_is_refused_with_the_fix():
-    with pytest.raises(ConfigError, match="pcl runs on independent peers here"):
-        plan_population(load_config(None, ["method.name=pcl", "members=[resnet8, resnet8, resnet8]", "trunk_stages=2",
-                                           "epochs=1", "data.train_limit=64"]))
+ON_A_TRUNK = ["members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]", "trunk_stages=2",
+              "data.name=synthetic-cifar100", "data.augment_per_member=true"]  # the digits have no augmentation
+
+
+def test_one_pcl_step_on_a_trunk_has_the_reimplementations_gradients():
+    """PCL's own set-up: the peers share the low-level layers, each with its own augmentation of the batch.
+    src/models/resnet.ResNet.forward(x1, x2, x3) runs the shared stages on each peer's images; the mean model (the
+    temporal means of the shared stages and of each branch) runs on the same images."""
+    split, joint = engine(*ON_A_TRUNK), engine(*ON_A_TRUNK)
+    population_step(split.population)
+
+    members, fusion, trunk = joint.population.members, joint.population.fusion, joint.population.trunk
+    streams = [next(iter(trunk.dataset.train_batches(0, k))) for k in range(3)]
+    y = streams[0][1]
+    assert all(torch.equal(s[1], y) and not torch.equal(s[0], streams[0][0]) for s in streams[1:])  # own augmentations
+    mean_trunk = trunk.modules["mean_trunk"]
+    outputs = [m.net(trunk.net(x)) for m, (x, _, _) in zip(members, streams)]  # self.extract(x_k), branch k
+    means = [m.terms[2].mean(mean_trunk(x))[1] for m, (x, _, _) in zip(members, streams)]
+    loss_wrapper(outputs, means, fusion.fuser.logits([f for f, _ in outputs]), y).backward()
+    population = split.population
+    assert_same_grads([population.trunk.net, *(m.net for m in population.members), population.fusion.modules["classifier"]],
+                      [trunk.net, *(m.net for m in members), fusion.modules["classifier"]])
+    # the step's update: the true average of one network is the network; the mean trunk is what evaluation runs
+    stepped = population.trunk
+    assert all(torch.equal(m, p) for m, p in zip(stepped.modules["mean_trunk"].parameters(), stepped.net.parameters()))
+    assert stepped.deployed is stepped.modules["mean_trunk"]
+    assert not any(torch.equal(m, p) for m, p in zip(stepped.modules["mean_trunk"].parameters(), trunk.net.parameters())
+                   if p.grad is not None and p.grad.abs().sum() > 0)  # it moved with the trunk's step

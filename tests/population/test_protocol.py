@@ -12,7 +12,7 @@ def test_return_counts_follow_the_declared_types():
     assert num_returns(Member.update, 3) == 2  # metrics, gradient for the trunk
     assert num_returns(Fusion.step, 3) == 4  # metrics, then a message for each of the 3 members
     assert return_names(Fusion.step, 2) == ["metrics", "to_members", "to_members"]
-    assert num_returns(Trunk.forward, 3) == 1 and num_returns(Member.begin_eval, 3) == 1
+    assert num_returns(Trunk.forward, 3) == 3 and num_returns(Member.begin_eval, 3) == 1  # shared features for each member
 
 
 def test_flatten_and_nest_are_inverse():
