@@ -25,7 +25,7 @@ def check_same_run(store: RunStore, config: TrainConfig) -> None:
     if not store.exists(CONFIG):
         return
     held = parse_config(store.read_text(CONFIG), source=store.path(CONFIG))
-    old, new = flatten(held.model_dump(mode="json")), flatten(config.model_dump(mode="json"))
+    old, new = dotted(held.model_dump(mode="json")), dotted(config.model_dump(mode="json"))
     changed = [key for key in dict.fromkeys([*old, *new])
                if old.get(key, ABSENT) != new.get(key, ABSENT) and not may_change(key)]
     if not changed:
@@ -73,10 +73,10 @@ def show(value: Any) -> str:
     return "absent" if value is ABSENT else repr(value)
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+def dotted(obj: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": [1]}}`` -> ``{"a.b.0": 1}``: every leaf under its dotted override key."""
     if isinstance(obj, dict) and obj:
-        return {k: v for key, value in obj.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+        return {k: v for key, value in obj.items() for k, v in dotted(value, f"{prefix}{key}.").items()}
     if isinstance(obj, list) and obj:
-        return {k: v for i, value in enumerate(obj) for k, v in flatten(value, f"{prefix}{i}.").items()}
+        return {k: v for i, value in enumerate(obj) for k, v in dotted(value, f"{prefix}{i}.").items()}
     return {prefix.rstrip("."): obj}

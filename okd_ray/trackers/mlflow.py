@@ -16,7 +16,7 @@ import time
 
 from okd_ray.config import TrainConfig
 from okd_ray.errors import ConfigError
-from okd_ray.runfolder import flatten
+from okd_ray.runfolder import dotted
 from okd_ray.storage import RunStore
 
 DATABASE = "mlflow.db"
@@ -89,7 +89,7 @@ class MLflowTracker:
         self.run_id = run.info.run_id
         from mlflow.entities import Param
 
-        params = [Param(k, str(v)) for k, v in flatten(self.config.model_dump(mode="json")).items()]
+        params = [Param(k, str(v)) for k, v in dotted(self.config.model_dump(mode="json")).items()]
         for i in range(0, len(params), 100):  # MLflow's limit of params in one call
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
