@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -37,11 +38,14 @@ POPULATIONS = {
 SMOKE = {"cnn16 pair, afd+ffl": ["method.name=afd+ffl", "members=[{arch: cnn16}, {arch: cnn16}]"]}
 
 
-def step_times(engine, steps: int) -> list[float]:
-    """Seconds between consecutive step completions over one epoch of ``steps`` batches."""
+def step_times(engine, steps: int, device: str) -> list[float]:
+    """Seconds between consecutive step completions over one epoch of ``steps`` batches. The parts read nothing
+    from a GPU within an epoch, so a local step on a GPU ends when its kernels are queued: here it waits for them
+    (the Ray parts do so in their profiled calls)."""
     engine.begin_epoch(0)
     done = [time.perf_counter()]
-    engine.train_epoch(steps, lambda _: done.append(time.perf_counter()))
+    wait = torch.cuda.synchronize if device == "cuda" and isinstance(engine, LocalEngine) else lambda: None
+    engine.train_epoch(steps, lambda: (wait(), done.append(time.perf_counter())))
     return [b - a for a, b in zip(done, done[1:])]
 
 
@@ -50,7 +54,7 @@ def measure(config, engine_name: str, total: int, warmup: int) -> dict:
     plan = plan_population(config)
     engine = LocalEngine(config, plan) if engine_name == "local" else RayEngine(config, plan, profile=True)
     try:
-        times = step_times(engine, total)[warmup:]
+        times = step_times(engine, total, config.device)[warmup:]
         if engine_name == "local":
             compute = times
         else:

@@ -57,12 +57,12 @@ def timed_epoch(engine, warmup: int, steps: int) -> tuple[float, float, float]:
     untimed steps, a call of one step, then a call of ``steps`` steps. The driver's CPU for a call of n steps is
     a + b n: b per step (what the driver does for each step), a per call (the epoch's own calls)."""
     engine.begin_epoch(0)
-    engine.train_epoch(warmup, lambda _: None)
+    engine.train_epoch(warmup, lambda: None)
     cpu = time.process_time()
-    engine.train_epoch(1, lambda _: None)
+    engine.train_epoch(1, lambda: None)
     one = time.process_time() - cpu
     wall, cpu = time.perf_counter(), time.process_time()
-    engine.train_epoch(steps, lambda _: None)
+    engine.train_epoch(steps, lambda: None)
     wall, many = time.perf_counter() - wall, time.process_time() - cpu
     per_step = (many - one) / (steps - 1)
     return wall / steps, per_step, one - per_step

@@ -55,18 +55,13 @@ class Meter:
         return out
 
 
-class EpochMeters:
-    """A Meter per part, fed one step's metrics at a time in the parts' order."""
-
-    def __init__(self, names: list[str]):
-        self.meters = {name: Meter() for name in names}
-
-    def add(self, step: list[dict[str, float]]) -> None:
-        for meter, values in zip(self.meters.values(), step, strict=True):
+def epoch_means(names: list[str], steps: list[list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each part's (``names``, in order) means over an epoch's ``steps``, each step's metrics in the parts' order."""
+    meters = {name: Meter() for name in names}
+    for step in steps:
+        for meter, values in zip(meters.values(), step, strict=True):
             meter.add(values)
-
-    def result(self) -> dict[str, dict[str, float]]:
-        return {name: meter.result() for name, meter in self.meters.items()}
+    return {name: meter.result() for name, meter in meters.items()}
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 5)) -> list[int]:

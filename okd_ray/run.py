@@ -14,7 +14,7 @@ from okd_ray.errors import (CheckpointDamaged, ConfigError, Interrupted, Populat
                             signal_of)
 from okd_ray.checkpoint import MANIFEST, Checkpoint, commit, read_manifest, shard_folder
 from okd_ray.lock import folder_lock
-from okd_ray.metrics import to_table
+from okd_ray.metrics import epoch_means, to_table
 from okd_ray.population import PartId, PopulationPlan, parts_of, plan_population
 from okd_ray.progress import RunDisplay
 from okd_ray.runfolder import CONFIG, METRICS, check_resumable, check_same_run, write_config
@@ -104,19 +104,16 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             again = f" (epochs {start_epoch + 1} to {last} in {METRICS} are trained again)" * (last > start_epoch)
             display.message(f"resuming {store.uri} after epoch {start_epoch}{again}")
         trackers = Trackers(config, store, start_epoch, plan.num_train_batches)
-
-        def on_step(metrics: list[dict]) -> None:
-            display.advance()
-            trackers.log_step(metrics)
-
         for epoch in range(start_epoch, config.epochs):  # 0-based here; from 1 in metrics and on screen
             started = time.perf_counter()
             display.begin_epoch(epoch, config.epochs, plan.num_train_batches)
             lrs = engine.begin_epoch(epoch)
             try:
-                train_stats = engine.train_epoch(plan.num_train_batches, on_step)
+                steps = engine.train_epoch(plan.num_train_batches, display.advance)
             except TrainingDiverged as e:
                 raise e.keeping(kept(store, "last good checkpoint")) from None
+            trackers.log_steps(steps)
+            train_stats = epoch_means([pid.name for pid in parts_of(config)], steps)
             eval_stats = merged(engine.evaluate(split) for split in plan.eval_splits)
             seconds = time.perf_counter() - started
             elapsed += seconds

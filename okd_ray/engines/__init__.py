@@ -13,6 +13,7 @@ from okd_ray.checkpoint import Checkpoint, Shard
 from okd_ray.config import TrainConfig
 from okd_ray.data.base import Split
 from okd_ray.population import PopulationPlan
+from okd_ray.population.protocol import Metrics
 from okd_ray.storage import RunStore
 
 __all__ = ["Engine", "PartMetrics", "connect", "make_engine", "part_bundles"]
@@ -24,9 +25,10 @@ class Engine(Protocol):
     def begin_epoch(self, epoch: int) -> PartMetrics:
         """Set the epoch's learning rates and schedules; returns each part's learning rates."""
 
-    def train_epoch(self, steps: int, on_step: Callable[[list[dict]], None]) -> PartMetrics:
-        """Run ``steps`` population steps, giving ``on_step`` each step's metrics (in ``parts_of`` order) as it
-        ends; returns each part's mean loss terms and training top-1."""
+    def train_epoch(self, steps: int, on_step: Callable[[], None]) -> list[list[Metrics]]:
+        """Run ``steps`` population steps, calling ``on_step`` as each ends (on a GPU, once its work is queued);
+        returns each step's metrics in ``parts_of`` order, read from the parts once, when the epoch ends (a value
+        that was not finite raises TrainingDiverged, naming its step)."""
 
     def evaluate(self, split: Split) -> PartMetrics:
         """Top-1/top-5 on ``split`` (validation or test) of every member, the ensemble and the fused classifier."""

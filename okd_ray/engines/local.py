@@ -9,8 +9,10 @@ import torch
 from okd_ray.checkpoint import Checkpoint, Shard, shard_path
 from okd_ray.config import TrainConfig
 from okd_ray.data.base import Split
-from okd_ray.metrics import EpochMeters, accuracy
-from okd_ray.population import Population, PopulationPlan, build_part, parts_of, population_eval, population_step
+from okd_ray.metrics import accuracy
+from okd_ray.population import (Population, PopulationPlan, build_part, epoch_metrics, parts_of, population_eval,
+                                population_step)
+from okd_ray.population.protocol import Metrics
 from okd_ray.storage import RunStore
 
 
@@ -38,13 +40,11 @@ class LocalEngine:
     def begin_epoch(self, epoch: int) -> dict[str, dict[str, float]]:
         return {pid.name: part.begin_epoch(epoch) for pid, part in zip(self.ids, self.parts)}
 
-    def train_epoch(self, steps: int, on_step: Callable[[list[dict]], None]) -> dict[str, dict[str, float]]:
-        meters = EpochMeters([pid.name for pid in self.ids])
+    def train_epoch(self, steps: int, on_step: Callable[[], None]) -> list[list[Metrics]]:
         for _ in range(steps):
-            metrics = population_step(self.population).in_part_order()
-            meters.add(metrics)
-            on_step(metrics)
-        return meters.result()
+            population_step(self.population)
+            on_step()
+        return epoch_metrics([part.end_epoch() for part in self.parts])
 
     def evaluate(self, split: Split) -> dict[str, dict[str, float]]:
         for part in self.parts:

@@ -10,12 +10,12 @@ from .part import Part
 from .plan import PopulationPlan, load_dataset, plan_population
 from .protocol import PartId, parts_of
 from .spec import FusionSpec, MemberSpec, PartSpec, TrunkSpec
-from .step import Population, StepMetrics, population_eval, population_step
+from .step import Population, StepDone, epoch_metrics, population_eval, population_step
 from .trunk import Trunk
 
 __all__ = ["Fusion", "FusionSpec", "Member", "MemberSpec", "Part", "PartId", "PartSpec", "Population", "PopulationPlan",
-           "StepMetrics", "Trunk", "TrunkSpec",
-           "build_part", "load_dataset", "part_class", "parts_of", "plan_population", "population_eval",
+           "StepDone", "Trunk", "TrunkSpec",
+           "build_part", "epoch_metrics", "load_dataset", "part_class", "parts_of", "plan_population", "population_eval",
            "population_step"]
 
 

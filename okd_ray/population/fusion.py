@@ -44,19 +44,17 @@ class Fusion(Part):
         labels = inputs[0].labels.to(self.device)
         with self.rng.active(self.device):
             out = self.fuser.loss(maps, logits, labels, self.weight)
-            self.check_finite(out.losses, f"method.terms.{self.term}.fusion_optimizer.lr",
-                              f"method.terms.{self.term}.weight")
+            self.log(out.losses, f"method.terms.{self.term}.fusion_optimizer.lr", f"method.terms.{self.term}.weight")
             optimizer = self.optimizers["fusion"].optimizer
             optimizer.zero_grad(set_to_none=True)
             out.total.backward()
             optimizer.step()
-        self.step_index += 1
-        metrics = dict(zip(out.losses, torch.stack([v.detach() for v in out.losses.values()]).tolist()))
         if out.fused is not None:
-            metrics["train_correct"] = int((out.fused.detach().argmax(1) == labels).sum())
-        metrics["n"] = len(labels)
-        return FusionStep(metrics, outgoing(tuple(FusedMessage(z, f.grad, l.grad)
-                                                  for z, f, l in zip(out.to_members, maps, logits))))
+            self.log({"train_correct": out.fused.detach().argmax(1) == labels})
+        self.end_step(len(labels))
+        done, self.step_index = self.step_index, self.step_index + 1
+        return FusionStep(done, outgoing(tuple(FusedMessage(z, f.grad, l.grad)
+                                               for z, f, l in zip(out.to_members, maps, logits))))
 
     @torch.no_grad()
     def eval(self, *features: torch.Tensor) -> torch.Tensor | None:

@@ -86,7 +86,7 @@ class Member(Part):
             self._own = own = Batch(labels=y.to(self.device, non_blocking=True), logits=logits, feature=feature,
                                     public=public, index=self.index, input=x, trunk_messages=trunk_messages, ids=ids,
                                     epoch=self.epoch, step=self.step_index, weights=self.weights, gate=gate)
-            self.check_finite({"logits": logits}, f"members.{self.index}.optimizer.lr")
+            self.log({"logits": logits}, f"members.{self.index}.optimizer.lr", metric=False)
             messages = {t.name: t.to_peers(own) for t in self.terms if Need.PEER_MESSAGES in t.needs}
         return outgoing(MemberForward(
             ring=RingMessage(public if Need.RING_MAP in self.needs else None,
@@ -108,7 +108,8 @@ class Member(Part):
     def update(self, ring: RingMessage | None, fused: FusedMessage | None, *peers: PeerMessage) -> MemberUpdate:
         """One optimisation step from the last ``forward``, given what the ring, the peers and the fusion sent.
 
-        Returns each term's unweighted loss, the batch's correct count and size, and the gradient for the trunk.
+        Logs each term's unweighted loss and the batch's correct count (read at the epoch's end); returns the step's
+        index and the gradient for the trunk.
         """
         to_device = lambda t: t.to(self.device) if t is not None else None  # noqa: E731
         others = [k for k in range(self.spec.members) if k != self.index]
@@ -122,23 +123,19 @@ class Member(Part):
         )
         with self.rng.active(self.device):
             losses = {term.name: term.loss(batch) for term in self.terms}
-            self.check_finite(losses, self._term_keys, f"members.{self.index}.optimizer.lr",
-                              *(["method.feature_update.optimizer.lr"] if "feature" in self.optimizers else []))
+            self.log(losses, self._term_keys, f"members.{self.index}.optimizer.lr",
+                     *(["method.feature_update.optimizer.lr"] if "feature" in self.optimizers else []))
             after = self._step_network(batch, losses, fused)
             for term in self.terms:
-                extra = term.after_update(after)
-                if extra:
-                    self.check_finite(extra, *term.lr_keys())
-                    losses.update(extra)
-        metrics = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
-        metrics["train_correct"] = int((own.logits.detach().argmax(1) == own.labels).sum())
-        metrics["n"] = len(own.labels)
+                self.log(term.after_update(after), *term.lr_keys())
+        self.log({"train_correct": own.logits.detach().argmax(1) == own.labels})
+        self.end_step(len(own.labels))
         to_trunk = None
         if self._shared is not None:
             to_trunk = outgoing(TrunkGrad(self._shared.grad, own.gate.grad if own.gate is not None else None))
-        self.step_index += 1
+        done, self.step_index = self.step_index, self.step_index + 1
         self._own = self._shared = None
-        return MemberUpdate(metrics, to_trunk)
+        return MemberUpdate(done, to_trunk)
 
     def _term_keys(self, name: str) -> list[str]:
         """A diverged loss term: its weight, and its own optimizers (AFD's discriminator feeds the generator)."""

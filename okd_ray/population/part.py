@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -15,8 +17,17 @@ from okd_ray.optim import set_epoch_lr
 from okd_ray.seeding import derive_seed
 from okd_ray.storage import RunStore
 
+from .host import to_host
+from .protocol import EpochLog
 from .rng import PrivateRNG
 from .spec import PartSpec
+
+
+class Logged(NamedTuple):
+    name: str
+    value: torch.Tensor  # 0-d float32, on the part's device
+    keys: tuple  # what to lower when it is not finite; empty: not checked
+    metric: bool
 
 
 class Part:
@@ -29,6 +40,8 @@ class Part:
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, OwnedOptimizer] = {}
         self.epoch, self.step_index = 0, 0
+        self._step: list[Logged] = []  # this step's logged values
+        self._steps: list[tuple[list[Logged], int | None]] = []  # this epoch's, with each step's batch size
 
     def begin_epoch(self, epoch: int) -> dict[str, float]:
         """Train mode and this epoch's learning rates; returns them as ``lr_<optimizer>``."""
@@ -43,15 +56,34 @@ class Part:
         for module in self.modules.values():
             module.eval()
 
-    def check_finite(self, values: dict[str, torch.Tensor], *keys: str | Callable[[str], list[str]]) -> None:
-        """Name the part, the value, the epoch and the step where training diverged, and the config keys to
-        lower: ``keys``, each a key or a function of the value's name that gives keys."""
-        stacked = torch.stack([v.detach().float().sum() for v in values.values()])
-        if bool(torch.isfinite(stacked).all()):
-            return
-        name, value = next((n, float(v)) for n, v in zip(values, stacked) if not torch.isfinite(v))
-        lower = [k for key in keys for k in ([key] if isinstance(key, str) else key(name))]
-        raise TrainingDiverged(self.name, name, value, self.epoch + 1, self.step_index + 1, tuple(lower))
+    def log(self, values: dict[str, torch.Tensor], *keys: str | Callable[[str], list[str]], metric: bool = True) -> None:
+        """Keep this step's ``values`` (on the device: nothing waits for them) for ``end_epoch``. With ``keys``, a
+        value that is not finite there names the part, the value, the epoch and the step, and the config keys to
+        lower: each a key or a function of the value's name that gives keys. ``metric``: a column of the row."""
+        self._step.extend(Logged(name, value.detach().float().sum(), keys, metric) for name, value in values.items())
+
+    def end_step(self, n: int | None) -> None:
+        """The step's values are all logged; ``n`` is its batch size (None: the part reports no metrics)."""
+        self._steps.append((self._step, n))
+        self._step = []
+
+    def end_epoch(self) -> EpochLog:
+        """Every step's metrics of the epoch, read from the device at once (one host sync an epoch), and the first
+        value that was not finite, if any."""
+        steps, self._steps = self._steps, []
+        logged = [e.value for entries, _ in steps for e in entries]
+        values = iter(to_host(torch.stack(logged)) if logged else [])
+        metrics, diverged = [], None
+        for step, (entries, n) in enumerate(steps, self.step_index - len(steps)):  # the epoch's steps since the last read
+            row = {}
+            for entry, value in zip(entries, values):
+                if entry.keys and not math.isfinite(value) and diverged is None:
+                    lower = [k for key in entry.keys for k in ([key] if isinstance(key, str) else key(entry.name))]
+                    diverged = TrainingDiverged(self.name, entry.name, value, self.epoch + 1, step + 1, tuple(lower))
+                if entry.metric:
+                    row[entry.name] = value
+            metrics.append({**row, "n": n} if n is not None else {})
+        return EpochLog(metrics, diverged)
 
     def state_dict(self) -> dict:
         return {

@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 from torch import Tensor
 
 from okd_ray.config import TrainConfig
+from okd_ray.errors import TrainingDiverged
 from okd_ray.methods import Need
 
 Metrics = dict[str, float]  # a part's loss terms (unweighted), ``train_correct`` and ``n`` for one step
@@ -109,12 +110,12 @@ class MemberForward(NamedTuple):
 
 
 class MemberUpdate(NamedTuple):
-    metrics: Metrics
+    done: int  # the step's index in the epoch: what a driver waits on (the metrics stay on the device)
     to_trunk: TrunkGrad | None
 
 
 class FusionStep(NamedTuple):
-    metrics: Metrics
+    done: int
     to_members: tuple[FusedMessage, ...]
 
 
@@ -131,6 +132,14 @@ class MemberEval(NamedTuple):
     feature: Tensor | None  # for the fusion
     logits: Tensor
     labels: Tensor
+
+
+class EpochLog(NamedTuple):
+    """A part's epoch, read once at its end (``Part.end_epoch``): each step's metrics ({} for a part that reports
+    none), and the first value that was not finite, if one was."""
+
+    steps: list[Metrics]
+    diverged: TrainingDiverged | None
 
 
 class MemberPart(Protocol):
@@ -150,7 +159,7 @@ class FusionPart(Protocol):
 class TrunkPart(Protocol):
     def forward(self) -> TrunkForward: ...
 
-    def update(self, *grads: TrunkGrad) -> Metrics: ...
+    def update(self, *grads: TrunkGrad) -> int: ...
 
     def eval_next(self) -> TrunkEval: ...
 

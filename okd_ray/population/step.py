@@ -12,7 +12,7 @@ from typing import Any
 
 from okd_ray.methods import PEER_NEEDS, Need
 
-from .protocol import FusionPart, MemberPart, Metrics, PartId, TrunkPart
+from .protocol import EpochLog, FusionPart, MemberPart, Metrics, PartId, TrunkPart
 
 
 @dataclass
@@ -33,17 +33,20 @@ class Population:
 
 
 @dataclass
-class StepMetrics:
-    members: list[Metrics]  # (or futures of them)
-    fusion: Metrics | None
-    trunk: Metrics | None
+class StepDone:
+    """What each part returns once its share of a step is done (the step's index, or a future of it): what a
+    driver waits on. The metrics stay with the parts until the epoch ends (``epoch_metrics``)."""
 
-    def in_part_order(self) -> list[Metrics]:
+    members: list[Any]
+    fusion: Any | None
+    trunk: Any | None
+
+    def in_part_order(self) -> list[Any]:
         """As ``parts_of`` orders the parts: members, fusion, trunk."""
         return [*self.members, *(m for m in (self.fusion, self.trunk) if m is not None)]
 
 
-def population_step(population: Population) -> StepMetrics:
+def population_step(population: Population) -> StepDone:
     """One batch for the whole population."""
     members, fusion, trunk = population.members, population.fusion, population.trunk
     count = len(members)
@@ -52,16 +55,25 @@ def population_step(population: Population) -> StepMetrics:
     # 1. Every member runs the same (seeded) batch.
     sent = [m.forward(shared[k] if shared else None) for k, m in enumerate(members)]
     # 2./3. FFL: the fusion trains on all feature maps and returns its logits and each map's gradient.
-    fused, fusion_metrics = [None] * count, None
+    fused, fusion_done = [None] * count, None
     if fusion is not None:
-        fusion_metrics, fused = fusion.step(*(s.to_fusion for s in sent))
+        fusion_done, fused = fusion.step(*(s.to_fusion for s in sent))
     # 4. Each member learns from its ring predecessor k-1, its peers and the fusion.
     peers = bool(PEER_NEEDS & population.needs)
     updates = [member.update(sent[k - 1].ring, fused[k], *(sent[j].to_peers for j in range(count) if peers and j != k))
                for k, member in enumerate(members)]
     # 5. The trunk steps on the sum of the gradients the members send back.
-    trunk_metrics = trunk.update(*(u.to_trunk for u in updates)) if trunk is not None else None
-    return StepMetrics([u.metrics for u in updates], fusion_metrics, trunk_metrics)
+    trunk_done = trunk.update(*(u.to_trunk for u in updates)) if trunk is not None else None
+    return StepDone([u.done for u in updates], fusion_done, trunk_done)
+
+
+def epoch_metrics(logs: Sequence[EpochLog]) -> list[list[Metrics]]:
+    """Each step's metrics in ``parts_of`` order, from every part's log of the epoch (``Part.end_epoch``); a value
+    that was not finite raises TrainingDiverged: the earliest step's, and of that step the first part's."""
+    diverged = [log.diverged for log in logs if log.diverged is not None]
+    if diverged:
+        raise min(diverged, key=lambda e: e.step)  # min keeps the first of equal steps: parts_of order
+    return [list(step) for step in zip(*(log.steps for log in logs), strict=True)]
 
 
 def population_eval(population: Population, num_batches: int) -> list[tuple[Any, list[Any], Any]]:

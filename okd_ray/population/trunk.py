@@ -65,7 +65,7 @@ class Trunk(Part):
                                           or None))
         return TrunkForward(outgoing(tuple(sent[k % len(sent)] for k in range(self.spec.members))))
 
-    def update(self, *grads: TrunkGrad) -> dict[str, float]:
+    def update(self, *grads: TrunkGrad) -> int:
         """Step on each stream's sum of its members' gradients (in member order, the same in every engine)."""
         optimizer = self.optimizers["trunk"].optimizer
         optimizer.zero_grad(set_to_none=True)
@@ -82,9 +82,10 @@ class Trunk(Part):
             optimizer.step()
             for hook in self.hooks.values():
                 hook.after_update(self.epoch, self.step_index)
-        self.step_index += 1
+        self.end_step(None)  # no metrics of its own
+        done, self.step_index = self.step_index, self.step_index + 1
         self._features = self._gates = None
-        return {}
+        return done
 
     def begin_eval(self, split: Split) -> None:
         super().begin_eval(split)

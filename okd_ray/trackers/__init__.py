@@ -66,16 +66,17 @@ class Trackers:
         self.step = start_epoch * steps_per_epoch  # steps done before this call
         self.trackers = [TRACKERS[name](config, store, self.step + 1, start_epoch + 1) for name in config.logging]
 
-    def log_step(self, metrics: list[dict[str, float]]) -> None:
-        """One training step's metrics, in ``parts_of`` order."""
-        self.step += 1
-        every = self.config.log_every_steps
-        if not self.trackers or not every or self.step % every:
-            return
-        values = {f"{pid.key}/{name}": value for pid, part in zip(self.parts, metrics)
-                  for name, value in (step_values(part) if part else {}).items()}
-        for tracker in self.trackers:
-            tracker.log("steps", values, self.step)
+    def log_steps(self, steps: list[list[dict[str, float]]]) -> None:
+        """An epoch's training steps' metrics, each in ``parts_of`` order."""
+        for metrics in steps:
+            self.step += 1
+            every = self.config.log_every_steps
+            if not self.trackers or not every or self.step % every:
+                continue
+            values = {f"{pid.key}/{name}": value for pid, part in zip(self.parts, metrics)
+                      for name, value in (step_values(part) if part else {}).items()}
+            for tracker in self.trackers:
+                tracker.log("steps", values, self.step)
 
     def log_epoch(self, epoch: int, rows: list[dict]) -> None:
         """Epoch ``epoch``'s rows (from 1), as ``metrics.parquet`` holds them."""

@@ -52,7 +52,7 @@ def probes(local):
 def test_a_term_sees_its_members_input_network_and_context():
     local, config = engine("method.name=probe", "members=[cnn16, cnn32, cnn16]")
     local.begin_epoch(0)
-    local.train_epoch(2, lambda metrics: None)
+    local.train_epoch(2, lambda: None)
     x, _, ids = next(iter(load_dataset(config.data, config.seed).train_batches(0, None)))
     for k, (probe, part) in enumerate(zip(probes(local), local.parts)):
         info = probe.member
@@ -68,7 +68,7 @@ def test_a_term_sees_its_members_input_network_and_context():
 def test_members_on_a_trunk_see_the_ids_of_the_trunks_batch():
     local, config = engine("method.name=probe", "members=[resnet8, resnet8, resnet8]", "trunk_stages=2")
     local.begin_epoch(0)
-    local.train_epoch(1, lambda metrics: None)
+    local.train_epoch(1, lambda: None)
     _, _, ids = next(iter(load_dataset(config.data, config.seed).train_batches(0, None)))
     assert all(torch.equal(p.seen[0].ids, ids) for p in probes(local))
 
@@ -76,7 +76,7 @@ def test_members_on_a_trunk_see_the_ids_of_the_trunks_batch():
 def test_every_peer_map_and_every_peers_message_arrive_as_sent():
     local, _ = engine("method.name=probe", "members=[cnn16, cnn32, cnn16]")
     local.begin_epoch(0)
-    local.train_epoch(2, lambda metrics: None)
+    local.train_epoch(2, lambda: None)
     sent = [p.sent for p in probes(local)]
     for k, probe in enumerate(probes(local)):
         for step, batch in enumerate(probe.seen):
@@ -120,7 +120,7 @@ def test_a_terms_own_parameters_learn_with_the_member_in_every_update_mode(mode,
     regressor = member.modules["regressor"]
     before = {k: v.clone() for k, v in regressor.state_dict().items()}
     local.begin_epoch(0)
-    local.train_epoch(1, lambda metrics: None)
+    local.train_epoch(1, lambda: None)
     assert all(not torch.equal(before[k], v) for k, v in regressor.state_dict().items()), mode
     stepped = {id(p) for g in member.optimizers[optimizer].optimizer.param_groups for p in g["params"]}
     assert {id(p) for p in regressor.parameters()} <= stepped

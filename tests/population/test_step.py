@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from okd_ray.engines.local import LocalEngine
 from okd_ray.methods import alignment_loss, distill_kl
-from okd_ray.population import plan_population, population_step
+from okd_ray.population import epoch_metrics, plan_population, population_step
 
 NO_DECAY = ["members.0.optimizer.weight_decay=0", "members.1.optimizer.weight_decay=0",
             "members.2.optimizer.weight_decay=0", "method.terms.fused_kl.fusion_optimizer.weight_decay=0"]
@@ -138,7 +138,7 @@ def test_afd_feature_update_modes(tiny_config, mode):
     before = [p.detach().clone() for p in e.population.members[1].transfer.parameters()]
     step = population_step(e.population)
     assert step.fusion is None
-    for m in step.members:
+    for m in epoch_metrics([part.end_epoch() for part in e.parts])[0]:
         assert {"ce", "ring_kl", "adversarial", "discriminator"} <= set(m)
         assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
     member = e.population.members[1]  # resnet8's 64 channels meet cnn32's 128

@@ -85,8 +85,8 @@ class PartActor:
         """Join the population's process group (``collective``), as part ``rank`` of ``ids``."""
         self.collective = collective.CollectiveSteps(self.part, rank, ids, needs, backend, address)
 
-    def run_steps(self, steps: int) -> list[dict]:
-        """``collective``: ``steps`` population steps run by the parts themselves; this part's metrics of each."""
+    def run_steps(self, steps: int) -> list[int]:
+        """``collective``: ``steps`` population steps run by the parts themselves; this part's done marker of each."""
         with self._timed("steps"):
             return self.collective.run(steps)
 

@@ -1,6 +1,6 @@
 """``collective``: the parts run the population step themselves, a whole epoch per driver call, exchanging their
 messages point to point over one ``torch.distributed`` process group made at set-up (gloo on CPUs, NCCL between
-GPUs). The driver's work per step is nothing; it reads every step's metrics once the epoch ends.
+GPUs). The driver's work per step is nothing; every part's metrics are read once the epoch ends.
 
 Every part walks the same ``population_step`` (SPMD). A call on its own part runs it and sends each result at once
 to the parts whose calls take it; a call on another part stands for the results that part will own. A receiver
@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from okd_ray.errors import PopulationLost
 from okd_ray.methods import Need
 from okd_ray.population import PartId, Population, part_class, population_step
-from okd_ray.population.protocol import Metrics, flatten, nest, num_returns
+from okd_ray.population.protocol import flatten, nest, num_returns
 
 from .transport import Bundles, gpu_shares, one_gpu_per_part
 
@@ -188,13 +188,13 @@ class CollectiveSteps:
         self.calls = 0
         return population_step(self.population).in_part_order()[self.rank].value
 
-    def run(self, steps: int) -> list[Metrics]:
-        """``steps`` population steps; this part's metrics of each."""
-        metrics = []
+    def run(self, steps: int) -> list[int]:
+        """``steps`` population steps; this part's done marker of each."""
+        done = []
         for _ in range(steps):
-            metrics.append(self._walk())
+            done.append(self._walk())
             self.exchange.flush()
-        return metrics
+        return done
 
 
 def free_address() -> str:
@@ -217,7 +217,7 @@ class Collective:
         ray.get([a.join_collective.remote(rank, ids, needs, backend, address) for rank, a in enumerate(actors)])
         self.actors = actors
 
-    def run(self, count: int) -> Iterator[list[dict]]:
+    def run(self, count: int) -> Iterator[list]:
         futures = [a.run_steps.remote(count) for a in self.actors]
         yield from (list(step) for step in zip(*first_failure(futures)))
 

@@ -25,13 +25,13 @@ class Compiled(DriverSteps):
     def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
         with InputNode() as tick:
             parts = [RecordingPart(a, part_class(pid), members, tick) for a, pid in zip(actors, ids)]
-            metrics = population_step(Population.of(ids, parts, needs)).in_part_order()
+            done = population_step(Population.of(ids, parts, needs)).in_part_order()
             # A compiled graph may have no dangling nodes: outputs no part consumes (say, a None message)
-            # go to the driver, after the metrics.
-            used = {id(n) for p in parts for n in p.consumed} | {id(m) for m in metrics}
+            # go to the driver, after the done markers.
+            used = {id(n) for p in parts for n in p.consumed} | {id(m) for m in done}
             leaves = [n for p in parts for n in p.produced if id(n) not in used]
-            graph = MultiOutputNode(metrics + leaves)
-        self.count = len(metrics)
+            graph = MultiOutputNode(done + leaves)
+        self.count = len(done)
         self.graph = graph.experimental_compile(_max_inflight_executions=STEPS_IN_FLIGHT + 1)
         self.ticks = 0
 
@@ -39,7 +39,7 @@ class Compiled(DriverSteps):
         self.ticks += 1
         return self.graph.execute(self.ticks)
 
-    def result(self, future) -> list[dict]:
+    def result(self, future) -> list:
         """Wait for a step however long it takes (``-1``: no timeout; a timed-out CompiledDAGRef cannot be read
         again). A dead actor ends its execution loop, and Ray's monitor then tears the graph down, which fails
         this read with a channel error."""

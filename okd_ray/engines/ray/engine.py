@@ -19,8 +19,9 @@ from okd_ray.checkpoint import Checkpoint, Shard, shard_path
 from okd_ray.config import TrainConfig
 from okd_ray.data.base import Split
 from okd_ray.errors import OkdRayError, PopulationLost
-from okd_ray.metrics import EpochMeters, accuracy
-from okd_ray.population import PopulationPlan, population_eval, parts_of
+from okd_ray.metrics import accuracy
+from okd_ray.population import PopulationPlan, epoch_metrics, parts_of, population_eval
+from okd_ray.population.protocol import Metrics
 from okd_ray.storage import RunStore
 
 from ..resources import PartResources, connect, part_bundles, reserve
@@ -92,13 +93,11 @@ class RayEngine:
     def begin_epoch(self, epoch: int) -> dict[str, dict[str, float]]:
         return {pid.name: lrs for pid, lrs in zip(self.ids, self._call_all("begin_epoch", epoch))}
 
-    def train_epoch(self, steps: int, on_step: Callable[[list[dict]], None]) -> dict[str, dict[str, float]]:
-        meters = EpochMeters([pid.name for pid in self.ids])
+    def train_epoch(self, steps: int, on_step: Callable[[], None]) -> list[list[Metrics]]:
         each_step = self.steps.run(steps)
-        while (metrics := self._guard(lambda: next(each_step, None))) is not None:
-            meters.add(metrics)
-            on_step(metrics)
-        return meters.result()
+        while self._guard(lambda: next(each_step, None)) is not None:
+            on_step()
+        return epoch_metrics(self._call_all("end_epoch"))
 
     def evaluate(self, split: Split) -> dict[str, dict[str, float]]:
         """Evaluation batches by plain calls whatever the transport: the driver reads their logits."""

@@ -32,9 +32,9 @@ class RemotePart:
             return self.actor.run_after.options(num_returns=count).bind(self.tick, method, *args)
         if self.tensor_transport is None:
             return self.actor.run.options(num_returns=count).remote(method, *args)
-        # One value per call: the first from the call itself, the rest taken one by one; only a part's own
-        # metrics (plain values for the driver) go by the object store.
-        transports = [None if name == "metrics" else self.tensor_transport for name in return_names(fn, self.members)]
+        # One value per call: the first from the call itself, the rest taken one by one; only a part's done
+        # marker (a plain value for the driver) goes by the object store.
+        transports = [None if name == "done" else self.tensor_transport for name in return_names(fn, self.members)]
         refs = [self.actor.run_one.options(tensor_transport=transports[0]).remote(method, *args)]
         refs += [self.actor.take.options(tensor_transport=t).remote(i) for i, t in enumerate(transports[1:], 1)]
         return refs if count > 1 else refs[0]

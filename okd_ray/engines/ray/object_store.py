@@ -6,7 +6,7 @@ from __future__ import annotations
 import ray
 
 from okd_ray.methods import Need
-from okd_ray.population import PartId, Population, StepMetrics, part_class, population_step
+from okd_ray.population import PartId, Population, StepDone, part_class, population_step
 
 from .handles import RemotePart
 from .transport import Bundles, DriverSteps
@@ -27,10 +27,10 @@ class ObjectStore(DriverSteps):
     def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
         self.population = calls(actors, ids, members, needs)
 
-    def submit(self) -> StepMetrics:
+    def submit(self) -> StepDone:
         return population_step(self.population)
 
-    def result(self, future: StepMetrics) -> list[dict]:
+    def result(self, future: StepDone) -> list:
         return ray.get(future.in_part_order())
 
     def close(self) -> None:

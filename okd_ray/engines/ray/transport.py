@@ -2,8 +2,9 @@
 protocol written once here, and one row of ``TRANSPORTS`` (``engine.py``).
 
 A transport is built once the actors are up; it runs an epoch's population steps (``run``), handing back each
-step's metrics in ``parts_of`` order, and tears down after the actors are gone (``close``). ``check`` refuses a
-placement it cannot serve before anything is reserved.
+step's done markers in ``parts_of`` order as it ends (the metrics stay with the parts until the epoch ends), and
+tears down after the actors are gone (``close``). ``check`` refuses a placement it cannot serve before anything
+is reserved.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from okd_ray.methods import Need
 from okd_ray.population import PartId
 
 Bundles = list[dict[str, float]]  # one resource bundle per part, in parts_of order
-STEPS_IN_FLIGHT = 2  # the driver submits this many steps ahead before it reads a step's metrics
+STEPS_IN_FLIGHT = 2  # the driver submits this many steps ahead before it waits for a step
 
 
 class Transport(Protocol):
@@ -29,26 +30,26 @@ class Transport(Protocol):
     def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
         """Set up over started actors (a collective group, a compiled graph); errors surface as the actors'."""
 
-    def run(self, steps: int) -> Iterator[list[dict]]:
-        """``steps`` population steps; each step's metrics, one dict per part in ``parts_of`` order."""
+    def run(self, steps: int) -> Iterator[list]:
+        """``steps`` population steps; each step's done markers (its index), one per part in ``parts_of`` order."""
 
     def close(self) -> None:
         """Called once the actors are gone."""
 
 
 class DriverSteps(abc.ABC):
-    """For transports whose driver starts every step (``submit``) and reads its metrics (``result``), keeping
-    ``STEPS_IN_FLIGHT`` steps ahead of the one it reads."""
+    """For transports whose driver starts every step (``submit``) and waits for it (``result``), keeping
+    ``STEPS_IN_FLIGHT`` steps ahead of the one it waits for."""
 
     @abc.abstractmethod
     def submit(self) -> Any:
         """Start the next population step; returns what ``result`` waits on."""
 
     @abc.abstractmethod
-    def result(self, future: Any) -> list[dict]:
-        """The step's metrics, one dict per part in ``parts_of`` order."""
+    def result(self, future: Any) -> list:
+        """The step's done markers, one per part in ``parts_of`` order, once it has ended."""
 
-    def run(self, steps: int) -> Iterator[list[dict]]:
+    def run(self, steps: int) -> Iterator[list]:
         pending = collections.deque()
         for _ in range(steps):
             pending.append(self.submit())
