@@ -147,6 +147,8 @@ class TrainConfig(Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     engine: Literal["local", "ray"] = "local"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mixed precision in every part: autocast to bf16 or fp16 (fp16 with loss scaling, a GradScaler per part).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # torch threads of the local engine's process and of each Ray part. None: torch's default locally, and
     # in Ray as many as the part's whole CPUs. Equal thread counts make the engines bit-identical.
     threads: int | None = Field(None, ge=1)

@@ -76,6 +76,19 @@ def local_runs(tmp_path_factory):
 
 
 @pytest.fixture
+def same_state():
+    """Asserts that two populations' whole states (weights, BN statistics, optimizer moments, RNG streams, loss
+    scales; as ``population_state`` reads them) are equal bit for bit."""
+
+    def check(a, b):
+        assert a.keys() == b.keys()
+        different = [key for key in a if not torch.equal(a[key], b[key])]
+        assert not different, f"{len(different)} of {len(a)} tensors differ, first {different[:3]}"
+
+    return check
+
+
+@pytest.fixture
 def population_state():
     """Reads a run's final checkpoint as a flat {key: tensor} of the whole population."""
     from okd_ray.checkpoint import load_shards

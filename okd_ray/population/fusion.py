@@ -43,19 +43,23 @@ class Fusion(Part):
         logits = [leaf(i.logits, self.device) for i in inputs]
         labels = inputs[0].labels.to(self.device)
         with self.rng.active(self.device):
-            out = self.fuser.loss(maps, logits, labels, self.weight)
+            with self.precision.autocast():
+                out = self.fuser.loss(maps, logits, labels, self.weight)
             self.log(out.losses, f"method.terms.{self.term}.fusion_optimizer.lr", f"method.terms.{self.term}.weight")
             optimizer = self.optimizers["fusion"].optimizer
             optimizer.zero_grad(set_to_none=True)
-            out.total.backward()
-            optimizer.step()
+            self.precision.scale(out.total).backward()
+            self.precision.step(optimizer)
+            self.precision.update()
         if out.fused is not None:
             self.log({"train_correct": out.fused.detach().argmax(1) == labels})
         self.end_step(len(labels))
         done, self.step_index = self.step_index, self.step_index + 1
-        return FusionStep(done, outgoing(tuple(FusedMessage(z, f.grad, l.grad)
+        unscaled = self.precision.unscaled
+        return FusionStep(done, outgoing(tuple(FusedMessage(z, unscaled(f.grad), unscaled(l.grad))
                                                for z, f, l in zip(out.to_members, maps, logits))))
 
     @torch.no_grad()
     def eval(self, *features: torch.Tensor) -> torch.Tensor | None:
-        return outgoing(self.fuser.eval([f.to(self.device) for f in features]))
+        with self.precision.autocast():
+            return outgoing(self.fuser.eval([f.to(self.device) for f in features]))

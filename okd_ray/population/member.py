@@ -30,7 +30,7 @@ class Member(Part):
         with self.rng.active(self.device):
             self.net = member_network(spec).to(self.device)
             self.transfer = transfer_layer(spec.shape, spec.common).to(self.device) if spec.common else None
-            self.terms = build_terms(spec, self.net, self.device)
+            self.terms = build_terms(spec, self.net, self.precision)
         self.modules = {"net": self.net, **({"transfer": self.transfer} if self.transfer else {})}
         for term in self.terms:
             self.modules.update(term.modules())
@@ -81,7 +81,7 @@ class Member(Part):
                 gate = shared.gate.to(self.device).detach().requires_grad_()
             y, ids = shared.labels, shared.ids
             trunk_messages = map_tensors(shared.messages or {}, lambda t: t.to(self.device))
-        with self.rng.active(self.device):
+        with self.rng.active(self.device), self.precision.autocast():
             feature, logits, public = self._run(x)
             self._own = own = Batch(labels=y.to(self.device, non_blocking=True), logits=logits, feature=feature,
                                     public=public, index=self.index, input=x, trunk_messages=trunk_messages, ids=ids,
@@ -122,17 +122,21 @@ class Member(Part):
             fused_logits=to_device(fused.logits) if fused else None,
         )
         with self.rng.active(self.device):
-            losses = {term.name: term.loss(batch) for term in self.terms}
+            with self.precision.autocast():
+                losses = {term.name: term.loss(batch) for term in self.terms}
             self.log(losses, self._term_keys, f"members.{self.index}.optimizer.lr",
                      *(["method.feature_update.optimizer.lr"] if "feature" in self.optimizers else []))
             after = self._step_network(batch, losses, fused)
             for term in self.terms:
-                self.log(term.after_update(after), *term.lr_keys())
+                with self.precision.autocast():  # a term's forward on the member's maps (AFD's D step)
+                    self.log(term.after_update(after), *term.lr_keys())
+            self.precision.update()
         self.log({"train_correct": own.logits.detach().argmax(1) == own.labels})
         self.end_step(len(own.labels))
         to_trunk = None
         if self._shared is not None:
-            to_trunk = outgoing(TrunkGrad(self._shared.grad, own.gate.grad if own.gate is not None else None))
+            to_trunk = outgoing(TrunkGrad(self.precision.unscaled(self._shared.grad),
+                                          self.precision.unscaled(own.gate.grad if own.gate is not None else None)))
         done, self.step_index = self.step_index, self.step_index + 1
         self._own = self._shared = None
         return MemberUpdate(done, to_trunk)
@@ -150,12 +154,13 @@ class Member(Part):
         configured update; returns the batch the terms' ``after_update`` sees."""
         for owned in self.optimizers.values():
             owned.optimizer.zero_grad(set_to_none=True)
-        outputs, grads = [self._weighted(losses, "logit")], [None]
+        scale = self.precision.scale  # fp16: this member's loss scale on its losses and on what the fusion sent
+        outputs, grads = [scale(self._weighted(losses, "logit"))], [None]
         for output, grad in ((batch.feature, fused and fused.feature_grad), (batch.logits, fused and fused.logits_grad)):
             if grad is not None:  # the fusion loss's gradient, computed where the fusion lives
                 outputs.append(output)
-                grads.append(grad.to(self.device))
-        return self._feature_update(self, batch, outputs, grads, self._weighted(losses, "feature"))
+                grads.append(scale(grad.to(self.device)).to(output.dtype))
+        return self._feature_update(self, batch, outputs, grads, scale(self._weighted(losses, "feature")))
 
     def feature_loss(self, batch: Batch) -> torch.Tensor:
         return self._weighted({t.name: t.loss(batch) for t in self.terms if t.update == "feature"}, "feature")
@@ -164,7 +169,7 @@ class Member(Part):
         """The feature optimizer steps on ``feature_grads`` (None where the feature loss does not reach)."""
         for p, g in zip(self.feature_params(), feature_grads):
             p.grad = g
-        self.optimizers["feature"].optimizer.step()
+        self.precision.step(self.optimizers["feature"].optimizer)
 
     def feature_params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizers["feature"].optimizer.param_groups for p in group["params"]]
@@ -181,7 +186,7 @@ class Member(Part):
         """The next evaluation batch through the deployed network: the feature map for the fusion (FFL), the
         logits and the labels."""
         x, y = next(self._eval_batches) if shared is None else (shared.features, shared.labels)
-        with self.rng.active(self.device):
+        with self.rng.active(self.device), self.precision.autocast():
             feature, logits = self.deployed(x.to(self.device))
         return outgoing(MemberEval(feature if Need.FUSION in self.needs else None, logits, y))
 
@@ -208,7 +213,7 @@ def learned_with_member(terms: list, update: str) -> list[torch.nn.Parameter]:
 def joint(member: Member, batch: Batch, outputs: list, grads: list, feature_loss) -> Batch:
     """The member's optimizer steps once on the sum of the logit and feature losses."""
     torch.autograd.backward([outputs[0] + feature_loss, *outputs[1:]], grads)
-    member.optimizers["logit"].optimizer.step()
+    member.precision.step(member.optimizers["logit"].optimizer)
     return batch
 
 
@@ -216,7 +221,7 @@ def alternating(member: Member, batch: Batch, outputs: list, grads: list, featur
     """Both gradients from this forward pass, taken before either optimizer steps."""
     feature_grads = torch.autograd.grad(feature_loss, member.feature_params(), retain_graph=True, allow_unused=True)
     torch.autograd.backward(outputs, grads)
-    member.optimizers["logit"].optimizer.step()
+    member.precision.step(member.optimizers["logit"].optimizer)
     member.step_features(feature_grads)
     return batch
 
@@ -225,10 +230,12 @@ def sequential(member: Member, batch: Batch, outputs: list, grads: list, feature
     """The logit optimizer steps; a second forward pass on the same batch; the feature optimizer steps on the
     updated network's feature loss. after_update (AFD's D step) sees the second pass."""
     torch.autograd.backward(outputs, grads)
-    member.optimizers["logit"].optimizer.step()
-    feature, logits, public = member.rerun()
-    second = replace(batch, feature=feature, logits=logits, public=public)
-    member.step_features(torch.autograd.grad(member.feature_loss(second), member.feature_params(), allow_unused=True))
+    member.precision.step(member.optimizers["logit"].optimizer)
+    with member.precision.autocast():
+        feature, logits, public = member.rerun()
+        second = replace(batch, feature=feature, logits=logits, public=public)
+        feature_loss = member.precision.scale(member.feature_loss(second))
+    member.step_features(torch.autograd.grad(feature_loss, member.feature_params(), allow_unused=True))
     return second
 
 

@@ -18,6 +18,7 @@ from okd_ray.seeding import derive_seed
 from okd_ray.storage import RunStore
 
 from .host import to_host
+from okd_ray.precision import Precision
 from .protocol import EpochLog
 from .rng import PrivateRNG
 from .spec import PartSpec
@@ -37,6 +38,7 @@ class Part:
     def __init__(self, spec: PartSpec, seed_keys: tuple, device: torch.device):
         self.spec, self.name, self.device = spec, spec.pid.name, torch.device(device)
         self.rng = PrivateRNG(derive_seed(spec.seed, *seed_keys))
+        self.precision = Precision(spec.precision, self.device)
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, OwnedOptimizer] = {}
         self.epoch, self.step_index = 0, 0
@@ -90,6 +92,7 @@ class Part:
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizers": {k: o.optimizer.state_dict() for k, o in self.optimizers.items()},
             "rng": self.rng.state_dict(),
+            "precision": self.precision.state_dict(),  # fp16's loss scale; empty otherwise
         }
 
     def save(self, store_uri: str, path: str) -> Shard:
@@ -107,3 +110,4 @@ class Part:
         for k, o in self.optimizers.items():
             o.optimizer.load_state_dict(state["optimizers"][k])
         self.rng.load_state_dict(state["rng"])
+        self.precision.load_state_dict(state.get("precision", {}))  # a checkpoint from before mixed precision

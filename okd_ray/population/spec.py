@@ -10,6 +10,7 @@ from okd_ray.data import DataConfig, DataInfo
 from okd_ray.methods import Fuser, Method, Need, Term, TermSettings, TrunkHook
 from okd_ray.optim import OptimizerConfig, ScheduleConfig
 
+from okd_ray.precision import PrecisionName
 from .protocol import PartId, parts_of
 
 Shape = tuple[int, int, int]
@@ -25,6 +26,7 @@ class PartSpec:
     data: DataConfig | None  # what the part reads itself (None: a member on a trunk, fed by the trunk)
     info: DataInfo  # the data set's channels, classes and image size
     steps_per_epoch: int
+    precision: PrecisionName
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +76,7 @@ def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common:
     """Every part's spec, in ``parts_of`` order."""
     method = config.method
     common_fields = dict(seed=config.seed, epochs=config.epochs, schedule=config.schedule, members=len(config.members),
-                         info=info, steps_per_epoch=steps_per_epoch)
+                         info=info, steps_per_epoch=steps_per_epoch, precision=config.precision)
     terms = tuple((spec.term, method.settings(spec.name)) for spec in method.method.terms)
     specs: list[PartSpec] = []
     for pid in parts_of(config):

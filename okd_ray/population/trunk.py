@@ -53,7 +53,7 @@ class Trunk(Part):
         """Each stream's batch through the shared stages; member k gets stream k's (or the one stream's)."""
         batches = [next(stream) for stream in self._streams]
         self._features, self._gates, sent = [], [], []
-        with self.rng.active(self.device):
+        with self.rng.active(self.device), self.precision.autocast():
             for x, y, ids in batches:
                 x = x.to(self.device, non_blocking=True)
                 features = self.net(x)
@@ -77,9 +77,10 @@ class Trunk(Part):
             if gate is not None:
                 outputs.append(gate)
                 sums.append(sum(g.gate.to(self.device) for g in fed))
-        with self.rng.active(self.device):
-            torch.autograd.backward(outputs, sums)
-            optimizer.step()
+        with self.rng.active(self.device):  # fp16: the members' gradients (unscaled) times the trunk's scale
+            torch.autograd.backward(outputs, [self.precision.scale(s).to(o.dtype) for o, s in zip(outputs, sums)])
+            self.precision.step(optimizer)
+            self.precision.update()
             for hook in self.hooks.values():
                 hook.after_update(self.epoch, self.step_index)
         self.end_step(None)  # no metrics of its own
@@ -94,7 +95,7 @@ class Trunk(Part):
     @torch.no_grad()
     def eval_next(self) -> TrunkEval:
         x, y = next(self._eval_batches)
-        with self.rng.active(self.device):
+        with self.rng.active(self.device), self.precision.autocast():
             features = self.deployed(x.to(self.device))
             gate = self.gate(features) if self.gate is not None else None
         return outgoing(TrunkEval(SharedMessage(features, gate, y), gate))

@@ -3,7 +3,6 @@
 import re
 
 import pytest
-import torch
 
 from okd_ray.checkpoint import read_manifest
 from okd_ray.config import load_config
@@ -35,22 +34,17 @@ def test_every_method_learns_digits(tiny_config, method):
         assert all(final[m][column] is not None for m in members), column
 
 
-def assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-
-
-@pytest.mark.parametrize("method", ["afd", "afd+ffl", "one"])
-def test_resume_ends_with_the_same_parameters(tiny_config, tmp_path, population_state, method):
+@pytest.mark.parametrize("method, precision", [("afd", "fp32"), ("afd+ffl", "fp32"), ("one", "fp32"),
+                                               ("afd+ffl", "fp16")])  # fp16: every part's loss scale is saved
+def test_resume_ends_with_the_same_parameters(tiny_config, tmp_path, population_state, same_state, method, precision):
     # a multistep schedule does not depend on the total epochs, so a 2-epoch run is the first 2 epochs of 3
     config = tiny_config(f"method.name={method}", "epochs=3", "schedule={kind: multistep, milestones: [1]}",
-                         *SET_UP.get(method, []))
+                         f"precision={precision}", *SET_UP.get(method, []))
     straight = train(config, run_dir=str(tmp_path / "straight"), quiet=True)
     first = train(config.model_copy(update={"epochs": 2}), run_dir=str(tmp_path / "split"), quiet=True)
     assert max(r["epoch"] for r in first.rows) == 2
     resumed = resume(first.run_dir, ["epochs=3"], quiet=True)
-    assert_same_state(population_state(straight.run_dir), population_state(resumed.run_dir))
+    same_state(population_state(straight.run_dir), population_state(resumed.run_dir))
     assert [r["test_top1"] for r in straight.rows] == [r["test_top1"] for r in resumed.rows]
 
 
@@ -73,7 +67,7 @@ def test_divergence_names_member_term_epoch_step_and_keeps_checkpoint(tiny_confi
 
 
 def test_a_crash_between_shards_and_manifest_keeps_the_previous_checkpoint(tiny_config, tmp_path, population_state,
-                                                                          monkeypatch):
+                                                                          same_state, monkeypatch):
     import okd_ray.run
 
     config = tiny_config("method.name=afd+ffl", "epochs=3", "schedule={kind: multistep, milestones: [1]}")
@@ -93,7 +87,7 @@ def test_a_crash_between_shards_and_manifest_keeps_the_previous_checkpoint(tiny_
     assert (run_dir / "checkpoints" / "epoch-0002").is_dir() and read_manifest(store).latest.epoch == 1
     monkeypatch.setattr(okd_ray.run, "commit", commit)
     resumed = resume(str(run_dir), quiet=True)
-    assert_same_state(population_state(straight.run_dir), population_state(resumed.run_dir))
+    same_state(population_state(straight.run_dir), population_state(resumed.run_dir))
     # the newest checkpoint and the one before it, to fall back on
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003", "manifest.json"]
 

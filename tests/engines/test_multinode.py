@@ -7,7 +7,6 @@ import time
 
 import pytest
 import ray
-import torch
 from ray.cluster_utils import Cluster
 
 from okd_ray.checkpoint import MANIFEST, read_manifest
@@ -39,24 +38,20 @@ def on_cluster(tiny_config, cluster, *overrides):
     return tiny_config(*POPULATION, f"ray.address={cluster.address}", "ray.placement_timeout_s=30", *overrides)
 
 
-def same_state(a, b) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def nodes_of(run_dir) -> dict[str, str]:
     placement = json.loads((run_dir / "placement.json").read_text())
     return {p["part"]: p["node"] for p in placement["parts"]}
 
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
-def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state, local_runs,
-                                                         transport):
+def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state, same_state,
+                                                         local_runs, transport):
     run = train(on_cluster(tiny_config, cluster, f"ray.transport={transport}"), run_dir=str(tmp_path / "ray"),
                 quiet=True)
     nodes = nodes_of(tmp_path / "ray")
     assert len(set(nodes.values())) == 3  # m0, m1 and the fusion each on its own node
     assert cluster.head_node.node_id not in nodes.values()
-    assert same_state(local_runs(LOCAL, tiny_config, population_state)[0], population_state(run.run_dir))
+    same_state(local_runs(LOCAL, tiny_config, population_state)[0], population_state(run.run_dir))
 
 
 def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: bool):
@@ -86,13 +81,14 @@ def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: boo
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
 def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(cluster, tiny_config, tmp_path,
-                                                                        population_state, local_runs, transport):
+                                                                        population_state, same_state, local_runs,
+                                                                        transport):
     outcome, removed = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster, f"ray.transport={transport}"),
                                                   tmp_path / "lost", "m1:cnn32", replace=True)
     result = outcome["result"]
     assert result.restarts == 1
     assert removed not in nodes_of(tmp_path / "lost").values()  # the rebuilt population found the new node
-    assert same_state(local_runs(LOCAL, tiny_config, population_state)[0], population_state(result.run_dir))
+    same_state(local_runs(LOCAL, tiny_config, population_state)[0], population_state(result.run_dir))
 
 
 def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpoint(cluster, tiny_config, tmp_path):

@@ -5,7 +5,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from okd_ray.checkpoint import MANIFEST
 from okd_ray.engines.ray.collective import GROUP_TIMEOUT_S, Collective
@@ -21,6 +20,8 @@ POPULATIONS = {
     "afd-3-heterogeneous": ["method.name=afd", "members=[{arch: cnn16}, {arch: cnn32}, {arch: resnet8}]"],
     "ffl-3-heterogeneous": ["method.name=ffl", "members=[{arch: cnn16}, {arch: cnn32}, {arch: resnet8}]"],
     "afd+ffl": ["method.name=afd+ffl", "members=[{arch: cnn16}, {arch: resnet8}]"],
+    # autocast to bf16 in every part: maps, logits and gradients cross in bf16
+    "afd+ffl-bf16": ["method.name=afd+ffl", "members=[{arch: cnn16}, {arch: resnet8}]", "precision=bf16"],
     "dml": ["method.name=dml"],
     "l1": ["method.name=l1", "members=[{arch: cnn16}, {arch: resnet8}]"],
     "kdcl-own-augmentations": ["method.name=kdcl", *OWN_AUGMENTATIONS],
@@ -42,13 +43,6 @@ STEPS = ["epochs=2", "data.train_limit=96", "data.validation=20", "data.batch_si
 TIMINGS = ("epoch_seconds", "elapsed_seconds")
 
 
-def assert_same_state(a, b):
-    """The whole population state (weights, BN statistics, optimizer moments, RNG streams), bit for bit."""
-    assert a.keys() == b.keys()
-    different = [key for key in a if not torch.equal(a[key], b[key])]
-    assert not different, f"{len(different)} of {len(a)} tensors differ, first {different[:3]}"
-
-
 def assert_same_rows(a, b):
     """Every metric of every epoch and part, timings aside, exactly."""
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]  # noqa: E731
@@ -57,12 +51,12 @@ def assert_same_rows(a, b):
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("population", list(POPULATIONS))
-def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tmp_path, population_state, local_runs,
-                                                    population, transport):
+def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tmp_path, population_state, same_state,
+                                                    local_runs, population, transport):
     state, rows = local_runs((*STEPS, *POPULATIONS[population]), tiny_config, population_state)
     config = tiny_config(*STEPS, *POPULATIONS[population], "engine=ray", f"ray.transport={transport}")
     run = train(config, run_dir=str(tmp_path / transport), quiet=True)
-    assert_same_state(state, population_state(run.run_dir))
+    same_state(state, population_state(run.run_dir))
     assert_same_rows(rows, run.rows)
     unscored = {"trunk"} | ({"fused"} if population.startswith("okddip") else set())  # its attention part classifies nothing
     scores = ["test_top1"] + ([] if "data.validation=0" in POPULATIONS[population] else ["val_top1"])
@@ -72,7 +66,7 @@ def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tm
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_config, tmp_path, population_state,
-                                                            local_runs, transport):
+                                                            same_state, local_runs, transport):
     """Against the uninterrupted run of the local engine, which every transport equals (above)."""
     population = (*STEPS, "epochs=3", "data.train_limit=160", "method.name=afd+ffl",
                   "schedule={kind: multistep, milestones: [2]}")
@@ -95,7 +89,7 @@ def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_co
                    quiet=True)
     killer.join()
     assert killed and result.restarts == 1
-    assert_same_state(state, population_state(result.run_dir))
+    same_state(state, population_state(result.run_dir))
     assert_same_rows(rows, result.rows)
 
 
