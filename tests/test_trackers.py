@@ -95,13 +95,16 @@ def test_a_signal_while_a_writer_is_made_takes_effect_once_the_writer_is_kept():
     wrote into the folder being deleted (CI: 'Directory not empty', exit 1 instead of 130)."""
     from okd_ray.trackers.tensorboard import signals_deferred
 
-    before = signal.getsignal(signal.SIGINT)
-    kept = []
-    with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
-            signal.raise_signal(signal.SIGINT)
-            kept.append("writer")
-    assert kept == ["writer"] and signal.getsignal(signal.SIGINT) is before
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own (an in-process sweep sets Tune's)
+    try:
+        kept = []
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                signal.raise_signal(signal.SIGINT)
+                kept.append("writer")
+        assert kept == ["writer"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outside)
 
 
 def test_mlflow_needs_a_tracking_uri_for_a_run_folder_given_as_a_uri(tmp_path, monkeypatch):
