@@ -2,19 +2,23 @@
 
     python experiments/bench_engine.py                       # ResNet-20 pair (AFD) and 3x ResNet-20 FFL, batch 128
     python experiments/bench_engine.py --device cuda         # the same on GPUs (a share of one GPU each if few)
+    python experiments/bench_engine.py --device cuda --precision fp32 bf16   # each population in both precisions
     python experiments/bench_engine.py --smoke-test          # a few steps of small CNNs, to check the script
 
-Prints a table and writes experiments/results/bench_engine.parquet. Per engine: the median step time (time
-between consecutive steps' completions, the driver submitting ahead), images per second through the
-population, and for Ray the exchange overhead: median step time over the median critical-path compute time
-measured inside the actors (max over members of forward + fusion step + max over members of update), and
-every engine's step time over the local engine's, measured in the same run. A transport that fails to start
-or to run (say, NCCL with two parts on one GPU) gets a row with its error instead of times.
+Prints a table and writes experiments/results/bench_engine.parquet. Per engine: the mean step time (a call of
+``--steps`` steps after ``--warmup``, timed whole, the driver submitting ahead), images per second through the
+population, and for Ray the exchange overhead: the step time over the median critical-path compute time
+measured inside the actors (max over members of forward + fusion step + max over members of update; not for
+``collective``, whose parts run whole epochs), and every engine's step time over the local engine's, measured in
+the same run. A transport that fails to start
+or to run (say, NCCL with two parts on one GPU) gets a row with its error instead of times. ``direct`` uses the
+backend the parts' devices call for (gloo, NCCL, or CUDA IPC where they share a GPU); its row names it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -22,13 +26,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from okd_ray.config import load_config
 from okd_ray.engines.local import LocalEngine
+from okd_ray.engines import part_bundles
 from okd_ray.engines.ray import RayEngine
+from okd_ray.engines.ray.direct import backend
 from okd_ray.population import plan_population
 
 POPULATIONS = {
@@ -38,33 +43,28 @@ POPULATIONS = {
 SMOKE = {"cnn16 pair, afd+ffl": ["method.name=afd+ffl", "members=[{arch: cnn16}, {arch: cnn16}]"]}
 
 
-def step_times(engine, steps: int, device: str) -> list[float]:
-    """Seconds between consecutive step completions over one epoch of ``steps`` batches. The parts read nothing
-    from a GPU within an epoch, so a local step on a GPU ends when its kernels are queued: here it waits for them
-    (the Ray parts do so in their profiled calls)."""
-    engine.begin_epoch(0)
-    done = [time.perf_counter()]
-    wait = torch.cuda.synchronize if device == "cuda" and isinstance(engine, LocalEngine) else lambda: None
-    engine.train_epoch(steps, lambda: (wait(), done.append(time.perf_counter())))
-    return [b - a for a, b in zip(done, done[1:])]
-
-
-def measure(config, engine_name: str, total: int, warmup: int) -> dict:
-    """Median step and compute times of one engine over ``total`` steps, the first ``warmup`` dropped."""
+def measure(config, engine_name: str, steps: int, warmup: int) -> dict:
+    """One engine's mean step time over ``steps`` steps after ``warmup`` (a call each, timed whole: a call ends
+    with every part reading its epoch's values, so every device's work is in it), and for Ray the median
+    critical-path compute per step, where the driver makes every call (``collective``'s parts run whole epochs)."""
     plan = plan_population(config)
     engine = LocalEngine(config, plan) if engine_name == "local" else RayEngine(config, plan, profile=True)
     try:
-        times = step_times(engine, total, config.device)[warmup:]
-        if engine_name == "local":
-            compute = times
-        else:
+        engine.begin_epoch(0)
+        engine.train_epoch(warmup, lambda: None)
+        if engine_name != "local":
+            ray.get([a.compute_seconds.remote() for a in engine.actors])  # the warm-up's: dropped
+        started = time.perf_counter()
+        engine.train_epoch(steps, lambda: None)
+        step = (time.perf_counter() - started) / steps
+        work = step
+        if engine_name != "local":
             busy = ray.get([a.compute_seconds.remote() for a in engine.actors])
-            compute = critical_path(busy, len(config.members))[warmup:]
+            work = statistics.median(critical_path(busy, len(config.members))) if "forward" in busy[0] else None
     finally:
         engine.close()
-    step, work = statistics.median(times), statistics.median(compute)
-    return {"steps": len(times), "median_step_ms": 1000 * step, "images_per_s": config.data.batch_size / step,
-            "median_compute_ms": 1000 * work, "exchange_overhead": step / work - 1.0}
+    return {"steps": steps, "step_ms": 1000 * step, "images_per_s": config.data.batch_size / step,
+            "compute_ms": 1000 * work if work else None, "exchange_overhead": step / work - 1.0 if work else None}
 
 
 def critical_path(busy: list[dict[str, list[float]]], members: int) -> list[float]:
@@ -80,7 +80,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="measured steps per engine")
     parser.add_argument("--warmup", type=int, default=3, help="steps dropped before measuring")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--transports", nargs="+", default=["object_store", "compiled", "direct"])
+    parser.add_argument("--transports", nargs="+", default=["object_store", "compiled", "direct", "collective"])
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--address", default=None, help="Ray cluster to join; default: start a local one")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--smoke-test", action="store_true", help="a few steps of small members")
@@ -93,10 +94,11 @@ def main() -> None:
     total = args.steps + args.warmup
     resources = ray.cluster_resources()
     rows = []
-    for name, overrides in populations.items():
+    for (name, overrides), precision in itertools.product(populations.items(), args.precision):
         base = [
             "data.name=synthetic-cifar100", f"data.batch_size={args.batch_size}", "data.test_limit=128",
-            f"data.train_limit={args.batch_size * total}", "epochs=1", f"device={args.device}", *overrides,
+            f"data.train_limit={args.batch_size * total}", "epochs=1", f"device={args.device}",
+            f"precision={precision}", *overrides,
         ]
         local_step = None
         for engine_name in ["local", *args.transports]:
@@ -106,17 +108,18 @@ def main() -> None:
                 share = min(1.0, resources.get("GPU", 0) / parts)
                 extra += [f"ray.num_gpus_per_member={share:g}", f"ray.num_gpus_fusion={share:g}"]
             config = load_config(None, base + extra)
-            row = {"population": name, "engine": engine_name, "members": len(config.members),
+            label = f"direct ({backend(part_bundles(config))})" if engine_name == "direct" else engine_name
+            row = {"population": name, "precision": precision, "engine": label, "members": len(config.members),
                    "batch_size": args.batch_size, "device": args.device, "cpus": resources.get("CPU", 0),
                    "gpus": resources.get("GPU", 0), "error": None}
             try:
-                row.update(measure(config, engine_name, total, args.warmup))
+                row.update(measure(config, engine_name, args.steps, args.warmup))
             except Exception as e:  # noqa: BLE001 - recorded: which transports run on this machine is a result
                 row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
             if engine_name == "local":
-                local_step = row.get("median_step_ms")
-            if row.get("median_step_ms") and local_step:
-                row["step_vs_local"] = row["median_step_ms"] / local_step
+                local_step = row.get("step_ms")
+            if row.get("step_ms") and local_step:
+                row["step_vs_local"] = row["step_ms"] / local_step
             rows.append(row)
             print(rows[-1], flush=True)
     show(rows)
@@ -126,17 +129,19 @@ def main() -> None:
 
 
 def show(rows: list[dict]) -> None:
-    table = Table(title="population step, medians")
-    for column in ["population", "engine", "step ms", "images/s", "compute ms", "overhead", "step / local"]:
-        table.add_column(column, justify="left" if column in ("population", "engine") else "right")
+    table = Table(title="population step: mean step, median critical-path compute")
+    for column in ["population", "precision", "engine", "step ms", "images/s", "compute ms", "overhead",
+                   "step / local"]:
+        table.add_column(column, justify="left" if column in ("population", "precision", "engine") else "right")
     for r in rows:
         if r["error"]:
-            table.add_row(r["population"], r["engine"], f"failed: {r['error'][:60]}", "", "", "", "")
+            table.add_row(r["population"], r["precision"], r["engine"], f"failed: {r['error'][:60]}", "", "", "", "")
             continue
-        overhead = "" if r["engine"] == "local" else f"{100 * r['exchange_overhead']:+.1f} %"
+        overhead = "" if r["exchange_overhead"] is None or r["engine"] == "local" else f"{100 * r['exchange_overhead']:+.1f} %"
+        compute = "" if r["compute_ms"] is None else f"{r['compute_ms']:.1f}"
         ratio = f"{r['step_vs_local']:.2f}" if r.get("step_vs_local") else ""
-        table.add_row(r["population"], r["engine"], f"{r['median_step_ms']:.1f}", f"{r['images_per_s']:.0f}",
-                      f"{r['median_compute_ms']:.1f}", overhead, ratio)
+        table.add_row(r["population"], r["precision"], r["engine"], f"{r['step_ms']:.1f}", f"{r['images_per_s']:.0f}",
+                      compute, overhead, ratio)
     Console(width=120).print(table)
 
 

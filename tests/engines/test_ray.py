@@ -8,7 +8,7 @@ import pytest
 
 from okd_ray.checkpoint import MANIFEST
 from okd_ray.engines.ray.collective import GROUP_TIMEOUT_S, Collective
-from okd_ray.engines.ray.direct import Direct
+from okd_ray.engines.ray.direct import Direct, backend, on_one_gpu
 from okd_ray.engines.ray.transport import auto_transport
 from okd_ray.run import train
 from okd_ray.errors import ConfigError, OkdRayError
@@ -118,17 +118,36 @@ def bundles(*gpus):
 
 def test_auto_transport_follows_what_was_measured():
     assert auto_transport(bundles(0, 0, 0)) == "collective"  # CPUs
-    assert auto_transport(bundles(0.5, 0.5)) == "compiled"  # parts sharing a GPU (measured on an H100)
+    assert auto_transport(bundles(0.5, 0.5)) == "direct"  # parts sharing a GPU: CUDA IPC
     assert auto_transport(bundles(1, 1, 1)) == "direct"  # a GPU each: NCCL
 
 
-@pytest.mark.parametrize("transport", [Direct, Collective])
-def test_a_process_group_transport_on_a_shared_gpu_is_refused_with_the_fix(transport):
+def test_collective_on_a_shared_gpu_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match=r"NCCL needs one whole GPU per part.*ray.num_gpus_fusion=1"):
-        transport.check(bundles(0.5, 0.5, 0.5))
+        Collective.check(bundles(0.5, 0.5, 0.5))
     with pytest.raises(ConfigError, match="GPU shares are \\[1, 1, 0\\]"):
-        transport.check(bundles(1, 1, 0))  # the fusion on the CPU could not join an NCCL group
-    transport.check(bundles(0, 0, 0))  # gloo
+        Collective.check(bundles(1, 1, 0))  # the fusion on the CPU could not join an NCCL group
+    Collective.check(bundles(0, 0, 0))  # gloo
+
+
+def test_direct_picks_its_backend_by_the_parts_devices_and_refuses_what_none_serves():
+    assert [backend(bundles(*g)) for g in [(0, 0), (1, 1, 1), (0.5, 0.5), (0.3, 0.3, 0.3)]] == [
+        "gloo", "nccl", "cuda_ipc", "cuda_ipc"]
+    for fits in [(0, 0), (1, 1, 1), (0.5, 0.5), (0.3, 0.3, 0.3)]:
+        Direct.check(bundles(*fits))
+    with pytest.raises(ConfigError, match=r"a part on the CPU and one on a GPU share no direct transport"):
+        Direct.check(bundles(0.5, 0.5, 0))
+    with pytest.raises(ConfigError, match=r"CUDA IPC, which needs all of them on one GPU, and these sum to 1\.5\. "
+                                          r"Give each part at most 1/3 of a GPU"):
+        Direct.check(bundles(0.5, 0.5, 0.5))
+
+
+def test_cuda_ipc_needs_every_part_on_the_gpu_the_others_have():
+    """Where Ray placed the parts, as each reports it (``PartActor.ready``)."""
+    on_one_gpu([{"node": "n1", "gpus": ["0"]}, {"node": "n1", "gpus": ["0"]}])
+    with pytest.raises(ConfigError, match=r"Ray gave them 2 different GPUs \(node n1 GPU 0, node n1 GPU 1\); use "
+                                          r"ray.placement=pack"):
+        on_one_gpu([{"node": "n1", "gpus": ["0"]}, {"node": "n1", "gpus": ["1"]}])
 
 
 FAILING_PLUGIN = """

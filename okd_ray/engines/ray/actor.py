@@ -73,10 +73,11 @@ class PartActor:
         busy, self.busy = dict(self.busy), collections.defaultdict(list)
         return busy
 
-    def ready(self) -> dict[str, str]:
-        """Where this part runs: its node and placement group (a liveness probe too)."""
+    def ready(self) -> dict:
+        """Where this part runs: its node, placement group and GPUs (a liveness probe too)."""
         context = ray.get_runtime_context()
-        return {"node": context.get_node_id(), "placement_group": context.get_placement_group_id()}
+        return {"node": context.get_node_id(), "placement_group": context.get_placement_group_id(),
+                "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def free_address(self) -> str:
         return collective.free_address()

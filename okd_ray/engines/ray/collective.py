@@ -26,12 +26,12 @@ import torch.distributed as dist
 from ray.exceptions import RayTaskError
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from okd_ray.errors import PopulationLost
+from okd_ray.errors import ConfigError, PopulationLost
 from okd_ray.methods import Need
 from okd_ray.population import PartId, Population, part_class, population_step
 from okd_ray.population.protocol import flatten, nest, num_returns
 
-from .transport import Bundles, gpu_shares, one_gpu_per_part
+from .transport import Bundles, gpu_shares
 
 GROUP_TIMEOUT_S = 600  # the longest a part waits on a message: a peer stuck beyond it ends the epoch with an error
 CAUSE_WAIT_S = 30  # once a part lost a peer, how long the driver waits for the failure that caused it
@@ -209,7 +209,14 @@ class Collective:
 
     @staticmethod
     def check(bundles: Bundles) -> None:
-        one_gpu_per_part("collective", bundles)
+        """NCCL needs one whole GPU per part (two ranks on one GPU are refused: NCCL_ERROR_INVALID_USAGE, measured
+        on an H100); gloo needs every part on the CPU."""
+        gpus = gpu_shares(bundles)
+        if any(gpus) and min(gpus) < 1:
+            raise ConfigError(
+                f"ray.transport=collective: the parts' GPU shares are {gpus}; NCCL needs one whole GPU per part, "
+                "members and fusion alike. Set ray.num_gpus_per_member=1 and ray.num_gpus_fusion=1 on a cluster with "
+                "that many GPUs, or use ray.transport=direct (CUDA IPC between parts on one GPU)")
 
     def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
         backend = "nccl" if any(gpu_shares(bundles)) else "gloo"

@@ -1,23 +1,60 @@
-"""``direct``: Ray Direct Transport. Actor calls whose tensors move actor to actor over a collective group of all
-the parts (gloo on CPUs, NCCL between GPUs), outside the object store; the driver still submits every call."""
+"""``direct``: Ray Direct Transport. Actor calls whose tensors move actor to actor outside the object store, by the
+backend the parts' devices call for: gloo between CPU parts and NCCL between parts with a GPU each, over a collective
+group of all the parts; CUDA IPC between parts that share one GPU, one-sided and without a group (the receiver
+reads the sender's memory once the sender's CUDA event has passed: nothing is copied, and no part changes what it
+received in place). The driver still submits every call."""
 
 from __future__ import annotations
 
+import ray
 from ray.experimental.collective import create_collective_group
 
+from okd_ray.errors import ConfigError
 from okd_ray.methods import Need
 from okd_ray.population import PartId
 
 from .object_store import ObjectStore, calls
-from .transport import Bundles, gpu_shares, one_gpu_per_part
+from .transport import Bundles, gpu_shares
+
+
+def backend(bundles: Bundles) -> str:
+    gpus = gpu_shares(bundles)
+    if not any(gpus):
+        return "gloo"
+    return "nccl" if min(gpus) >= 1 else "cuda_ipc"
 
 
 class Direct(ObjectStore):
     @staticmethod
     def check(bundles: Bundles) -> None:
-        one_gpu_per_part("direct", bundles)
+        gpus = gpu_shares(bundles)
+        if not any(gpus) or min(gpus) >= 1:
+            return  # gloo, or NCCL with a GPU each
+        if min(gpus) == 0:
+            raise ConfigError(
+                f"ray.transport=direct: the parts' GPU shares are {gpus}; a part on the CPU and one on a GPU share "
+                "no direct transport. Give every part a GPU share (ray.num_gpus_fusion too), or use object_store")
+        if sum(gpus) > 1:
+            raise ConfigError(
+                f"ray.transport=direct: the parts' GPU shares are {gpus}; parts that share a GPU exchange by CUDA IPC, "
+                f"which needs all of them on one GPU, and these sum to {sum(gpus):g}. Give each part at most "
+                f"1/{len(gpus)} of a GPU, or a whole GPU each (NCCL)")
 
     def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
-        nccl = any(gpu_shares(bundles))
-        create_collective_group(actors, backend="nccl" if nccl else "torch_gloo")
-        self.population = calls(actors, ids, members, needs, tensor_transport="nccl" if nccl else "gloo")
+        transport = backend(bundles)
+        if transport == "cuda_ipc":
+            on_one_gpu(ray.get([a.ready.remote() for a in actors]))
+        else:
+            create_collective_group(actors, backend="nccl" if transport == "nccl" else "torch_gloo")
+        self.population = calls(actors, ids, members, needs, tensor_transport=transport)
+
+
+def on_one_gpu(where: list[dict]) -> None:
+    """CUDA IPC maps another process's GPU memory: every part must have been given the same GPU of one node."""
+    places = sorted({(w["node"], ",".join(w["gpus"])) for w in where})
+    if len(places) > 1:
+        listed = ", ".join(f"node {node[:8]} GPU {gpus}" for node, gpus in places)
+        raise ConfigError(
+            f"ray.transport=direct: parts that share a GPU exchange by CUDA IPC, but Ray gave them {len(places)} "
+            f"different GPUs ({listed}); use ray.placement=pack on a node with one GPU free for all of them, or "
+            "ray.transport=object_store")

@@ -14,7 +14,6 @@ import collections
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from okd_ray.errors import ConfigError
 from okd_ray.methods import Need
 from okd_ray.population import PartId
 
@@ -63,23 +62,10 @@ def gpu_shares(bundles: Bundles) -> list[float]:
     return [b.get("GPU", 0) for b in bundles]
 
 
-def one_gpu_per_part(transport: str, bundles: Bundles) -> None:
-    """For a process group over the parts: NCCL needs one whole GPU per part (two ranks on one GPU are refused:
-    NCCL_ERROR_INVALID_USAGE, measured on an H100); gloo needs every part on the CPU."""
-    gpus = gpu_shares(bundles)
-    if any(gpus) and min(gpus) < 1:
-        raise ConfigError(
-            f"ray.transport={transport}: the parts' GPU shares are {gpus}; NCCL needs one whole GPU per part, members "
-            "and fusion alike. Set ray.num_gpus_per_member=1 and ray.num_gpus_fusion=1 on a cluster with that "
-            "many GPUs, or use ray.transport=compiled (measured fastest on a shared GPU) or object_store")
-
-
 def auto_transport(bundles: Bundles) -> str:
-    """``direct`` (NCCL) when every part has its own GPU (not measured yet); on a shared GPU, what
-    ``experiments/bench_engine.py`` measured fastest; on CPUs, ``collective``, the fastest at every K that
+    """``direct`` where the parts are on GPUs: NCCL with a GPU each, CUDA IPC where they share one (neither is
+    measured yet: the one GPU lent here had each part on a share, where the compiled graph beat object_store
+    through host memory, and CUDA IPC copies nothing at all); on CPUs, ``collective``, the fastest at every K that
     ``experiments/bench_scaling.py`` measured, with a sixteenth of the driver's CPU or less (README, "What the
     engines cost")."""
-    gpus = gpu_shares(bundles)
-    if gpus and min(gpus) >= 1:
-        return "direct"
-    return "compiled" if any(gpus) else "collective"
+    return "direct" if any(gpu_shares(bundles)) else "collective"
