@@ -23,6 +23,8 @@ from okd_ray.settings import Strict
 class MemberConfig(Strict):
     arch: str
     optimizer: OptimizerConfig = OptimizerConfig()
+    # Data parallel: D replicas, each on its share of every batch, their gradients averaged in replica order
+    replicas: int = Field(1, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -191,6 +193,12 @@ class TrainConfig(Strict):
             raise PydanticCustomError(
                 "population", f"trunk_stages: members sharing a trunk must have one architecture, got "
                 f"{[m.arch for m in self.members]}; give every member the same arch, or set trunk_stages=0")
+        replicas = [m.replicas for m in self.members]
+        if len(set(replicas)) > 1 and (method.needs or self.trunk_stages):
+            raise PydanticCustomError(
+                "population", f"members.N.replicas: replica r of a member exchanges with replica r of every part it "
+                f"meets, so method {method.name!r} needs one replica count for every member, got {replicas}; give "
+                "every member the same replicas (members exchanging nothing, as in vanilla, may differ)")
         if self.data.augment_per_member and not self.data.augment:
             raise PydanticCustomError(
                 "population", "data.augment_per_member: with data.augment=false there is no augmentation to draw per "

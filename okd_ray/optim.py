@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
 from pydantic import Field
 
+from okd_ray.precision import Precision
 from okd_ray.settings import Strict
 
 
@@ -59,3 +60,22 @@ def set_epoch_lr(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, schedul
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
+
+
+class Stepper:
+    """Every optimizer step of a part goes through here, a term's own too (AFD's discriminator): the gradients
+    averaged over the part's replicas where it has several (``average``, set when the replicas join), then fp16's
+    unscaling and overflow check, and the step."""
+
+    def __init__(self, precision: Precision):
+        self.precision = precision
+        self.average: Callable[[list[torch.Tensor]], None] | None = None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """The backward of a loss of the part's own (scaled, with fp16)."""
+        self.precision.scale(loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.average is not None:
+            self.average([p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
+        self.precision.step(optimizer)

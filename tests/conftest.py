@@ -76,6 +76,12 @@ def local_runs(tmp_path_factory):
 
 
 @pytest.fixture
+def flat_state():
+    """``flatten``, for a test that compares parts' state dicts."""
+    return flatten
+
+
+@pytest.fixture
 def same_state():
     """Asserts that two populations' whole states (weights, BN statistics, optimizer moments, RNG streams, loss
     scales; as ``population_state`` reads them) are equal bit for bit."""

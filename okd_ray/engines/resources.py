@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from okd_ray.config import TrainConfig
 from okd_ray.errors import ClusterUnreachable, ConfigError
 from okd_ray.population import parts_of
+from okd_ray.population.protocol import replicas_of
 
 
 CONNECT_TIMEOUT_S = 5.0  # to reach a given address; Ray's own retries would take minutes to give up
@@ -58,10 +59,11 @@ def check_reachable(address: str) -> None:
 
 
 def part_bundles(config: TrainConfig, spare_cpus: float = 0.0) -> list[dict[str, float]]:
-    """One resource bundle per part, in ``parts_of`` order: members, the fusion (FFL), the trunk (which gets a
-    member's share). ``spare_cpus`` stay out of the automatic shares (a Tune trial's own bundle)."""
+    """One resource bundle per part and replica, part by part in ``parts_of`` order (a part's replicas next to
+    each other): members, the fusion (FFL), the trunk (which gets a member's share). ``spare_cpus`` stay out of
+    the automatic shares (a Tune trial's own bundle)."""
     r = config.ray
-    parts = parts_of(config)
+    parts = [p for p, count in zip(parts_of(config), replicas_of(config)) for _ in range(count)]
     totals = _totals()
     cpus = r.num_cpus_per_member
     if cpus is None:  # auto: a whole CPU each where there are enough, else an equal share

@@ -33,9 +33,10 @@ register_method("kdcl", [CrossEntropy, EnsembleKL])
 register_method("one", [CrossEntropy, TeacherCE, TeacherKL])
 register_method("okddip", [CrossEntropy, AttentionKL])
 register_method("pcl", [CrossEntropy, PeerEnsembleKL, PeerMeanKL])
+BUILT_IN_METHODS = tuple(METHODS)  # plugins register theirs after these
 
 __all__ = [
-    "METHODS", "TERMS", "Method", "register_method", "register_term",
+    "BUILT_IN_METHODS", "METHODS", "TERMS", "Method", "register_method", "register_term",
     "PEER_NEEDS", "Batch", "Fuser", "FuserStep", "FusionOptimizerConfig", "MemberInfo", "Need", "OwnedOptimizer", "RampedSettings", "Term", "TermSettings", "TermSpec", "TrunkHook",
     "Adversarial", "Align", "AttentionKL", "CrossEntropy", "EnsembleKL", "FusedKL", "PeerEnsembleKL", "PeerKL", "PeerMeanKL", "RingKL", "TeacherCE", "TeacherKL",
     "Discriminator", "FusionModule", "Gate", "PeerAttention", "PeerEnsemble", "peer_targets", "ema_decay",

@@ -70,7 +70,7 @@ class Adversarial(Term):
         channels, height, _ = member.public_shape
         self.disc = Discriminator(channels, height, bounded=settings.output == "sigmoid").to(member.device)
         self.optimizer = make_optimizer(self.disc.parameters(), settings.discriminator_optimizer)
-        self.precision = member.precision
+        self.stepper = member.stepper
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return generator_loss(self.disc(batch.public))
@@ -85,6 +85,6 @@ class Adversarial(Term):
         """D_k steps on the predecessor's map (real) and this member's map from the same forward (fake)."""
         loss = discriminator_loss(self.disc(batch.ring_map), self.disc(batch.public.detach()))
         self.optimizer.zero_grad(set_to_none=True)
-        self.precision.scale(loss).backward()
-        self.precision.step(self.optimizer)
+        self.stepper.backward(loss)
+        self.stepper.step(self.optimizer)
         return {"discriminator": loss.detach()}

@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from okd_ray.optim import OptimizerConfig
+from okd_ray.optim import OptimizerConfig, Stepper
 from okd_ray.precision import Precision
 from okd_ray.settings import Strict
 
@@ -103,9 +103,9 @@ class MemberInfo:
     seed: int = 0  # derived from the run's seed and the member's index: for a term's own generators
     steps_per_epoch: int = 0  # so that epoch · steps_per_epoch + step counts the run's steps
     network: nn.Module | None = field(default=None, compare=False)  # the member's network (forward: map, logits)
-    # The member's mixed precision: a term with an optimizer of its own steps it with precision.scale(loss)
-    # .backward() and precision.step(optimizer) (fp16's loss scaling; plain backward and step otherwise)
-    precision: Precision = field(default_factory=lambda: Precision("fp32", torch.device("cpu")), compare=False)
+    # How the member steps an optimizer: a term with an optimizer of its own steps it with stepper.backward(loss)
+    # and stepper.step(optimizer) (fp16's loss scaling, the replicas' averaged gradients; else a plain step)
+    stepper: Stepper = field(default_factory=lambda: Stepper(Precision("fp32", torch.device("cpu"))), compare=False)
 
 
 @dataclass

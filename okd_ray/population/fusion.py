@@ -48,8 +48,8 @@ class Fusion(Part):
             self.log(out.losses, f"method.terms.{self.term}.fusion_optimizer.lr", f"method.terms.{self.term}.weight")
             optimizer = self.optimizers["fusion"].optimizer
             optimizer.zero_grad(set_to_none=True)
-            self.precision.scale(out.total).backward()
-            self.precision.step(optimizer)
+            self.stepper.backward(out.total)
+            self.stepper.step(optimizer)
             self.precision.update()
         if out.fused is not None:
             self.log({"train_correct": out.fused.detach().argmax(1) == labels})

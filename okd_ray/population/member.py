@@ -20,6 +20,7 @@ from .part import Part
 from .plan import build_terms, load_dataset, member_network
 from .protocol import (FusedMessage, FusionInput, MemberEval, MemberForward, MemberUpdate, PeerMessage, RingMessage,
                        SharedMessage, TrunkGrad)
+from .replicas import shard
 from .spec import MemberSpec
 
 
@@ -30,7 +31,7 @@ class Member(Part):
         with self.rng.active(self.device):
             self.net = member_network(spec).to(self.device)
             self.transfer = transfer_layer(spec.shape, spec.common).to(self.device) if spec.common else None
-            self.terms = build_terms(spec, self.net, self.precision)
+            self.terms = build_terms(spec, self.net, self.stepper)
         self.modules = {"net": self.net, **({"transfer": self.transfer} if self.transfer else {})}
         for term in self.terms:
             self.modules.update(term.modules())
@@ -73,7 +74,7 @@ class Member(Part):
         """Run the next batch (from the images, or from the trunk's shared features) and say what to send."""
         self._shared, gate, trunk_messages = None, None, {}
         if shared is None:
-            x, y, ids = next(self._batches)
+            x, y, ids = shard(next(self._batches), self.spec.replica, self.spec.replicas)
             x = x.to(self.device, non_blocking=True)
         else:  # fresh leaves: their gradients go back to the trunk
             self._shared = x = shared.features.to(self.device).detach().requires_grad_()
@@ -169,7 +170,7 @@ class Member(Part):
         """The feature optimizer steps on ``feature_grads`` (None where the feature loss does not reach)."""
         for p, g in zip(self.feature_params(), feature_grads):
             p.grad = g
-        self.precision.step(self.optimizers["feature"].optimizer)
+        self.stepper.step(self.optimizers["feature"].optimizer)
 
     def feature_params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizers["feature"].optimizer.param_groups for p in group["params"]]
@@ -213,7 +214,7 @@ def learned_with_member(terms: list, update: str) -> list[torch.nn.Parameter]:
 def joint(member: Member, batch: Batch, outputs: list, grads: list, feature_loss) -> Batch:
     """The member's optimizer steps once on the sum of the logit and feature losses."""
     torch.autograd.backward([outputs[0] + feature_loss, *outputs[1:]], grads)
-    member.precision.step(member.optimizers["logit"].optimizer)
+    member.stepper.step(member.optimizers["logit"].optimizer)
     return batch
 
 
@@ -221,7 +222,7 @@ def alternating(member: Member, batch: Batch, outputs: list, grads: list, featur
     """Both gradients from this forward pass, taken before either optimizer steps."""
     feature_grads = torch.autograd.grad(feature_loss, member.feature_params(), retain_graph=True, allow_unused=True)
     torch.autograd.backward(outputs, grads)
-    member.precision.step(member.optimizers["logit"].optimizer)
+    member.stepper.step(member.optimizers["logit"].optimizer)
     member.step_features(feature_grads)
     return batch
 
@@ -230,7 +231,7 @@ def sequential(member: Member, batch: Batch, outputs: list, grads: list, feature
     """The logit optimizer steps; a second forward pass on the same batch; the feature optimizer steps on the
     updated network's feature loss. after_update (AFD's D step) sees the second pass."""
     torch.autograd.backward(outputs, grads)
-    member.precision.step(member.optimizers["logit"].optimizer)
+    member.stepper.step(member.optimizers["logit"].optimizer)
     with member.precision.autocast():
         feature, logits, public = member.rerun()
         second = replace(batch, feature=feature, logits=logits, public=public)

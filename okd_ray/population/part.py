@@ -9,17 +9,18 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from okd_ray.checkpoint import Shard, load_shard, save_shard
+from okd_ray.checkpoint import Checkpoint, Shard, load_shard, save_shard, shard_path
 from okd_ray.data.base import Split
 from okd_ray.errors import TrainingDiverged
 from okd_ray.methods import OwnedOptimizer
-from okd_ray.optim import set_epoch_lr
+from okd_ray.optim import Stepper, set_epoch_lr
+from okd_ray.precision import Precision
 from okd_ray.seeding import derive_seed
 from okd_ray.storage import RunStore
 
 from .host import to_host
-from okd_ray.precision import Precision
 from .protocol import EpochLog
+from .replicas import Gather, average
 from .rng import PrivateRNG
 from .spec import PartSpec
 
@@ -37,13 +38,24 @@ class Part:
 
     def __init__(self, spec: PartSpec, seed_keys: tuple, device: torch.device):
         self.spec, self.name, self.device = spec, spec.pid.name, torch.device(device)
+        self.seed_keys = seed_keys
         self.rng = PrivateRNG(derive_seed(spec.seed, *seed_keys))
         self.precision = Precision(spec.precision, self.device)
+        self.stepper = Stepper(self.precision)  # every optimizer step of the part
+        self.gather: Gather | None = None  # with replicas: every replica's tensor, in replica order
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, OwnedOptimizer] = {}
         self.epoch, self.step_index = 0, 0
         self._step: list[Logged] = []  # this step's logged values
         self._steps: list[tuple[list[Logged], int | None]] = []  # this epoch's, with each step's batch size
+
+    def join_replicas(self, gather: Gather) -> None:
+        """With replicas, once built (identical, from one RNG stream): ``gather`` meets the part's other replicas.
+        From here on each replica draws from a stream of its own (its dropout masks are its own)."""
+        self.gather = gather
+        self.stepper.average = lambda tensors: average(tensors, gather)
+        if self.spec.replica:
+            self.rng = PrivateRNG(derive_seed(self.spec.seed, *self.seed_keys, "replica", self.spec.replica))
 
     def begin_epoch(self, epoch: int) -> dict[str, float]:
         """Train mode and this epoch's learning rates; returns them as ``lr_<optimizer>``."""
@@ -65,9 +77,12 @@ class Part:
         self._step.extend(Logged(name, value.detach().float().sum(), keys, metric) for name, value in values.items())
 
     def end_step(self, n: int | None) -> None:
-        """The step's values are all logged; ``n`` is its batch size (None: the part reports no metrics)."""
+        """The step's values are all logged; ``n`` is its batch size (None: the part reports no metrics). Replicas
+        average their float buffers (batch norm's running statistics), so that they stay identical."""
         self._steps.append((self._step, n))
         self._step = []
+        if self.gather is not None:
+            average([b for m in self.modules.values() for b in m.buffers() if b.is_floating_point()], self.gather)
 
     def end_epoch(self) -> EpochLog:
         """Every step's metrics of the epoch, read from the device at once (one host sync an epoch), and the first
@@ -95,14 +110,21 @@ class Part:
             "precision": self.precision.state_dict(),  # fp16's loss scale; empty otherwise
         }
 
-    def save(self, store_uri: str, path: str) -> Shard:
-        """Write this part's checkpoint shard straight to the run's storage (no state passes a driver); returns
-        its size and digest for the manifest."""
-        return save_shard(RunStore(store_uri), path, self.state_dict())
+    def save(self, store_uri: str, folder: str) -> dict[str, Shard]:
+        """Write this part's checkpoint shard into ``folder`` of the run's storage (no state passes a driver);
+        returns it by key with its size and digest, for the manifest. Replicas are identical but for their RNG
+        streams: the first writes the part's state, each other one its RNG state alone (``m0.r1``)."""
+        state = self.state_dict() if not self.spec.replica else {"rng": self.rng.state_dict()}
+        return {self.spec.key: save_shard(RunStore(store_uri), shard_path(folder, self.spec.key), state)}
 
-    def load(self, store_uri: str, path: str, shard: Shard | None) -> None:
-        """Load this part's shard once it matches the size and digest that ``save`` returned."""
-        self.load_state_dict(load_shard(RunStore(store_uri), path, shard))
+    def load(self, store_uri: str, checkpoint: Checkpoint) -> None:
+        """Load the part's shard of ``checkpoint`` (and a replica's own RNG state), each once it matches the size and
+        digest that ``save`` returned."""
+        store, key = RunStore(store_uri), self.spec.pid.key
+        self.load_state_dict(load_shard(store, shard_path(checkpoint.folder, key), checkpoint.shards[key]))
+        if self.spec.replica:
+            own = self.spec.key
+            self.rng.load_state_dict(load_shard(store, shard_path(checkpoint.folder, own), checkpoint.shards[own])["rng"])
 
     def load_state_dict(self, state: dict) -> None:
         for k, m in self.modules.items():

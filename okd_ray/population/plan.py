@@ -15,6 +15,7 @@ from okd_ray.errors import ConfigError, ModelError
 from okd_ray.methods import MemberInfo, Method, Need, Term, common_shape
 from okd_ray.models import build_model, feature_shape
 from okd_ray.models.base import PooledHeadNet
+from okd_ray.optim import Stepper
 from okd_ray.precision import Precision
 from okd_ray.seeding import derive_seed
 
@@ -117,10 +118,10 @@ def branch(net: torch.nn.Module, trunk_stages: int) -> torch.nn.Module:
     return net.split(trunk_stages)[1] if trunk_stages else net
 
 
-def build_terms(spec: MemberSpec, network: torch.nn.Module, precision: Precision) -> list[Term]:
+def build_terms(spec: MemberSpec, network: torch.nn.Module, stepper: Stepper) -> list[Term]:
     """The member's terms, built from their validated settings (under the member's RNG, after its network)."""
-    info = MemberInfo(spec.index, spec.members, spec.common, precision.device, spec.info.num_classes, spec.shape,
-                      derive_seed(spec.seed, "terms", spec.index), spec.steps_per_epoch, network, precision)
+    info = MemberInfo(spec.index, spec.members, spec.common, stepper.precision.device, spec.info.num_classes,
+                      spec.shape, derive_seed(spec.seed, "terms", spec.index), spec.steps_per_epoch, network, stepper)
     return [term(settings, info) for term, settings in spec.terms]
 
 
@@ -129,7 +130,7 @@ def check_terms(method: str, spec: MemberSpec, network: torch.nn.Module) -> None
     the population says so now, before any part starts, and no two owners may share a module or optimizer name
     (a term's ``net`` would replace the member's network in its checkpoint)."""
     with torch.random.fork_rng(devices=[]):
-        terms = build_terms(spec, network, Precision(spec.precision, torch.device("cpu")))
+        terms = build_terms(spec, network, Stepper(Precision(spec.precision, torch.device("cpu"))))
     check_names(method, "the member", "module", MEMBER_OWNS["module"], [(t.name, t.modules()) for t in terms])
     check_names(method, "the member", "optimizer", MEMBER_OWNS["optimizer"], [(t.name, t.optimizers()) for t in terms])
 

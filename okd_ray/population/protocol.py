@@ -51,6 +51,13 @@ def parts_of(config: TrainConfig) -> list[PartId]:
     return parts + ([PartId("trunk")] if config.trunk_stages else [])
 
 
+def replicas_of(config: TrainConfig) -> list[int]:
+    """Each part's replica count, in ``parts_of`` order: a member's own; the fusion's and the trunk's the members'
+    (one count for all, where parts exchange anything)."""
+    return [config.members[p.index].replicas if p.kind == "member" else config.members[0].replicas
+            for p in parts_of(config)]
+
+
 class RingMessage(NamedTuple):
     """Member k → member k+1: the sender's public map (its map through its transfer layer; the receiver's own is
     ``Batch.public``) and its logits (None where no term needs them)."""

@@ -3,7 +3,7 @@ process or in its own actor, never sees the whole config nor validates it (or it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from okd_ray.config import FeatureUpdateConfig, TrainConfig
 from okd_ray.data import DataConfig, DataInfo
@@ -27,6 +27,13 @@ class PartSpec:
     info: DataInfo  # the data set's channels, classes and image size
     steps_per_epoch: int
     precision: PrecisionName
+    replicas: int = 1  # D: the part runs as D replicas, replica r on share r of every batch
+    replica: int = 0  # which one this is (the plan's specs are replica 0's; ``replica_specs`` gives the others)
+
+    @property
+    def key(self) -> str:
+        """The part's key, and a replica's besides the first: ``m0``, ``m0.r1`` (its checkpoint shard's name)."""
+        return self.pid.key + (f".r{self.replica}" if self.replica else "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +89,7 @@ def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common:
     for pid in parts_of(config):
         if pid.kind == "member":
             specs.append(MemberSpec(
-                pid=pid, **common_fields, data=None if config.trunk_stages else config.data,
+                pid=pid, **common_fields, replicas=config.members[pid.index].replicas, data=None if config.trunk_stages else config.data,
                 arch=pid.arch, optimizer=config.members[pid.index].optimizer, terms=terms, needs=method.method.needs,
                 feature_update=method.feature_update if method.method.has_feature_terms else None,
                 trunk_stages=config.trunk_stages, stream=pid.index if config.data.augment_per_member else None,
@@ -93,13 +100,20 @@ def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common:
             optimizer = settings.fusion_optimizer
             if optimizer.lr is None:  # the members' base learning rate, as in FFL's code
                 optimizer = optimizer.model_copy(update={"lr": config.members[0].optimizer.lr})
-            specs.append(FusionSpec(pid=pid, **common_fields, data=None, term=term.name, fuser=term.fuser,
+            specs.append(FusionSpec(pid=pid, **common_fields, replicas=config.members[0].replicas, data=None, term=term.name, fuser=term.fuser,
                                     settings=settings, optimizer=optimizer, shapes=tuple(shapes)))
         else:
-            specs.append(TrunkSpec(pid=pid, **common_fields, data=config.data, arch=config.members[0].arch,
+            specs.append(TrunkSpec(pid=pid, **common_fields, replicas=config.members[0].replicas, data=config.data, arch=config.members[0].arch,
                                    optimizer=config.members[0].optimizer, trunk_stages=config.trunk_stages,
                                    shape=trunk_shape, gate=Need.GATE in method.method.needs,
                                    streams=len(config.members) if config.data.augment_per_member else 1,
                                    hooks=tuple((term.name, term.trunk_hook, settings) for term, settings in terms
                                                if term.trunk_hook is not None)))
     return specs
+
+
+def replica_specs(specs: tuple[PartSpec, ...] | list[PartSpec]) -> list[list[PartSpec]]:
+    """The parts of each shard: shard r holds replica r of every part that has more than r replicas (every part,
+    where replicas are equal), in ``parts_of`` order."""
+    return [[replace(spec, replica=r) for spec in specs if spec.replicas > r]
+            for r in range(max(spec.replicas for spec in specs))]

@@ -20,6 +20,7 @@ from .outgoing import outgoing
 from .part import Part
 from .plan import load_dataset
 from .protocol import SharedMessage, TrunkEval, TrunkForward, TrunkGrad
+from .replicas import shard
 from .spec import TrunkSpec
 
 
@@ -51,7 +52,7 @@ class Trunk(Part):
 
     def forward(self) -> TrunkForward:
         """Each stream's batch through the shared stages; member k gets stream k's (or the one stream's)."""
-        batches = [next(stream) for stream in self._streams]
+        batches = [shard(next(stream), self.spec.replica, self.spec.replicas) for stream in self._streams]
         self._features, self._gates, sent = [], [], []
         with self.rng.active(self.device), self.precision.autocast():
             for x, y, ids in batches:
@@ -79,7 +80,7 @@ class Trunk(Part):
                 sums.append(sum(g.gate.to(self.device) for g in fed))
         with self.rng.active(self.device):  # fp16: the members' gradients (unscaled) times the trunk's scale
             torch.autograd.backward(outputs, [self.precision.scale(s).to(o.dtype) for o, s in zip(outputs, sums)])
-            self.precision.step(optimizer)
+            self.stepper.step(optimizer)
             self.precision.update()
             for hook in self.hooks.values():
                 hook.after_update(self.epoch, self.step_index)

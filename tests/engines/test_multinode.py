@@ -54,6 +54,19 @@ def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, t
     same_state(local_runs(LOCAL, tiny_config, population_state)[0], population_state(run.run_dir))
 
 
+def test_replicas_across_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state, same_state,
+                                                     local_runs):
+    """DML, two replicas a member, spread over the nodes: replicas gather their gradients from node to node."""
+    replicated = ("method.name=dml", "members=[{arch: cnn16, replicas: 2}, {arch: cnn32, replicas: 2}]",
+                  "ray.placement=spread", "ray.num_cpus_per_member=0.5", "epochs=2")
+    run = train(on_cluster(tiny_config, cluster, *replicated, "ray.transport=collective"),
+                run_dir=str(tmp_path / "ray"), quiet=True)
+    placement = json.loads((tmp_path / "ray" / "placement.json").read_text())["parts"]
+    nodes = {(p["part"], p.get("replica", 0)): p["node"] for p in placement}
+    assert any(nodes[(part, 0)] != nodes[(part, 1)] for part in ("m0:cnn16", "m1:cnn32"))
+    same_state(local_runs((*LOCAL, *replicated), tiny_config, population_state)[0], population_state(run.run_dir))
+
+
 def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: bool):
     """Train in a thread; once the first checkpoint exists, remove the node that hosts ``part`` and, if
     ``replace``, add a new one (from this, the main thread: a raylet starts only there). Returns the run's

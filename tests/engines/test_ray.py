@@ -1,13 +1,16 @@
 """The Ray engine against the local one: the spine of the project."""
 
+import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from okd_ray.checkpoint import MANIFEST
-from okd_ray.engines.ray.collective import GROUP_TIMEOUT_S, Collective
+from okd_ray.engines.ray.collective import Collective
+from okd_ray.engines.ray.group import GROUP_TIMEOUT_S
 from okd_ray.engines.ray.direct import Direct, backend, on_one_gpu
 from okd_ray.engines.ray.transport import auto_transport
 from okd_ray.run import train
@@ -64,12 +67,16 @@ def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tm
     assert ("teacher" in {r["part"] for r in run.rows}) == (population == "one-on-a-trunk")  # ONE's gated teacher
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport, replicas", [(t, 1) for t in TRANSPORTS] + [("object_store", 2)])
 def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_config, tmp_path, population_state,
-                                                            same_state, local_runs, transport):
-    """Against the uninterrupted run of the local engine, which every transport equals (above)."""
+                                                            same_state, local_runs, transport, replicas):
+    """Against the uninterrupted run of the local engine, which every transport equals (above). With replicas, the
+    second replica of m1 is killed: the first, waiting for it in their gather, reports a lost peer."""
     population = (*STEPS, "epochs=3", "data.train_limit=160", "method.name=afd+ffl",
                   "schedule={kind: multistep, milestones: [2]}")
+    if replicas > 1:
+        population += ("members=[{arch: cnn16, replicas: 2}, {arch: cnn32, replicas: 2}]",
+                       "ray.num_cpus_per_member=0.3", "ray.num_cpus_fusion=0.3")
     state, rows = local_runs(population, tiny_config, population_state)
 
     run_dir = tmp_path / "killed"
@@ -79,7 +86,7 @@ def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_co
         deadline = time.monotonic() + 120
         while not (run_dir / MANIFEST).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        names = [n for n in ray_cluster.util.list_named_actors() if n.endswith("-m1")]
+        names = [n for n in ray_cluster.util.list_named_actors() if n.endswith("-m1" if replicas == 1 else "-m1.r1")]
         ray_cluster.kill(ray_cluster.get_actor(names[0]))
         killed.append(names[0])
 
@@ -91,6 +98,33 @@ def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_co
     assert killed and result.restarts == 1
     same_state(state, population_state(result.run_dir))
     assert_same_rows(rows, result.rows)
+
+
+# afd, ffl and dml, each with 2 and 3 replicas a member (and a fusion), the transports shared out among them
+REPLICATED = [("afd", 2, "object_store"), ("afd", 3, "collective"), ("ffl", 2, "direct"), ("ffl", 3, "compiled"),
+              ("dml", 2, "collective"), ("dml", 3, "object_store")]
+
+
+def replicated(method: str, replicas: int) -> tuple[str, ...]:
+    """A heterogeneous pair, every part as ``replicas`` replicas (on a fifth of a CPU each)."""
+    return (*STEPS, f"method.name={method}", "ray.num_cpus_per_member=0.2", "ray.num_cpus_fusion=0.2",
+            f"members=[{{arch: cnn16, replicas: {replicas}}}, {{arch: resnet8, replicas: {replicas}}}]")
+
+
+@pytest.mark.parametrize("method, replicas, transport", REPLICATED)
+def test_replicas_on_ray_equal_the_local_engine(ray_cluster, tiny_config, tmp_path, population_state, same_state,
+                                                local_runs, method, replicas, transport):
+    """Each replica an actor of its own, gathering its gradients through the population's process group."""
+    state, rows = local_runs(replicated(method, replicas), tiny_config, population_state)
+    run = train(tiny_config(*replicated(method, replicas), "engine=ray", f"ray.transport={transport}"),
+                run_dir=str(tmp_path / "ray"), quiet=True)
+    same_state(state, population_state(run.run_dir))
+    assert_same_rows(rows, run.rows)
+    assert {p.get("replica", 0) for p in run_placement(run.run_dir)} == set(range(replicas))
+
+
+def run_placement(run_dir) -> list[dict]:
+    return json.loads((Path(run_dir) / "placement.json").read_text())["parts"]
 
 
 def test_unmeetable_resources_are_a_clear_error(ray_cluster, tiny_config):

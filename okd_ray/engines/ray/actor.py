@@ -15,7 +15,7 @@ from okd_ray.plugins import load_plugins
 from okd_ray.population import build_part
 from okd_ray.population.protocol import flatten, num_returns
 
-from . import collective
+from . import collective, group
 
 
 @ray.remote(enable_tensor_transport=True)
@@ -80,11 +80,20 @@ class PartActor:
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def free_address(self) -> str:
-        return collective.free_address()
+        return group.free_address()
 
-    def join_collective(self, rank: int, ids: list, needs: frozenset, backend: str, address: str) -> None:
-        """Join the population's process group (``collective``), as part ``rank`` of ``ids``."""
-        self.collective = collective.CollectiveSteps(self.part, rank, ids, needs, backend, address)
+    def join_group(self, rank: int, world: int, backend: str, address: str) -> None:
+        """Join the population's process group (for ``collective`` and for replicas), as ``rank`` of ``world``."""
+        group.join_group(rank, world, backend, address)
+
+    def join_replicas(self, groups: list[list[int]], rank: int) -> None:
+        """Meet this part's other replicas in their optimizer steps, through the process group."""
+        self.part.join_replicas(group.replica_gather(groups, rank))
+
+    def join_collective(self, position: int, ranks: list[int], ids: list, needs: frozenset) -> None:
+        """``collective``: walk the step as part ``position`` of its shard's parts ``ids`` (whose ranks are
+        ``ranks``)."""
+        self.collective = collective.CollectiveSteps(self.part, position, ranks, ids, needs)
 
     def run_steps(self, steps: int) -> list[int]:
         """``collective``: ``steps`` population steps run by the parts themselves; this part's done marker of each."""

@@ -11,35 +11,26 @@ crosses a process.
 from __future__ import annotations
 
 import collections
-import contextlib
 import math
 import pickle
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import ray
 import torch
 import torch.distributed as dist
-from ray.exceptions import RayTaskError
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from okd_ray.errors import ConfigError, PopulationLost
+from okd_ray.errors import ConfigError
 from okd_ray.methods import Need
 from okd_ray.population import PartId, Population, part_class, population_step
 from okd_ray.population.protocol import flatten, nest, num_returns
 
-from .transport import Bundles, gpu_shares
+from .group import first_failure, peer_errors
+from .transport import Bundles, ShardParts, gpu_shares
 
-GROUP_TIMEOUT_S = 600  # the longest a part waits on a message: a peer stuck beyond it ends the epoch with an error
-CAUSE_WAIT_S = 30  # once a part lost a peer, how long the driver waits for the failure that caused it
 ARGS_PER_CALL = 256  # message tags: call index x ARGS_PER_CALL + argument position, the same on every part
-
-
-class PeerLost(RuntimeError):
-    """A message to or from another part failed: that part has died or raised (its own error says why)."""
 
 
 @dataclass
@@ -120,15 +111,6 @@ def aligned(count: int) -> int:
     return -(-count // ALIGN) * ALIGN
 
 
-@contextlib.contextmanager
-def peer_errors():
-    """A failed send or receive becomes PeerLost: the driver then looks for the part that caused it."""
-    try:
-        yield
-    except RuntimeError as error:  # gloo and NCCL raise DistBackendError, a RuntimeError
-        raise PeerLost(f"a message between parts failed: {error}") from error
-
-
 class RankPart:
     """Part ``rank`` as the step code on part ``runner.rank`` sees it."""
 
@@ -147,11 +129,11 @@ class CollectiveSteps:
     sent later, at the taking call, a message would wait on its sender's own later work (measured: m0's ring
     message left only after m0's update, and m1 waited for it)."""
 
-    def __init__(self, part, rank: int, ids: list[PartId], needs: frozenset[Need], backend: str, address: str):
-        dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=len(ids),
-                                timeout=timedelta(seconds=GROUP_TIMEOUT_S))
-        self.part, self.rank, self.members = part, rank, part.spec.members
-        self.exchange = Exchange(part.device if backend == "nccl" else torch.device("cpu"))
+    def __init__(self, part, position: int, ranks: list[int], ids: list[PartId], needs: frozenset[Need]):
+        """Part ``position`` of its shard's parts ``ids``, whose ranks in the population's process group (made
+        before: ``join_group``) are ``ranks``."""
+        self.part, self.rank, self.ranks, self.members = part, position, ranks, part.spec.members
+        self.exchange = Exchange(part.device if dist.get_backend() == "nccl" else torch.device("cpu"))
         self.population = Population.of(ids, [RankPart(self, r, part_class(pid)) for r, pid in enumerate(ids)],
                                         needs)
         # where each result goes: (call, index) -> [(part, tag)], learned by one walk that computes nothing
@@ -175,14 +157,14 @@ class CollectiveSteps:
             for index, value in enumerate(values):
                 for dst, tag in self.consumers.get((call, index), ()):
                     if dst != self.rank:
-                        self.exchange.send(value, dst, tag)
+                        self.exchange.send(value, self.ranks[dst], tag)
         results = [Owned(rank, (call, index), value) for index, value in enumerate(values)]
         return nest(results if count > 1 else results[0], fn, self.members)
 
     def _take(self, arg: Any, tag: int) -> Any:
         if not isinstance(arg, Owned):
             return arg  # None for a part the population does not have
-        return arg.value if arg.owner == self.rank else self.exchange.recv(arg.owner, tag)
+        return arg.value if arg.owner == self.rank else self.exchange.recv(self.ranks[arg.owner], tag)
 
     def _walk(self) -> Any:
         self.calls = 0
@@ -195,13 +177,6 @@ class CollectiveSteps:
             done.append(self._walk())
             self.exchange.flush()
         return done
-
-
-def free_address() -> str:
-    """This node's address and a port free on it, for the group's rendezvous."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return f"{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
 
 
 class Collective:
@@ -218,11 +193,10 @@ class Collective:
                 "members and fusion alike. Set ray.num_gpus_per_member=1 and ray.num_gpus_fusion=1 on a cluster with "
                 "that many GPUs, or use ray.transport=direct (CUDA IPC between parts on one GPU)")
 
-    def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
-        backend = "nccl" if any(gpu_shares(bundles)) else "gloo"
-        address = ray.get(actors[0].free_address.remote())
-        ray.get([a.join_collective.remote(rank, ids, needs, backend, address) for rank, a in enumerate(actors)])
-        self.actors = actors
+    def __init__(self, shards: list[ShardParts], members: int, needs: frozenset[Need], bundles: Bundles):
+        ray.get([actor.join_collective.remote(position, shard.ranks, shard.ids, needs)
+                 for shard in shards for position, actor in enumerate(shard.actors)])
+        self.actors = [actor for shard in shards for actor in shard.actors]
 
     def run(self, count: int) -> Iterator[list]:
         futures = [a.run_steps.remote(count) for a in self.actors]
@@ -230,22 +204,3 @@ class Collective:
 
     def close(self) -> None:
         pass  # the group goes with its actors
-
-
-def first_failure(futures: list) -> list:
-    """Every part's result, or the error that stopped the epoch: a part's own (a dead actor, a diverged loss, a
-    plugin's mistake) rather than a peer's report that a message failed because of it."""
-    pending, lost = list(futures), None
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=CAUSE_WAIT_S if lost else None)
-        if not ready:
-            break  # only lost peers to show for it
-        try:
-            ray.get(ready)
-        except RayTaskError as e:
-            if not isinstance(e.cause, PeerLost):
-                raise
-            lost = lost or e.cause
-    if lost is not None:
-        raise PopulationLost(f"a part of the population stopped answering its peers: {lost}")
-    return ray.get(futures)

@@ -9,10 +9,10 @@ import ray
 from ray.dag import DAGNode, InputNode, MultiOutputNode
 
 from okd_ray.methods import Need
-from okd_ray.population import PartId, Population, part_class, population_step
+from okd_ray.population import Population, part_class, population_step
 
 from .handles import RemotePart
-from .transport import STEPS_IN_FLIGHT, Bundles, DriverSteps
+from .transport import STEPS_IN_FLIGHT, Bundles, DriverSteps, ShardParts
 
 
 class Compiled(DriverSteps):
@@ -22,10 +22,13 @@ class Compiled(DriverSteps):
     def check(bundles: Bundles) -> None:
         pass  # one node's shared memory, or NCCL between GPUs: Ray's compiled graphs choose
 
-    def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
+    def __init__(self, shards: list[ShardParts], members: int, needs: frozenset[Need], bundles: Bundles):
         with InputNode() as tick:
-            parts = [RecordingPart(a, part_class(pid), members, tick) for a, pid in zip(actors, ids)]
-            done = population_step(Population.of(ids, parts, needs)).in_part_order()
+            parts, done = [], []
+            for shard in shards:  # one graph over every shard
+                recording = [RecordingPart(a, part_class(pid), members, tick) for a, pid in zip(shard.actors, shard.ids)]
+                done += population_step(Population.of(shard.ids, recording, needs)).in_part_order()
+                parts += recording
             # A compiled graph may have no dangling nodes: outputs no part consumes (say, a None message)
             # go to the driver, after the done markers.
             used = {id(n) for p in parts for n in p.consumed} | {id(m) for m in done}

@@ -11,10 +11,9 @@ from ray.experimental.collective import create_collective_group
 
 from okd_ray.errors import ConfigError
 from okd_ray.methods import Need
-from okd_ray.population import PartId
 
 from .object_store import ObjectStore, calls
-from .transport import Bundles, gpu_shares
+from .transport import Bundles, ShardParts, gpu_shares
 
 
 def backend(bundles: Bundles) -> str:
@@ -40,13 +39,15 @@ class Direct(ObjectStore):
                 f"which needs all of them on one GPU, and these sum to {sum(gpus):g}. Give each part at most "
                 f"1/{len(gpus)} of a GPU, or a whole GPU each (NCCL)")
 
-    def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
+    def __init__(self, shards: list[ShardParts], members: int, needs: frozenset[Need], bundles: Bundles):
         transport = backend(bundles)
+        by_rank = {rank: actor for shard in shards for rank, actor in zip(shard.ranks, shard.actors)}
+        actors = [by_rank[rank] for rank in sorted(by_rank)]
         if transport == "cuda_ipc":
             on_one_gpu(ray.get([a.ready.remote() for a in actors]))
-        else:
+        else:  # ranks as the population's process group has them, where it has one (replicas): Ray's reuses it
             create_collective_group(actors, backend="nccl" if transport == "nccl" else "torch_gloo")
-        self.population = calls(actors, ids, members, needs, tensor_transport=transport)
+        self.populations = [calls(s.actors, s.ids, members, needs, tensor_transport=transport) for s in shards]
 
 
 def on_one_gpu(where: list[dict]) -> None:

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import ray
 from ray import cloudpickle
 from ray.exceptions import RayActorError, RayChannelError, RayTaskError
 
-from okd_ray.checkpoint import Checkpoint, Shard, shard_path
+from okd_ray.checkpoint import Checkpoint, Shard
 from okd_ray.config import TrainConfig
 from okd_ray.data.base import Split
-from okd_ray.errors import OkdRayError, PopulationLost
+from okd_ray.errors import ConfigError, OkdRayError, PopulationLost
 from okd_ray.metrics import accuracy
 from okd_ray.population import PopulationPlan, epoch_metrics, parts_of, population_eval
 from okd_ray.population.protocol import Metrics
+from okd_ray.population.replicas import merge_replicas
 from okd_ray.storage import RunStore
 
 from ..resources import PartResources, connect, part_bundles, reserve
@@ -30,20 +32,36 @@ from .collective import Collective
 from .compiled import Compiled
 from .direct import Direct
 from .object_store import ObjectStore, calls
-from .transport import Transport, auto_transport
+from .transport import ShardParts, Transport, auto_transport, gpu_shares
 
 TRANSPORTS: dict[str, type[Transport]] = {"object_store": ObjectStore, "compiled": Compiled, "direct": Direct,
                                           "collective": Collective}
 
 
+def check_replicas(bundles: list[dict[str, float]]) -> None:
+    """Replicas gather their gradients through the process group: NCCL, which needs a whole GPU per actor, where
+    the parts have GPUs."""
+    gpus = gpu_shares(bundles)
+    if any(gpus) and min(gpus) < 1:
+        raise ConfigError(f"members.N.replicas: the replicas' GPU shares are {gpus}; replicas average their gradients "
+                          "over NCCL, which needs a whole GPU each (members and fusion alike). Set "
+                          "ray.num_gpus_per_member=1 and ray.num_gpus_fusion=1, or use fewer replicas")
+
+
 class RayEngine:
+    """One actor per part and replica. A part's replicas gather their gradients through a process group of the
+    population's actors, which ``collective`` sends its messages through too."""
+
     def __init__(self, config: TrainConfig, plan: PopulationPlan, profile: bool = False):
         connect(config.ray.address)
         self.config, self.plan = config, plan
         self.ids = parts_of(config)
+        self.specs = [replace(spec, replica=r) for spec in plan.specs for r in range(spec.replicas)]  # one per actor
         bundles = part_bundles(config)
         self.transport = config.ray.transport if config.ray.transport != "auto" else auto_transport(bundles)
         TRANSPORTS[self.transport].check(bundles)  # before anything is reserved or started
+        if len(self.specs) > len(plan.specs):
+            check_replicas(bundles)
         self.resources: PartResources = reserve(config)
         self.actors, self.steps = [], None
         try:
@@ -54,22 +72,42 @@ class RayEngine:
 
     def _start(self, profile: bool) -> None:
         run_id = uuid.uuid4().hex[:8]
-        for i, spec in enumerate(self.plan.specs):
+        for i, spec in enumerate(self.specs):
             options, threads = self.resources.options(i)
-            name = f"okd-{run_id}-{spec.pid.key}"  # findable: ray.get_actor(name)
+            name = f"okd-{run_id}-{spec.key}"  # findable: ray.get_actor(name)
             self.actors.append(PartActor.options(name=name, **options).remote(
                 self.config.plugins, cloudpickle.dumps(spec), threads, profile))
         where = self._guard(lambda: ray.get([a.ready.remote() for a in self.actors]))
         self.where = {
             "driver_placement_group": ray.get_runtime_context().get_placement_group_id(),  # a Tune trial's
-            "parts": [{"part": pid.name, "bundle": self.resources.bundle(i), **w}
-                      for i, (pid, w) in enumerate(zip(self.ids, where))],
+            "parts": [{"part": spec.pid.name, **({"replica": spec.replica} if spec.replicas > 1 else {}),
+                       "bundle": self.resources.bundle(i), **w} for i, (spec, w) in enumerate(zip(self.specs, where))],
         }
+        self._guard(self._join)
         self.steps = self._guard(self._make_steps)
 
+    def _join(self) -> None:
+        """The population's process group, where ``collective`` or replicas need it; each part's replicas meet."""
+        replicated = len(self.specs) > len(self.plan.specs)
+        if self.transport != "collective" and not replicated:
+            return
+        backend = "nccl" if any(gpu_shares(self.resources.bundles)) else "gloo"
+        address = ray.get(self.actors[0].free_address.remote())
+        ray.get([a.join_group.remote(rank, len(self.actors), backend, address) for rank, a in enumerate(self.actors)])
+        if replicated:
+            groups = [[rank for rank, s in enumerate(self.specs) if s.pid == part.pid] for part in self.plan.specs
+                      if part.replicas > 1]
+            ray.get([a.join_replicas.remote(groups, rank) for rank, a in enumerate(self.actors)])
+
+    def shards(self) -> list[ShardParts]:
+        """Shard r: replica r of every part that has one, in ``parts_of`` order."""
+        return [ShardParts([self.actors[i] for i in ranks], [self.specs[i].pid for i in ranks], ranks)
+                for r in range(max(s.replicas for s in self.specs))
+                for ranks in [[i for i, s in enumerate(self.specs) if s.replica == r]]]
+
     def _make_steps(self) -> Transport:
-        return TRANSPORTS[self.transport](self.actors, self.ids, len(self.config.members),
-                                          self.config.method.method.needs, self.resources.bundles)
+        return TRANSPORTS[self.transport](self.shards(), len(self.config.members), self.config.method.method.needs,
+                                          self.resources.bundles)
 
     def _guard(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn``; a dead actor becomes PopulationLost, an error inside an actor its original error."""
@@ -91,18 +129,24 @@ class RayEngine:
         return self._guard(lambda: ray.get([a.call.remote(method, *args) for a in self.actors]))
 
     def begin_epoch(self, epoch: int) -> dict[str, dict[str, float]]:
-        return {pid.name: lrs for pid, lrs in zip(self.ids, self._call_all("begin_epoch", epoch))}
+        lrs = self._call_all("begin_epoch", epoch)
+        return {spec.pid.name: part for spec, part in zip(self.specs, lrs) if not spec.replica}
 
     def train_epoch(self, steps: int, on_step: Callable[[], None]) -> list[list[Metrics]]:
         each_step = self.steps.run(steps)
         while self._guard(lambda: next(each_step, None)) is not None:
             on_step()
-        return epoch_metrics(self._call_all("end_epoch"))
+        logs = self._call_all("end_epoch")
+        return epoch_metrics([merge_replicas([log for spec, log in zip(self.specs, logs) if spec.pid == pid])
+                              for pid in self.ids])
 
     def evaluate(self, split: Split) -> dict[str, dict[str, float]]:
-        """Evaluation batches by plain calls whatever the transport: the driver reads their logits."""
-        population = calls(self.actors, self.ids, len(self.config.members), self.config.method.method.needs)
-        self._call_all("begin_eval", split)  # waited for: a part that cannot start testing says so here
+        """Evaluation batches by plain calls whatever the transport, on every part's first replica (the replicas
+        are identical): the driver reads their logits."""
+        first = self.shards()[0]
+        population = calls(first.actors, first.ids, len(self.config.members), self.config.method.method.needs)
+        self._guard(lambda: ray.get([a.call.remote("begin_eval", split) for a in first.actors]))  # a part that
+        # cannot start testing says so here
         batches = population_eval(population, self.plan.num_eval_batches[split])
         resolved = self._guard(lambda: [
             (ray.get(labels), ray.get(logits), *(ray.get(x) if x is not None else None for x in (fused, gate)))
@@ -115,14 +159,11 @@ class RayEngine:
 
     def save(self, store: RunStore, folder: str) -> dict[str, Shard]:
         """Every part writes its own shard, all at once; the driver only waits for their sizes and digests."""
-        shards = self._guard(lambda: ray.get([a.call.remote("save", store.address, shard_path(folder, pid.key))
-                                              for a, pid in zip(self.actors, self.ids)]))
-        return {pid.key: shard for pid, shard in zip(self.ids, shards)}
+        shards = self._guard(lambda: ray.get([a.call.remote("save", store.address, folder) for a in self.actors]))
+        return {key: shard for written in shards for key, shard in written.items()}
 
     def load(self, store: RunStore, checkpoint: Checkpoint) -> None:
-        self._guard(lambda: ray.get([a.call.remote("load", store.address, shard_path(checkpoint.folder, pid.key),
-                                                   checkpoint.shards[pid.key])
-                                     for a, pid in zip(self.actors, self.ids)]))
+        self._guard(lambda: ray.get([a.call.remote("load", store.address, checkpoint) for a in self.actors]))
 
     def close(self) -> None:
         """The actors go first: a compiled graph's loop can stay blocked on a channel read through a graceful

@@ -8,8 +8,9 @@ import ray
 from okd_ray.methods import Need
 from okd_ray.population import PartId, Population, StepDone, part_class, population_step
 
+from .group import first_failure
 from .handles import RemotePart
-from .transport import Bundles, DriverSteps
+from .transport import Bundles, DriverSteps, ShardParts
 
 
 def calls(actors: list, ids: list[PartId], members: int, needs: frozenset[Need],
@@ -24,14 +25,17 @@ class ObjectStore(DriverSteps):
     def check(bundles: Bundles) -> None:
         pass  # runs anywhere
 
-    def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
-        self.population = calls(actors, ids, members, needs)
+    def __init__(self, shards: list[ShardParts], members: int, needs: frozenset[Need], bundles: Bundles):
+        self.populations = [calls(s.actors, s.ids, members, needs) for s in shards]
 
-    def submit(self) -> StepDone:
-        return population_step(self.population)
+    def submit(self) -> list[StepDone]:
+        return [population_step(population) for population in self.populations]
 
-    def result(self, future: StepDone) -> list:
-        return ray.get(future.in_part_order())
+    def result(self, future: list[StepDone]) -> list:
+        """With replicas, a replica that lost another in their gather reports PeerLost, and one that waits for
+        another that failed would wait for the group's timeout: the other's own error is looked for first."""
+        done = [marker for step in future for marker in step.in_part_order()]
+        return first_failure(done) if len(future) > 1 else ray.get(done)
 
     def close(self) -> None:
         pass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import collections
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from okd_ray.methods import Need
@@ -21,16 +22,28 @@ Bundles = list[dict[str, float]]  # one resource bundle per part, in parts_of or
 STEPS_IN_FLIGHT = 2  # the driver submits this many steps ahead before it waits for a step
 
 
+@dataclass(frozen=True)
+class ShardParts:
+    """One shard of the population: replica r of every part that has one (every part, without replicas), as
+    actors in ``parts_of`` order, with the parts' ids and the actors' ranks among all the population's actors
+    (their places in its process group)."""
+
+    actors: list
+    ids: list[PartId]
+    ranks: list[int]
+
+
 class Transport(Protocol):
     @staticmethod
     def check(bundles: Bundles) -> None:
         """Raise ConfigError for a placement this transport cannot serve."""
 
-    def __init__(self, actors: list, ids: list[PartId], members: int, needs: frozenset[Need], bundles: Bundles):
-        """Set up over started actors (a collective group, a compiled graph); errors surface as the actors'."""
+    def __init__(self, shards: list[ShardParts], members: int, needs: frozenset[Need], bundles: Bundles):
+        """Set up over started actors (a collective group, a compiled graph); errors surface as the actors'. Every
+        shard runs the population step; the replicas of a part meet in its optimizer steps."""
 
     def run(self, steps: int) -> Iterator[list]:
-        """``steps`` population steps; each step's done markers (its index), one per part in ``parts_of`` order."""
+        """``steps`` population steps; each step's done markers (its index), one per part and shard."""
 
     def close(self) -> None:
         """Called once the actors are gone."""
@@ -46,7 +59,7 @@ class DriverSteps(abc.ABC):
 
     @abc.abstractmethod
     def result(self, future: Any) -> list:
-        """The step's done markers, one per part in ``parts_of`` order, once it has ended."""
+        """The step's done markers, one per part and shard, once it has ended."""
 
     def run(self, steps: int) -> Iterator[list]:
         pending = collections.deque()
