@@ -50,7 +50,6 @@ class Fusion(Part):
             optimizer.zero_grad(set_to_none=True)
             self.stepper.backward(out.total)
             self.stepper.step(optimizer)
-            self.precision.update()
         if out.fused is not None:
             self.log({"train_correct": out.fused.detach().argmax(1) == labels})
         self.end_step(len(labels))

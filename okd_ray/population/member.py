@@ -131,7 +131,6 @@ class Member(Part):
             for term in self.terms:
                 with self.precision.autocast():  # a term's forward on the member's maps (AFD's D step)
                     self.log(term.after_update(after), *term.lr_keys())
-            self.precision.update()
         self.log({"train_correct": own.logits.detach().argmax(1) == own.labels})
         self.end_step(len(own.labels))
         to_trunk = None

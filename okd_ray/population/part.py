@@ -77,10 +77,12 @@ class Part:
         self._step.extend(Logged(name, value.detach().float().sum(), keys, metric) for name, value in values.items())
 
     def end_step(self, n: int | None) -> None:
-        """The step's values are all logged; ``n`` is its batch size (None: the part reports no metrics). Replicas
-        average their float buffers (batch norm's running statistics), so that they stay identical."""
+        """The step's values are all logged and its optimizers have stepped; ``n`` is its batch size (None: the
+        part reports no metrics). fp16's next loss scale; replicas average their float buffers (batch norm's
+        running statistics), so that they stay identical."""
         self._steps.append((self._step, n))
         self._step = []
+        self.precision.update()
         if self.gather is not None:
             average([b for m in self.modules.values() for b in m.buffers() if b.is_floating_point()], self.gather)
 

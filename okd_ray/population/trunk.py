@@ -81,7 +81,6 @@ class Trunk(Part):
         with self.rng.active(self.device):  # fp16: the members' gradients (unscaled) times the trunk's scale
             torch.autograd.backward(outputs, [self.precision.scale(s).to(o.dtype) for o, s in zip(outputs, sums)])
             self.stepper.step(optimizer)
-            self.precision.update()
             for hook in self.hooks.values():
                 hook.after_update(self.epoch, self.step_index)
         self.end_step(None)  # no metrics of its own
