@@ -87,8 +87,11 @@ class PartActor:
         group.join_group(rank, world, backend, address)
 
     def join_replicas(self, groups: list[list[int]], rank: int) -> None:
-        """Meet this part's other replicas in their optimizer steps, through the process group."""
-        self.part.join_replicas(group.replica_gather(groups, rank))
+        """Meet this part's other replicas in their optimizer steps, through the process group (every actor makes
+        every part's group; a part of one replica, where others have replicas, joins none)."""
+        gather = group.replica_gather(groups, rank)
+        if gather is not None:
+            self.part.join_replicas(gather)
 
     def join_collective(self, position: int, ranks: list[int], ids: list, needs: frozenset) -> None:
         """``collective``: walk the step as part ``position`` of its shard's parts ``ids`` (whose ranks are

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from ray.exceptions import RayTaskError
 
 from okd_ray.errors import PopulationLost
+from okd_ray.population.replicas import Gather
 
 GROUP_TIMEOUT_S = 600  # the longest a part waits on a message: a peer stuck beyond it ends the epoch with an error
 CAUSE_WAIT_S = 30  # once a part lost a peer, how long the driver waits for the failure that caused it
@@ -46,14 +47,17 @@ def join_group(rank: int, world: int, backend: str, address: str) -> None:
                             timeout=timedelta(seconds=GROUP_TIMEOUT_S))
 
 
-def replica_gather(groups: list[list[int]], rank: int):
+def replica_gather(groups: list[list[int]], rank: int) -> Gather | None:
     """Every part's replica group (all ranks make every group, in the same order); what this rank's replicas
-    gather through: an all-gather in its group, replica order being rank order."""
+    gather through: an all-gather in its group, replica order being rank order. None for a part of one replica
+    (in no group: it gathers nothing)."""
     mine = None
     for ranks in groups:
         group = dist.new_group(ranks)
         if rank in ranks:
             mine = group
+    if mine is None:
+        return None
 
     def gather(value: torch.Tensor) -> list[torch.Tensor]:
         with peer_errors():
