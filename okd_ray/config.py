@@ -151,6 +151,9 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Mixed precision in every part: autocast to bf16 or fp16 (fp16 with loss scaling, a GradScaler per part).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # With replicas: batch norm normalises with the statistics of the whole batch, every replica's share (else
+    # each replica's own share's, as DDP).
+    sync_batchnorm: bool = False
     # torch threads of the local engine's process and of each Ray part. None: torch's default locally, and
     # in Ray as many as the part's whole CPUs. Equal thread counts make the engines bit-identical.
     threads: int | None = Field(None, ge=1)
@@ -199,6 +202,10 @@ class TrainConfig(Strict):
                 "population", f"members.N.replicas: replica r of a member exchanges with replica r of every part it "
                 f"meets, so method {method.name!r} needs one replica count for every member, got {replicas}; give "
                 "every member the same replicas (members exchanging nothing, as in vanilla, may differ)")
+        if self.sync_batchnorm and max(replicas) == 1:
+            raise PydanticCustomError(
+                "population", "sync_batchnorm: it synchronises batch norm over a member's replicas, and every member "
+                "has one; set members.N.replicas (e.g. 2) or sync_batchnorm=false")
         if self.data.augment_per_member and not self.data.augment:
             raise PydanticCustomError(
                 "population", "data.augment_per_member: with data.augment=false there is no augmentation to draw per "

@@ -23,6 +23,7 @@ from .protocol import EpochLog
 from .replicas import Gather, average
 from .rng import PrivateRNG
 from .spec import PartSpec
+from .sync_batchnorm import synchronise_batchnorm
 
 
 class Logged(NamedTuple):
@@ -51,9 +52,13 @@ class Part:
 
     def join_replicas(self, gather: Gather) -> None:
         """With replicas, once built (identical, from one RNG stream): ``gather`` meets the part's other replicas.
-        From here on each replica draws from a stream of its own (its dropout masks are its own)."""
+        From here on each replica draws from a stream of its own (its dropout masks are its own). With
+        ``sync_batchnorm``, its batch-norm layers normalise with every replica's statistics together."""
         self.gather = gather
         self.stepper.average = lambda tensors: average(tensors, gather)
+        if self.spec.sync_batchnorm:
+            for module in self.modules.values():
+                synchronise_batchnorm(module, gather, self.spec.replica)
         if self.spec.replica:
             self.rng = PrivateRNG(derive_seed(self.spec.seed, *self.seed_keys, "replica", self.spec.replica))
 

@@ -29,6 +29,7 @@ class PartSpec:
     precision: PrecisionName
     replicas: int = 1  # D: the part runs as D replicas, replica r on share r of every batch
     replica: int = 0  # which one this is (the plan's specs are replica 0's; ``replica_specs`` gives the others)
+    sync_batchnorm: bool = False  # with replicas: batch norm on the whole batch's statistics
 
     @property
     def key(self) -> str:
@@ -83,7 +84,8 @@ def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common:
     """Every part's spec, in ``parts_of`` order."""
     method = config.method
     common_fields = dict(seed=config.seed, epochs=config.epochs, schedule=config.schedule, members=len(config.members),
-                         info=info, steps_per_epoch=steps_per_epoch, precision=config.precision)
+                         info=info, steps_per_epoch=steps_per_epoch, precision=config.precision,
+                         sync_batchnorm=config.sync_batchnorm)
     terms = tuple((spec.term, method.settings(spec.name)) for spec in method.method.terms)
     specs: list[PartSpec] = []
     for pid in parts_of(config):

@@ -100,24 +100,28 @@ def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_co
 
 
 # afd, ffl and dml, each with 2 and 3 replicas a member (and a fusion), the transports shared out among them
-REPLICATED = [("afd", (2, 2), "object_store"), ("afd", (3, 3), "collective"), ("ffl", (2, 2), "direct"),
-              ("ffl", (3, 3), "compiled"), ("dml", (2, 2), "collective"), ("dml", (3, 3), "object_store"),
-              ("vanilla", (2, 1), "object_store")]  # vanilla: counts may differ (the single replica gathers nothing)
+REPLICATED = [  # method, each member's replicas, transport, synchronised batch norm
+    ("afd", (2, 2), "object_store", False), ("afd", (3, 3), "collective", True), ("ffl", (2, 2), "direct", False),
+    ("ffl", (3, 3), "compiled", False), ("dml", (2, 2), "collective", False), ("dml", (3, 3), "object_store", True),
+    ("vanilla", (2, 1), "object_store", False)]  # vanilla: counts may differ (the single replica gathers nothing)
 
 
-def replicated(method: str, replicas: tuple[int, int]) -> tuple[str, ...]:
+def replicated(method: str, replicas: tuple[int, int], sync: bool) -> tuple[str, ...]:
     """A heterogeneous pair, the members as ``replicas`` replicas (the fusion as the first's; on a fifth of a CPU
     each), for one epoch."""
     return (*STEPS, f"method.name={method}", "ray.num_cpus_per_member=0.2", "ray.num_cpus_fusion=0.2", "epochs=1",
-            f"members=[{{arch: cnn16, replicas: {replicas[0]}}}, {{arch: resnet8, replicas: {replicas[1]}}}]")
+            f"members=[{{arch: cnn16, replicas: {replicas[0]}}}, {{arch: resnet8, replicas: {replicas[1]}}}]",
+            f"sync_batchnorm={str(sync).lower()}")
 
 
-@pytest.mark.parametrize("method, replicas, transport", REPLICATED)
+@pytest.mark.parametrize("method, replicas, transport, sync", REPLICATED,
+                         ids=[f"{m}-{'x'.join(map(str, d))}-{t}{'-sync' if s else ''}" for m, d, t, s in REPLICATED])
 def test_replicas_on_ray_equal_the_local_engine(ray_cluster, tiny_config, tmp_path, population_state, same_state,
-                                                local_runs, method, replicas, transport):
-    """Each replica an actor of its own, gathering its gradients through the population's process group."""
-    state, rows = local_runs(replicated(method, replicas), tiny_config, population_state)
-    run = train(tiny_config(*replicated(method, replicas), "engine=ray", f"ray.transport={transport}"),
+                                                local_runs, method, replicas, transport, sync):
+    """Each replica an actor of its own, gathering its gradients (and with sync, its batch statistics) through
+    the population's process group."""
+    state, rows = local_runs(replicated(method, replicas, sync), tiny_config, population_state)
+    run = train(tiny_config(*replicated(method, replicas, sync), "engine=ray", f"ray.transport={transport}"),
                 run_dir=str(tmp_path / "ray"), quiet=True)
     same_state(state, population_state(run.run_dir))
     assert_same_rows(rows, run.rows)
