@@ -38,7 +38,7 @@ from scipy import stats
 
 from okd_ray import runfolder
 from okd_ray.checkpoint import read_manifest
-from okd_ray.config import dump_config, load_config
+from okd_ray.config import dump_config, load_config, parse_config
 from okd_ray.metrics import union_table
 from okd_ray.storage import RunStore
 
@@ -101,11 +101,14 @@ def tune(methods: list[str], storage: Path, kept: Path, overrides: list[str], tr
 
 
 def finished(folder: Path, config) -> bool:
-    """True when ``folder`` holds this very config run to its last epoch; another config there is an error."""
+    """True when ``folder`` holds this very config run to its last epoch; another config there is an error. The
+    held config is read as okd-ray reads it, so a key added since it ran takes its default (which leaves a run
+    as it was)."""
     store = RunStore(str(folder))
     if not store.exists(runfolder.CONFIG):
         return False
-    if store.read_text(runfolder.CONFIG) != dump_config(config):  # stricter than a resume: epochs count too
+    held = parse_config(store.read_text(runfolder.CONFIG), source=str(folder / runfolder.CONFIG))
+    if dump_config(held) != dump_config(config):  # stricter than a resume: epochs count too
         raise SystemExit(f"{folder} holds a run of another config (budget or settings changed); "
                          "give a new --runs folder so that every method keeps the same budget")
     manifest = read_manifest(store)
