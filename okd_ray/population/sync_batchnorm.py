@@ -62,9 +62,9 @@ class SyncBatchNorm(_BatchNorm):
         m2 = (xf - mean.view(shape)).square().sum(dims)
         local = torch.cat([mean.new_full((1,), count), mean, m2])
         stats = GatheredStats.apply(local, self.gather, self.replica)  # D x (1 + 2C)
-        n, total_mean, total_m2 = stats[0, 0], stats[0, 1:1 + x.size(1)], stats[0, 1 + x.size(1):]
-        for row in stats[1:]:  # Chan et al.: merge replica r into replicas 0..r-1
-            n_r, mean_r, m2_r = row[0], row[1:1 + x.size(1)], row[1 + x.size(1):]
+        counts, means, m2s = stats[:, 0], stats[:, 1:1 + x.size(1)], stats[:, 1 + x.size(1):]
+        n, total_mean, total_m2 = counts[0], means[0], m2s[0]
+        for n_r, mean_r, m2_r in zip(counts[1:], means[1:], m2s[1:]):  # Chan et al.: replica r into 0..r-1
             merged = n + n_r
             delta = mean_r - total_mean
             total_mean = total_mean + delta * (n_r / merged)

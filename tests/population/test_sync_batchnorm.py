@@ -26,9 +26,12 @@ def test_replicas_normalise_and_learn_as_one_batch_norm_on_the_whole_batch(repli
     copies = [copy.deepcopy(whole) for _ in range(replicas)]
     baton = Baton()
     meet = baton.rendezvous_for(replicas)
+    layers = [net[1] for net in copies]
     for r, net in enumerate(copies):
         synchronise_batchnorm(net, lambda value, r=r: meet.gather(r, value), r)
-    assert all(isinstance(net[1], SyncBatchNorm) and net[1].weight is not whole[1].weight for net in copies)
+    for net, layer in zip(copies, layers):  # the layer's own parameters and buffers, which its optimizer holds
+        assert isinstance(net[1], SyncBatchNorm)
+        assert net[1].weight is layer.weight and net[1].running_var is layer.running_var
     inputs = [shard((x,), r, replicas)[0].clone().requires_grad_() for r in range(replicas)]
     outputs = [None] * replicas
 
@@ -60,10 +63,11 @@ def test_replicas_normalise_and_learn_as_one_batch_norm_on_the_whole_batch(repli
 
 def test_a_member_on_replicas_learns_as_one_on_the_whole_batch(tiny_config, tmp_path, flat_state):
     """Two steps of a member as two replicas with synchronised batch norm against the same member alone."""
-    common = ("method.name=vanilla", "epochs=1", "data.train_limit=64", "threads=1", "members=[{arch: cnn16, replicas: %d}]")
+    common = ("method.name=vanilla", "epochs=1", "data.train_limit=64", "threads=1")
     runs = {}
     for replicas, extra in [(1, ()), (2, ("sync_batchnorm=true",))]:
-        train(tiny_config(*common[:-1], common[-1] % replicas, *extra), run_dir=str(tmp_path / str(replicas)), quiet=True)
+        train(tiny_config(*common, f"members=[{{arch: cnn16, replicas: {replicas}}}]", *extra),
+              run_dir=str(tmp_path / str(replicas)), quiet=True)
         runs[replicas] = flat_state(torch.load(tmp_path / str(replicas) / "checkpoints" / "epoch-0001" / "m0.pt",
                                                weights_only=True)["modules"])
     assert runs[1].keys() == runs[2].keys()
