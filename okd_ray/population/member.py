@@ -132,11 +132,11 @@ class Member(Part):
                 with self.precision.autocast():  # a term's forward on the member's maps (AFD's D step)
                     self.log(term.after_update(after), *term.lr_keys())
         self.log({"train_correct": own.logits.detach().argmax(1) == own.labels})
-        self.end_step(len(own.labels))
-        to_trunk = None
+        to_trunk = None  # unscaled before end_step: fp16's next scale is not the one this backward used
         if self._shared is not None:
             to_trunk = outgoing(TrunkGrad(self.precision.unscaled(self._shared.grad),
                                           self.precision.unscaled(own.gate.grad if own.gate is not None else None)))
+        self.end_step(len(own.labels))
         done, self.step_index = self.step_index, self.step_index + 1
         self._own = self._shared = None
         return MemberUpdate(done, to_trunk)

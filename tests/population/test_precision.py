@@ -28,8 +28,13 @@ def test_fp16_keeps_a_loss_scale_per_part_in_its_checkpoint(tiny_config, populat
 
 
 def one_step_messages(config):
-    """The fusion's gradients on each member's map and each member's on the trunk's features, of one FFL step."""
+    """The fusion's gradients on each member's map and each member's on the trunk's features, of one FFL step.
+    Every fp16 part's scale grows after every step (GradScaler's growth interval 1 instead of 2000), so a gradient
+    unscaled with the next step's scale would arrive halved."""
     engine = LocalEngine(config, plan_population(config))
+    for part in engine.parts:
+        if part.precision.scaler is not None:
+            part.precision.scaler._growth_interval = 1  # no public setter; GradScaler(growth_interval=1) would be
     engine.begin_epoch(0)
     trunk, members, fusion = engine.population.trunk, engine.population.members, engine.population.fusion
     shared = trunk.forward().shared
