@@ -36,7 +36,7 @@ class LocalEngine:
         self.config, self.plan = config, plan
         self.ids = parts_of(config)
         try:
-            self.shards = [[build_part(spec, device) for spec in specs] for specs in replica_specs(plan.specs)]
+            self.shards = [[build_part(spec, device, plan.dataset) for spec in specs] for specs in replica_specs(plan.specs)]
         except BaseException:  # the process's thread count goes back as it was
             self.close()
             raise

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from okd_ray.data import Dataset
+
 from .fusion import Fusion
 from .member import Member
 from .part import Part
@@ -23,6 +25,7 @@ def part_class(pid: PartId) -> type[Part]:
     return {"member": Member, "fused": Fusion, "trunk": Trunk}[pid.kind]
 
 
-def build_part(spec: PartSpec, device: torch.device) -> Part:
-    """The part of ``spec`` (one of a plan's), wherever it is built (in one process, or in its own actor)."""
-    return part_class(spec.pid)(spec, device)
+def build_part(spec: PartSpec, device: torch.device, dataset: Dataset | None) -> Part:
+    """The part of ``spec`` (one of a plan's), wherever it is built (in one process, or in its own actor), with the
+    plan's data set where the part reads batches itself."""
+    return part_class(spec.pid)(spec, device, dataset if spec.reads_data else None)

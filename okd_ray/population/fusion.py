@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from okd_ray.data.base import Dataset
 from okd_ray.methods import OwnedOptimizer
 from okd_ray.optim import make_optimizer
 
@@ -24,8 +25,8 @@ def leaf(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class Fusion(Part):
-    def __init__(self, spec: FusionSpec, device: str | torch.device = "cpu"):
-        super().__init__(spec, ("fusion",), device)
+    def __init__(self, spec: FusionSpec, device: str | torch.device = "cpu", dataset: Dataset | None = None):
+        super().__init__(spec, ("fusion",), device)  # it reads no data: the members send it theirs
         self.settings, self.term = spec.settings, spec.term
         with self.rng.active(self.device):
             self.fuser = spec.fuser(spec.settings, list(spec.shapes), spec.info.num_classes)

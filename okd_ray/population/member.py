@@ -11,13 +11,13 @@ from dataclasses import replace
 
 import torch
 
-from okd_ray.data.base import Split
+from okd_ray.data.base import Dataset, Split
 from okd_ray.methods import PEER_NEEDS, Batch, Need, OwnedOptimizer, transfer_layer
 from okd_ray.optim import make_optimizer
 
 from .outgoing import map_tensors, outgoing
 from .part import Part
-from .plan import build_terms, load_dataset, member_network
+from .plan import build_terms, member_network
 from .protocol import (FusedMessage, FusionInput, MemberEval, MemberForward, MemberUpdate, PeerMessage, RingMessage,
                        SharedMessage, TrunkGrad)
 from .replicas import shard
@@ -25,8 +25,8 @@ from .spec import MemberSpec
 
 
 class Member(Part):
-    def __init__(self, spec: MemberSpec, device: str | torch.device = "cpu"):
-        super().__init__(spec, ("member", spec.index), device)
+    def __init__(self, spec: MemberSpec, device: str | torch.device = "cpu", dataset: Dataset | None = None):
+        super().__init__(spec, ("member", spec.index), device, dataset)
         self.index, self.needs = spec.index, spec.needs
         with self.rng.active(self.device):
             self.net = member_network(spec).to(self.device)
@@ -56,8 +56,6 @@ class Member(Part):
         # What every evaluation runs: the member's network, or the one a term deploys instead (PCL's mean).
         self.deployed = next((t.deployed() for t in self.terms if t.deployed() is not None), self.net)
         self.stream = spec.stream
-        # On a trunk the batches come from the trunk (in the messages); only a member on its own reads data.
-        self.dataset = load_dataset(spec.data, spec.seed) if spec.data is not None else None
         self._batches = self._eval_batches = None
 
     # --- training -------------------------------------------------------------------------------------

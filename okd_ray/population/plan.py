@@ -32,6 +32,7 @@ class PopulationPlan:
     num_train_batches: int
     num_eval_batches: dict[Split, int]  # the validation split's (0 without one) and the test set's
     specs: tuple[PartSpec, ...]  # what each part is built from, in parts_of order
+    dataset: Dataset  # built once, here: the parts that read batches get this one (no part splits or loads again)
 
     @property
     def eval_splits(self) -> list[Split]:
@@ -40,7 +41,7 @@ class PopulationPlan:
 
 
 def load_dataset(data: DataConfig, seed: int) -> Dataset:
-    """The run's data set; cached, so members that share a process share one copy in memory."""
+    """The run's data set; cached, so the runs of one process (a sweep's trials, a notebook's) load it once."""
     return _cached_dataset(json.dumps(data.model_dump(mode="json"), sort_keys=True), seed)
 
 
@@ -92,7 +93,7 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
         elif isinstance(spec, TrunkSpec):
             check_trunk_hooks(config.method.name, spec, nets[0].split(spec.trunk_stages)[0])
     num_eval = {split: dataset.num_eval_batches(split) for split in ("val", "test")}
-    return PopulationPlan(info, shapes, common, dataset.num_train_batches(), num_eval, specs)
+    return PopulationPlan(info, shapes, common, dataset.num_train_batches(), num_eval, specs, dataset)
 
 
 def check_fusion(method: Method) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from okd_ray.config import FeatureUpdateConfig, TrainConfig
-from okd_ray.data import DataConfig, DataInfo
+from okd_ray.data import DataInfo
 from okd_ray.methods import Fuser, Method, Need, Term, TermSettings, TrunkHook
 from okd_ray.optim import OptimizerConfig, ScheduleConfig
 
@@ -23,7 +23,7 @@ class PartSpec:
     epochs: int  # the learning-rate schedules run over these
     schedule: ScheduleConfig
     members: int  # K: how many values a per-member message holds
-    data: DataConfig | None  # what the part reads itself (None: a member on a trunk, fed by the trunk)
+    reads_data: bool  # the part draws batches from the data set itself (not a member on a trunk, fed by the trunk)
     info: DataInfo  # the data set's channels, classes and image size
     steps_per_epoch: int
     precision: PrecisionName
@@ -91,7 +91,7 @@ def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common:
     for pid in parts_of(config):
         if pid.kind == "member":
             specs.append(MemberSpec(
-                pid=pid, **common_fields, replicas=config.members[pid.index].replicas, data=None if config.trunk_stages else config.data,
+                pid=pid, **common_fields, replicas=config.members[pid.index].replicas, reads_data=not config.trunk_stages,
                 arch=pid.arch, optimizer=config.members[pid.index].optimizer, terms=terms, needs=method.method.needs,
                 feature_update=method.feature_update if method.method.has_feature_terms else None,
                 trunk_stages=config.trunk_stages, stream=pid.index if config.data.augment_per_member else None,
@@ -102,10 +102,10 @@ def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common:
             optimizer = settings.fusion_optimizer
             if optimizer.lr is None:  # the members' base learning rate, as in FFL's code
                 optimizer = optimizer.model_copy(update={"lr": config.members[0].optimizer.lr})
-            specs.append(FusionSpec(pid=pid, **common_fields, replicas=config.members[0].replicas, data=None, term=term.name, fuser=term.fuser,
+            specs.append(FusionSpec(pid=pid, **common_fields, replicas=config.members[0].replicas, reads_data=False, term=term.name, fuser=term.fuser,
                                     settings=settings, optimizer=optimizer, shapes=tuple(shapes)))
         else:
-            specs.append(TrunkSpec(pid=pid, **common_fields, replicas=config.members[0].replicas, data=config.data, arch=config.members[0].arch,
+            specs.append(TrunkSpec(pid=pid, **common_fields, replicas=config.members[0].replicas, reads_data=True, arch=config.members[0].arch,
                                    optimizer=config.members[0].optimizer, trunk_stages=config.trunk_stages,
                                    shape=trunk_shape, gate=Need.GATE in method.method.needs,
                                    streams=len(config.members) if config.data.augment_per_member else 1,

@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import torch
 
-from okd_ray.data.base import Split
+from okd_ray.data.base import Dataset, Split
 from okd_ray.methods import Gate, OwnedOptimizer
 from okd_ray.models import build_model
 from okd_ray.optim import make_optimizer
 
 from .outgoing import outgoing
 from .part import Part
-from .plan import load_dataset
 from .protocol import SharedMessage, TrunkEval, TrunkForward, TrunkGrad
 from .replicas import shard
 from .spec import TrunkSpec
 
 
 class Trunk(Part):
-    def __init__(self, spec: TrunkSpec, device: str | torch.device = "cpu"):
-        super().__init__(spec, ("trunk",), device)
+    def __init__(self, spec: TrunkSpec, device: str | torch.device = "cpu", dataset: Dataset | None = None):
+        super().__init__(spec, ("trunk",), device, dataset)
         with self.rng.active(self.device):
             net = build_model(spec.arch, in_channels=spec.info.in_channels, num_classes=spec.info.num_classes)
             self.net = net.split(spec.trunk_stages)[0].to(self.device)
@@ -41,7 +40,6 @@ class Trunk(Part):
         self.deployed = next((h.deployed() for h in self.hooks.values() if h.deployed() is not None), self.net)
         # The trunk learns with member 0's optimizer settings (all members share one architecture).
         self.optimizers = {"trunk": OwnedOptimizer(make_optimizer(params, spec.optimizer), spec.optimizer)}
-        self.dataset = load_dataset(spec.data, spec.seed)
         self._streams = self._eval_batches = None
 
     def begin_epoch(self, epoch: int) -> dict[str, float]:

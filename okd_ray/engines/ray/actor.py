@@ -22,13 +22,14 @@ from . import collective, group
 class PartActor:
     """Hosts one part of the population and runs its methods."""
 
-    def __init__(self, plugins: list[str], spec: bytes, threads: int, profile: bool):
-        """``spec`` is the part's PartSpec, pickled: opened once the plugins that define its terms and model
-        are imported in this process too."""
+    def __init__(self, plugins: list[str], spec: bytes, data: bytes | None, threads: int, profile: bool):
+        """``spec`` is the part's PartSpec and ``data`` the plan's data set (None: the part reads none), each
+        pickled: opened once the plugins that define its terms, model and data set are imported here too."""
         torch.set_num_threads(threads)
         load_plugins(plugins)
         self.device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
-        self.part = build_part(cloudpickle.loads(spec), self.device)
+        dataset = cloudpickle.loads(data) if data is not None else None
+        self.part = build_part(cloudpickle.loads(spec), self.device, dataset)
         self.profile = profile
         self.busy: dict[str, list[float]] = collections.defaultdict(list)
         self.outbox: tuple = ()

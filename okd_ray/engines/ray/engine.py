@@ -72,11 +72,12 @@ class RayEngine:
 
     def _start(self, profile: bool) -> None:
         run_id = uuid.uuid4().hex[:8]
+        data = ray.put(cloudpickle.dumps(self.plan.dataset))  # built once by the plan; in the object store once
         for i, spec in enumerate(self.specs):
             options, threads = self.resources.options(i)
             name = f"okd-{run_id}-{spec.key}"  # findable: ray.get_actor(name)
             self.actors.append(PartActor.options(name=name, **options).remote(
-                self.config.plugins, cloudpickle.dumps(spec), threads, profile))
+                self.config.plugins, cloudpickle.dumps(spec), data if spec.reads_data else None, threads, profile))
         where = self._guard(lambda: ray.get([a.ready.remote() for a in self.actors]))
         self.where = {
             "driver_placement_group": ray.get_runtime_context().get_placement_group_id(),  # a Tune trial's
