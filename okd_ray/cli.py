@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import signal
 import sys
@@ -13,12 +14,15 @@ from okd_ray.errors import Interrupted, NoResult, OkdRayError, Terminated, signa
 from okd_ray.terminal import console
 
 
+OVERRIDE = re.compile(r"[A-Za-z_][\w.-]*=")  # a dotted key, then =: a path may hold '=' too (Tune's trial folders)
+
+
 def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
-    """``[CONFIG] [key=value ...]``: the first item without ``=`` is the config file."""
+    """``[CONFIG] [key=value ...]``: the first item that is no ``key=value`` is the config file."""
     config = None
     overrides = []
     for item in items:
-        if "=" in item:
+        if OVERRIDE.match(item):
             overrides.append(item)
         elif config is None:
             config = item

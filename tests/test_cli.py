@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from okd_ray.cli import main
+from okd_ray.cli import main, split_config_and_overrides
 
 SWEEP = Path(__file__).parents[1] / "experiments" / "configs" / "tune-digits.yaml"
 
@@ -100,3 +100,10 @@ def test_an_output_uri_that_cannot_be_opened_is_one_error_naming_it(okd_ray):
     okd_ray.assert_error(okd_ray.run("train", "output_dir=nosuch://bucket/runs", "--quiet"), 2,
                          "error: cannot open nosuch://bucket/runs/digits-afd-", "Unrecognized filesystem type",
                          "check the URI, your credentials and the network, or give a local folder")
+
+
+def test_a_config_path_may_hold_an_equals_sign():
+    """Tune names a trial's folder after its values (``..._lr=0.0008,...``): its config.yaml is still a config."""
+    config = "runs/tune/run_trial_1_lr=0.0008,weight=2/run/config.yaml"
+    assert split_config_and_overrides([config, "epochs=3", "members.0.arch=cnn16"]) == (
+        config, ["epochs=3", "members.0.arch=cnn16"])
