@@ -137,6 +137,9 @@ class RayConfig(Strict):
     placement: Literal["pack", "spread", "strict_spread"] = "pack"
     placement_timeout_s: float = Field(60, gt=0)  # how long to wait for a joined cluster to find room
     max_restarts: int = Field(2, ge=0)  # rebuilds from the last checkpoint after an actor dies
+    # How long a population's actors (and its placement group) wait, once it ends, for this process's next
+    # population to build its parts in them: a notebook's next run, a sweep's next trial. 0: stopped at once.
+    keep_hosts_s: float = Field(120, ge=0)
 
 
 class TrainConfig(Strict):

@@ -1,5 +1,6 @@
 """Shared fixtures: small configs on the embedded digits data set, and the real okd-ray command."""
 
+import json
 import os
 import subprocess
 import sys
@@ -39,14 +40,49 @@ def plugin_file(tmp_path_factory):
     return write
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A real local Ray cluster (2 CPUs) for a test module (the multi-node tests start their own)."""
+@pytest.fixture(scope="session")
+def ray_nodes():
+    """The session's one Ray cluster: a real multi-node cluster on this machine (a head without CPUs and three 1-CPU
+    worker nodes, each its own raylet), as ``ray up`` would give on machines. Started by the first test that needs
+    it; every Ray test of the session shares it, and the warm hosts its populations leave."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(3):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture
+def ray_cluster(ray_nodes):
+    """The ``ray`` module, connected to the session's cluster."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(address=ray_nodes.address, configure_logging=False, log_to_driver=False)
+    return ray
+
+
+@pytest.fixture
+def on_ray(ray_cluster):
+    """The overrides that run a population on the session's cluster: a tenth of a CPU per part, so that any of the
+    tests' populations fits on one node and each can take warm hosts from the ones before it (a host serves a
+    bundle of the same resources). With ``threads=1`` in the population, as locally, the engines are bit-identical."""
+    return ("engine=ray", "ray.num_cpus_per_member=0.1", "ray.num_cpus_fusion=0.1")
+
+
+@pytest.fixture
+def cluster_address(ray_cluster):
+    """The session cluster's address for a command in another process, with its CPUs free: the warm hosts this
+    process keeps are given back first (they would hold bundles the command's trials or parts need)."""
+    from okd_ray.engines import release_hosts
+
+    release_hosts()
+    return ray_cluster.get_runtime_context().gcs_address
 
 
 def flatten(obj, prefix=""):
@@ -58,19 +94,22 @@ def flatten(obj, prefix=""):
     return {prefix: torch.as_tensor(obj)} if obj is not None else {}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_runs(tmp_path_factory):
-    """A factory: the local-engine run of a tuple of overrides, made once per test module, as (the population's
-    state, its metric rows): what every transport and every interrupted run is compared with."""
+    """A factory: the local-engine run of a tuple of overrides, made once per session, as (the population's state,
+    its metric rows): what every transport, every interrupted run and every placement is compared with. Where and
+    how the parts run (``engine``, ``ray.*``) is left out: one reference serves every engine and placement."""
     from okd_ray.run import train
 
     runs = {}
 
     def get(overrides: tuple[str, ...], tiny_config, population_state):
-        if overrides not in runs:
-            local = train(tiny_config(*overrides), run_dir=str(tmp_path_factory.mktemp("local")), quiet=True)
-            runs[overrides] = (population_state(local.run_dir), local.rows)
-        return runs[overrides]
+        config = tiny_config(*overrides, "engine=local")
+        population = json.dumps(config.model_dump(mode="json", exclude={"engine", "ray", "output_dir"}), sort_keys=True)
+        if population not in runs:
+            local = train(config, run_dir=str(tmp_path_factory.mktemp("local")), quiet=True)
+            runs[population] = (population_state(local.run_dir), local.rows)
+        return runs[population]
 
     return get
 

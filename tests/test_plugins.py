@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from okd_ray.cli import main
-from okd_ray.config import load_config
+from okd_ray.config import load_config, read_raw
 from okd_ray.errors import ConfigError
 from okd_ray.population import plan_population
 from okd_ray.run import train
@@ -79,8 +79,7 @@ class TwoConv(FeatureNet):
 
 register_model("two-conv", TwoConv)
 '''
-TINY = ["epochs=1", "data.train_limit=64", "data.test_limit=64", "data.batch_size=32", "threads=1",
-        "ray.num_cpus_per_member=0.4"]
+TINY = ["epochs=1", "data.train_limit=64", "data.test_limit=64", "data.batch_size=32", "threads=1"]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +87,7 @@ def plugin(plugin_file):
     return plugin_file("my_method.py", PLUGIN)
 
 
-def test_a_plugin_method_model_and_data_set_run_under_both_engines_with_the_same_result(ray_cluster, plugin, tmp_path,
+def test_a_plugin_method_model_and_data_set_run_under_both_engines_with_the_same_result(on_ray, plugin, tmp_path,
                                                                                        population_state):
     overrides = [f"plugins=[{plugin}]", "method.name=mse-peers", "method.terms.peer_mse.weight=2",
                  "data.name=digit-pairs", "members.1.arch=two-conv", *TINY, f"output_dir={tmp_path}"]
@@ -97,7 +96,7 @@ def test_a_plugin_method_model_and_data_set_run_under_both_engines_with_the_same
     local = train(config, run_dir=str(tmp_path / "local"), quiet=True)
     validated = plugin.with_suffix(".validated")
     validated.unlink(missing_ok=True)
-    remote = train(load_config(None, [*overrides, "engine=ray"]), run_dir=str(tmp_path / "ray"), quiet=True)
+    remote = train(load_config(None, [*overrides, *on_ray]), run_dir=str(tmp_path / "ray"), quiet=True)
     # each part is built from the spec the plan made: no actor validates the config or its terms' settings again
     # (an actor importing the plugin validates the row's defaults, weight 1, as any import does)
     assert {line for line in validated.read_text().split() if not line.endswith(":1.0")} == {f"{os.getpid()}:2.0"}
@@ -115,13 +114,13 @@ SHIPPED = Path(__file__).parents[1] / "experiments" / "plugins"  # the README's 
 
 @pytest.mark.parametrize("file, method", [("cosine_alignment.py", "cosine"),
                                           ("peer_mean_teacher.py", "peer-mean-teacher")])
-def test_the_shipped_plugins_run_under_both_engines_with_the_same_result(ray_cluster, tmp_path, population_state,
-                                                                        file, method):
+def test_the_shipped_plugins_run_under_both_engines_with_the_same_result(on_ray, tmp_path, population_state, file,
+                                                                        method):
     overrides = [f"plugins=[{SHIPPED / file}]", f"method.name={method}", "members=[cnn16, cnn32, cnn16]", *TINY,
                  *(["method.terms.peer_mean_teacher.decay=0.9"] * (method == "peer-mean-teacher")),
                  f"output_dir={tmp_path}"]
     local = train(load_config(None, overrides), run_dir=str(tmp_path / "local"), quiet=True)
-    remote = train(load_config(None, [*overrides, "engine=ray"]), run_dir=str(tmp_path / "ray"), quiet=True)
+    remote = train(load_config(None, [*overrides, *on_ray]), run_dir=str(tmp_path / "ray"), quiet=True)
     a, b = population_state(local.run_dir), population_state(remote.run_dir)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert all(r[c] > 0 for r in local.rows if r["kind"] == "member" for c in ("cosine_align", "peer_mean_teacher")
@@ -138,15 +137,19 @@ def test_the_shipped_plugins_run_under_both_engines_with_the_same_result(ray_clu
     ("peer_mean_teacher.py", "peer-mean-teacher", "method.terms.peer_mean_teacher.decay: {uniform: [0.5, 0.99]}",
      "m0_peer_mean_teacher"),
 ])
-def test_the_shipped_plugins_are_searched_by_okd_ray_tune(ray_cluster, tmp_path, capsys, file, method, space, metric):
+def test_the_shipped_plugins_are_searched_by_okd_ray_tune(ray_cluster, tmp_path, capsys, monkeypatch, file, method,
+                                                          space, metric):
+    """The plugin given by a path relative to where okd-ray tune runs: every trial runs in a folder of its own."""
     path = tmp_path / "space.yaml"
     path.write_text(space + "\n")
-    code = main(["tune", f"plugins=[{SHIPPED / file}]", f"method.name={method}", *TINY, "data.validation=20",
+    monkeypatch.chdir(SHIPPED)
+    code = main(["tune", f"plugins=[{file}]", f"method.name={method}", *TINY, "data.validation=20",
                  "--num-samples", "2", "--scheduler", "none", "--metric", metric, "--mode", "min", "--storage-path",
                  str(tmp_path), "--name", "plugin-sweep", "--space", str(path)])
     assert code == 0, capsys.readouterr().err
     trials = pq.read_table(tmp_path / "plugin-sweep" / "trials.parquet").to_pylist()
     assert len(trials) == 2 and all(t[metric] > 0 for t in trials)
+    assert read_raw(tmp_path / "plugin-sweep" / "best_config.yaml")["plugins"] == [str(SHIPPED / file)]  # as found
 
 
 def test_a_broken_plugin_names_the_file_and_line(tmp_path):

@@ -38,10 +38,9 @@ def check_run_report(folder):
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_report_of_a_run(request, tmp_path, engine):
-    if engine == "ray":
-        request.getfixturevalue("ray_cluster")
+    where = request.getfixturevalue("on_ray") if engine == "ray" else ()
     folder = tmp_path / "run"
-    assert main(["train", "method.name=afd+ffl", f"engine={engine}", *TINY, "--run-dir", str(folder)]) == 0
+    assert main(["train", "method.name=afd+ffl", *where, *TINY, "--run-dir", str(folder)]) == 0
     check_run_report(folder)
 
 

@@ -16,7 +16,7 @@ from okd_ray.population import PopulationPlan
 from okd_ray.population.protocol import Metrics
 from okd_ray.storage import RunStore
 
-__all__ = ["Engine", "PartMetrics", "connect", "make_engine", "part_bundles"]
+__all__ = ["Engine", "PartMetrics", "connect", "make_engine", "part_bundles", "release_hosts"]
 
 PartMetrics = dict[str, dict[str, float]]  # part name -> metric -> value
 
@@ -52,6 +52,16 @@ def __getattr__(name: str):
 
         return getattr(resources, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def release_hosts() -> None:
+    """Give the cluster back every warm part host (and placement group) this process keeps idle for its next Ray
+    population (``ray.keep_hosts_s``): before other processes or Tune's trials need the room."""
+    import sys
+
+    hosts = sys.modules.get("okd_ray.engines.ray.hosts")  # none kept where the Ray engine never ran
+    if hosts is not None:
+        hosts.POOL.release()
 
 
 def make_engine(config: TrainConfig, plan: PopulationPlan) -> Engine:

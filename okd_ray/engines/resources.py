@@ -84,9 +84,9 @@ def _share(total: float, parts: int) -> float:
 @dataclass
 class PartResources:
     group: PlacementGroup
-    bundles: list[dict[str, float]]
-    first_bundle: int  # 0 for our own group; 1 inside a Tune trial, whose bundle 0 is the trainable's
-    owned: bool
+    bundles: list[dict[str, float]]  # each part's, in parts_of order (a part's replicas next to each other)
+    indices: list[int]  # each part's bundle in ``group`` (inside a Tune trial from 1: bundle 0 is the trainable's)
+    owned: bool  # the group is this process's own (not a Tune trial's)
     threads: int | None = None  # the config's ``threads``; None: the part's whole CPUs
 
     def options(self, part: int) -> tuple[dict, int]:
@@ -102,19 +102,21 @@ class PartResources:
         return opts, self.threads or max(1, math.floor(bundle["CPU"]))
 
     def bundle(self, part: int) -> int:
-        return self.first_bundle + part
+        return self.indices[part]
 
-    def release(self) -> None:
-        if self.owned:
-            ray.util.remove_placement_group(self.group)
+
+def trial_resources(config: TrainConfig) -> PartResources | None:
+    """Inside a Tune trial whose placement group holds the population (bundles 1 to K), those bundles."""
+    bundles = part_bundles(config)
+    current = get_current_placement_group()
+    if current is None or len(current.bundle_specs) < len(bundles) + 1:
+        return None
+    return PartResources(current, bundles, list(range(1, len(bundles) + 1)), owned=False, threads=config.threads)
 
 
 def reserve(config: TrainConfig) -> PartResources:
-    """Reserve the population's bundles: in the current Tune trial's placement group, or a new one."""
+    """Reserve the population's bundles in a new placement group of this process's own."""
     bundles = part_bundles(config)
-    current = get_current_placement_group()
-    if current is not None and len(current.bundle_specs) >= len(bundles) + 1:
-        return PartResources(current, bundles, first_bundle=1, owned=False, threads=config.threads)
     if config.ray.address is None:  # a cluster we started has no autoscaler: what it lacks now, it always will
         check_feasible(bundles)
     group = placement_group(bundles, strategy=config.ray.placement.upper())
@@ -128,7 +130,7 @@ def reserve(config: TrainConfig) -> PartResources:
                 f"{_available()} free); free resources, add nodes, or lower ray.num_cpus_per_member / "
                 "ray.num_gpus_per_member"
             )
-    return PartResources(group, bundles, first_bundle=0, owned=True, threads=config.threads)
+    return PartResources(group, bundles, list(range(len(bundles))), owned=True, threads=config.threads)
 
 
 def check_feasible(bundles: list[dict[str, float]]) -> None:

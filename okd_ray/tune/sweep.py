@@ -23,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 from ray.tune.search.optuna import OptunaSearch
 
 from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
-from okd_ray.engines import connect, part_bundles
+from okd_ray.engines import connect, part_bundles, release_hosts
 from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, Terminated, signal_of
 from okd_ray.lock import LOCK, folder_lock
 from okd_ray.metrics import union_table
@@ -89,6 +89,8 @@ def is_test_metric(metric: str) -> bool:
 def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -> Sweep:
     raw_config = with_validation(raw_config)
     config = validate(raw_config)
+    # plugin files as found from here: a trial runs in its own folder (so does best_config.yaml's user)
+    raw_config = {**raw_config, "plugins": config.plugins}
     plan_population(config)  # the data set and the population as every trial will build them: errors now, once
     space = parse_space(raw_space, raw_config)
     options.name = options.name or config.run_name
@@ -160,7 +162,7 @@ def schedulers(sweep: Sweep) -> tuple[TrialScheduler, OptunaSearch | None]:
 def tuner(sweep: Sweep) -> tune.Tuner:
     opts, config = sweep.options, sweep.config
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, raw_config=sweep.raw_config),
+        tune.with_parameters(run_trial, raw_config=sweep.raw_config, sweep_path=_absolute(sweep.path)),
         trial_resources(config, opts.cpus_per_trial),
     )
     run_config = tune.RunConfig(
@@ -180,6 +182,9 @@ def tuner(sweep: Sweep) -> tune.Tuner:
         tune_config=tune.TuneConfig(
             search_alg=search_alg, scheduler=scheduler, num_samples=opts.num_samples,
             max_concurrent_trials=opts.max_concurrent,
+            # a trial's process (with torch and okd_ray imported) runs the next trial of its resources; with
+            # engine=ray it keeps its placement group, and so its population's warm hosts, too
+            reuse_actors=True,
         ),
         run_config=run_config,
     )
@@ -205,6 +210,7 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
             # trials print nothing of their own (each run is quiet), so their workers' output (Tune's
             # checkpoint lines, workers stopped at the end) stays in Ray's log files
             connect(address, log_to_driver=False)
+            release_hosts()  # the trials need the room that this process's warm hosts hold
             _resolve_auto_resources(sweep)
             with sigterm_as_ctrl_c() as stopped:
                 results = tuner(sweep).fit()  # the first Ctrl-C or SIGTERM stops the trials and saves the sweep

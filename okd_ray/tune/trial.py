@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 from ray import tune
 
 from okd_ray.checkpoint import FOLDER as CHECKPOINTS
@@ -20,6 +20,7 @@ from okd_ray.metrics import TIMINGS
 from okd_ray.population import PartId, parts_of
 from okd_ray.population.spec import fusion_term
 from okd_ray.run import train
+from okd_ray.storage import RunStore
 
 from .space import params_to_overrides
 
@@ -75,25 +76,28 @@ def trial_resources(config: TrainConfig, cpus_per_trial: float) -> tune.Placemen
                                       strategy=config.ray.placement.upper())
 
 
-def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
-    """The Tune function trainable: the base config with this trial's sampled values, run epoch by epoch.
+def run_trial(params: dict[str, Any], raw_config: dict[str, Any], sweep_path: str) -> None:
+    """The Tune function trainable: the base config with this trial's sampled values, run epoch by epoch, into
+    ``run/`` of the trial's folder in the sweep's storage (local or a URI). Written there directly: the folder that
+    ``get_trial_dir`` gives is a local staging copy, which Tune uploads only for a trial that is the first of its
+    process, on the driver's node (a trial in a reused process, ``reuse_actors``, stages elsewhere: seen in Ray 2.60).
 
     A trial that diverges ends with its metrics NaN and a ``diverged`` message instead of an error: the same
     values would diverge again, so Tune's retries (meant for lost workers) would only repeat it."""
     config = validate(apply_overrides(raw_config, params_to_overrides(params)))
     # MLflow hears of the trial from Tune's callback (tune/sweep.py), which the trial's run does not repeat
     config = config.model_copy(update={"logging": [name for name in config.logging if name != "mlflow"]})
-    run_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    store = RunStore(f"{sweep_path}/{Path(tune.get_context().get_trial_dir()).name}/run")
     restored = tune.get_checkpoint()
     if restored is None:  # a first start, or a retry before any checkpoint: whatever an attempt left is redone
-        shutil.rmtree(run_dir, ignore_errors=True)
+        store.delete()
     else:  # resume, a retry, or PBT's exploit of a better trial (with new values)
         with restored.as_directory() as folder:
-            own = run_dir / MANIFEST
-            if not (own.exists() and own.read_text() == (Path(folder) / MANIFEST).read_text()):
+            held = Path(folder) / MANIFEST
+            if not (store.exists(MANIFEST) and store.read_text(MANIFEST) == held.read_text()):
                 # another trial's checkpoint, or an older one: the run folder starts over from it
-                shutil.rmtree(run_dir, ignore_errors=True)
-                shutil.copytree(Path(folder) / CHECKPOINTS, run_dir / CHECKPOINTS)
+                store.delete()
+                copy_folder(LOCAL, str(Path(folder) / CHECKPOINTS), store.fs, store.path(CHECKPOINTS))
 
     def report(epoch: int, rows: list[dict], saved: bool) -> None:
         metrics = trial_metrics(rows, config)
@@ -101,10 +105,19 @@ def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            shutil.copytree(run_dir / CHECKPOINTS, Path(folder) / CHECKPOINTS)
+            copy_folder(store.fs, store.path(CHECKPOINTS), LOCAL, str(Path(folder) / CHECKPOINTS))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
-        train(config, run_dir=str(run_dir), quiet=True, on_epoch=report)
+        train(config, run_dir=store.uri, quiet=True, on_epoch=report)
     except TrainingDiverged as e:
         tune.report({**{name: math.nan for name in metric_names(config)}, "diverged": str(e)})
+
+
+LOCAL = pafs.LocalFileSystem()
+
+
+def copy_folder(source_fs: pafs.FileSystem, source: str, destination_fs: pafs.FileSystem, destination: str) -> None:
+    """A folder's files, copied between the trial's local folder and the sweep's storage (either may be a URI)."""
+    destination_fs.create_dir(destination, recursive=True)
+    pafs.copy_files(source, destination, source_filesystem=source_fs, destination_filesystem=destination_fs)

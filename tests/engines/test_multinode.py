@@ -1,36 +1,38 @@
-"""A population across nodes: a real multi-node Ray cluster on one machine (a head without CPUs and three
-1-CPU worker nodes, each its own raylet), as ``ray up`` would give on machines."""
+"""A population across nodes: the session's real multi-node Ray cluster on one machine (a head without CPUs and
+three 1-CPU worker nodes, each its own raylet), as ``ray up`` would give on machines."""
 
 import json
 import threading
 import time
 
 import pytest
-import ray
-from ray.cluster_utils import Cluster
 
 from okd_ray.checkpoint import MANIFEST, read_manifest
+from okd_ray.engines import release_hosts
 from okd_ray.errors import ConfigError
 from okd_ray.run import train
 from okd_ray.storage import RunStore
 
-# afd+ffl: two members and the fusion, one whole CPU each, one part per node.
-POPULATION = ["method.name=afd+ffl", "epochs=4", "data.train_limit=192", "data.batch_size=32", "data.test_limit=64",
-              "threads=1", "schedule={kind: multistep, milestones: [2]}", "engine=ray", "ray.placement=strict_spread",
-              "ray.num_cpus_per_member=1", "ray.num_cpus_fusion=1"]
-LOCAL = (*POPULATION, "engine=local")  # the uninterrupted run every test here is compared with
+# afd+ffl: two members and the fusion, one whole CPU each, one part per node (test_ray.py's kill-and-resume
+# population: one local run serves both).
+POPULATION = ["epochs=3", "data.train_limit=160", "data.validation=20", "data.batch_size=32", "data.test_limit=64",
+              "threads=1", "schedule={kind: multistep, milestones: [2]}", "method.name=afd+ffl", "engine=ray",
+              "ray.placement=strict_spread", "ray.num_cpus_per_member=1", "ray.num_cpus_fusion=1"]
+LOCAL = tuple(POPULATION)  # the uninterrupted run every test here is compared with (local_runs runs it locally)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for _ in range(3):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
+@pytest.fixture
+def cluster(ray_cluster, ray_nodes):
+    return ray_nodes
+
+
+@pytest.fixture
+def losing_a_node(cluster):
+    """The session's cluster for a test that loses a node: no warm hosts of this process are on it before, and
+    none that lived there are kept after (they die with their node)."""
+    release_hosts()
     yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    release_hosts()
 
 
 def on_cluster(tiny_config, cluster, *overrides):
@@ -93,9 +95,10 @@ def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: boo
 
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
-def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(cluster, tiny_config, tmp_path,
+def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(losing_a_node, tiny_config, tmp_path,
                                                                         population_state, same_state, local_runs,
                                                                         transport):
+    cluster = losing_a_node
     outcome, removed = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster, f"ray.transport={transport}"),
                                                   tmp_path / "lost", "m1:cnn32", replace=True)
     result = outcome["result"]
@@ -104,7 +107,9 @@ def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(cluster,
     same_state(local_runs(LOCAL, tiny_config, population_state)[0], population_state(result.run_dir))
 
 
-def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpoint(cluster, tiny_config, tmp_path):
+def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpoint(losing_a_node, tiny_config,
+                                                                                     tmp_path):
+    cluster = losing_a_node
     run_dir = tmp_path / "stranded"
     started = time.monotonic()
     try:

@@ -38,11 +38,18 @@ POPULATIONS = {
     "pcl-on-a-trunk-own-augmentations": ["method.name=pcl", "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
                                          "trunk_stages=2", *OWN_AUGMENTATIONS],
 }
-TRANSPORTS = ["object_store", "compiled", "direct", "collective"]
+TRANSPORTS = ["compiled", "object_store", "direct", "collective"]
+DEFAULT = "collective"  # what ray.transport=auto picks on CPUs
+# A covering design: every population on the default transport, and on every other transport the populations
+# whose messages are richest (bf16 maps, logits and gradients; a trunk's shared features, gate and gradients; a
+# trunk hook's messages beside them and the peers' own streams). Replicas, below, share the transports out.
+MESSAGE_RICH = ["afd+ffl-bf16", "one-on-a-trunk", "pcl-on-a-trunk-own-augmentations"]
+# (compiled last: its actors are not kept for the next population, so the runs after it start cold)
+EXACT = [(p, DEFAULT) for p in POPULATIONS] + [(p, t) for t in TRANSPORTS[::-1] if t != DEFAULT for p in MESSAGE_RICH]
 # 2 epochs of 3 steps with a learning-rate milestone between them, 20 of the 96 images held out for validation;
 # one torch thread in every part, as locally.
 STEPS = ["epochs=2", "data.train_limit=96", "data.validation=20", "data.batch_size=32", "data.test_limit=64", "threads=1",
-         "schedule={kind: multistep, milestones: [1]}", "ray.num_cpus_per_member=0.4", "ray.num_cpus_fusion=0.4"]
+         "schedule={kind: multistep, milestones: [1]}"]
 TIMINGS = ("epoch_seconds", "elapsed_seconds")
 
 
@@ -52,12 +59,45 @@ def assert_same_rows(a, b):
     assert strip(a) == strip(b)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("population", list(POPULATIONS))
-def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tmp_path, population_state, same_state,
+# afd, ffl and dml, each with 2 and 3 replicas a member (and a fusion), the transports shared out among them
+REPLICATED = [  # method, each member's replicas, transport, synchronised batch norm. The largest population first:
+    # the hosts it leaves serve every population after it; compiled last (its hosts are not kept)
+    ("ffl", (3, 3), "direct", False), ("afd", (2, 2), "object_store", False), ("afd", (3, 3), "collective", True),
+    ("dml", (2, 2), "collective", False), ("dml", (3, 3), "object_store", True),
+    ("vanilla", (2, 1), "object_store", False),  # counts may differ where nothing is exchanged (one gathers nothing)
+    ("ffl", (2, 2), "compiled", False)]
+
+
+def replicated(method: str, replicas: tuple[int, int], sync: bool) -> tuple[str, ...]:
+    """A heterogeneous pair, the members as ``replicas`` replicas (the fusion as the first's), for one epoch."""
+    return (*STEPS, f"method.name={method}", "epochs=1",
+            f"members=[{{arch: cnn16, replicas: {replicas[0]}}}, {{arch: resnet8, replicas: {replicas[1]}}}]",
+            f"sync_batchnorm={str(sync).lower()}")
+
+
+@pytest.mark.parametrize("method, replicas, transport, sync", REPLICATED,
+                         ids=[f"{m}-{'x'.join(map(str, d))}-{t}{'-sync' if s else ''}" for m, d, t, s in REPLICATED])
+def test_replicas_on_ray_equal_the_local_engine(on_ray, tiny_config, tmp_path, population_state, same_state,
+                                                local_runs, method, replicas, transport, sync):
+    """Each replica an actor of its own, gathering its gradients (and with sync, its batch statistics) through
+    the population's process group."""
+    state, rows = local_runs(replicated(method, replicas, sync), tiny_config, population_state)
+    run = train(tiny_config(*replicated(method, replicas, sync), *on_ray, f"ray.transport={transport}"),
+                run_dir=str(tmp_path / "ray"), quiet=True)
+    same_state(state, population_state(run.run_dir))
+    assert_same_rows(rows, run.rows)
+    assert {p.get("replica", 0) for p in run_placement(run.run_dir)} == set(range(max(replicas)))
+
+
+def run_placement(run_dir) -> list[dict]:
+    return json.loads((Path(run_dir) / "placement.json").read_text())["parts"]
+
+
+@pytest.mark.parametrize("population, transport", EXACT, ids=[f"{p}-{t}" for p, t in EXACT])
+def test_ray_engine_equals_local_engine_bit_for_bit(on_ray, tiny_config, tmp_path, population_state, same_state,
                                                     local_runs, population, transport):
     state, rows = local_runs((*STEPS, *POPULATIONS[population]), tiny_config, population_state)
-    config = tiny_config(*STEPS, *POPULATIONS[population], "engine=ray", f"ray.transport={transport}")
+    config = tiny_config(*STEPS, *POPULATIONS[population], *on_ray, f"ray.transport={transport}")
     run = train(config, run_dir=str(tmp_path / transport), quiet=True)
     same_state(state, population_state(run.run_dir))
     assert_same_rows(rows, run.rows)
@@ -67,9 +107,24 @@ def test_ray_engine_equals_local_engine_bit_for_bit(ray_cluster, tiny_config, tm
     assert ("teacher" in {r["part"] for r in run.rows}) == (population == "one-on-a-trunk")  # ONE's gated teacher
 
 
+def test_a_population_builds_in_the_hosts_the_one_before_left_and_nothing_of_that_one_reaches_it(
+        on_ray, tiny_config, tmp_path, population_state, same_state, local_runs):
+    """Run A (bf16 maps and gradients, replicas gathering through a process group, collective's SPMD walk), then run
+    B, DML on the object store: B's parts are built in A's hosts, and B ends bit for bit as its local run does."""
+    a = (*replicated("afd", (2, 2), sync=False), "precision=bf16")
+    b = (*STEPS, *POPULATIONS["dml"])
+    train(tiny_config(*a, *on_ray, "ray.transport=collective"), run_dir=str(tmp_path / "a"), quiet=True)
+    run = train(tiny_config(*b, *on_ray, "ray.transport=object_store"), run_dir=str(tmp_path / "b"), quiet=True)
+    assert {p["host"] for p in run_placement(tmp_path / "b")} <= {p["host"] for p in run_placement(tmp_path / "a")}
+    state, rows = local_runs(b, tiny_config, population_state)
+    same_state(state, population_state(run.run_dir))
+    assert_same_rows(rows, run.rows)
+
+
 @pytest.mark.parametrize("transport, replicas", [(t, 1) for t in TRANSPORTS] + [("object_store", 2)])
-def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_config, tmp_path, population_state,
-                                                            same_state, local_runs, transport, replicas):
+def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, on_ray, tiny_config, tmp_path,
+                                                            population_state, same_state, local_runs, transport,
+                                                            replicas):
     """Against the uninterrupted run of the local engine, which every transport equals (above). With replicas, the
     second replica of m1 is killed: the first, waiting for it in their gather, reports a lost peer."""
     population = (*STEPS, "epochs=3", "data.train_limit=160", "method.name=afd+ffl",
@@ -85,51 +140,18 @@ def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, tiny_co
         deadline = time.monotonic() + 120
         while not (run_dir / MANIFEST).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        names = [n for n in ray_cluster.util.list_named_actors() if n.endswith("-m1" if replicas == 1 else "-m1.r1")]
-        ray_cluster.kill(ray_cluster.get_actor(names[0]))
-        killed.append(names[0])
+        host = next(p["host"] for p in run_placement(run_dir)
+                    if p["part"].startswith("m1:") and p.get("replica", 0) == replicas - 1)
+        ray_cluster.kill(ray_cluster.get_actor(host))
+        killed.append(host)
 
     killer = threading.Thread(target=kill_member_after_first_checkpoint)
     killer.start()
-    result = train(tiny_config(*population, "engine=ray", f"ray.transport={transport}"), run_dir=str(run_dir),
-                   quiet=True)
+    result = train(tiny_config(*population, *on_ray, f"ray.transport={transport}"), run_dir=str(run_dir), quiet=True)
     killer.join()
     assert killed and result.restarts == 1
     same_state(state, population_state(result.run_dir))
     assert_same_rows(rows, result.rows)
-
-
-# afd, ffl and dml, each with 2 and 3 replicas a member (and a fusion), the transports shared out among them
-REPLICATED = [  # method, each member's replicas, transport, synchronised batch norm
-    ("afd", (2, 2), "object_store", False), ("afd", (3, 3), "collective", True), ("ffl", (2, 2), "direct", False),
-    ("ffl", (3, 3), "compiled", False), ("dml", (2, 2), "collective", False), ("dml", (3, 3), "object_store", True),
-    ("vanilla", (2, 1), "object_store", False)]  # vanilla: counts may differ (the single replica gathers nothing)
-
-
-def replicated(method: str, replicas: tuple[int, int], sync: bool) -> tuple[str, ...]:
-    """A heterogeneous pair, the members as ``replicas`` replicas (the fusion as the first's; on a fifth of a CPU
-    each), for one epoch."""
-    return (*STEPS, f"method.name={method}", "ray.num_cpus_per_member=0.2", "ray.num_cpus_fusion=0.2", "epochs=1",
-            f"members=[{{arch: cnn16, replicas: {replicas[0]}}}, {{arch: resnet8, replicas: {replicas[1]}}}]",
-            f"sync_batchnorm={str(sync).lower()}")
-
-
-@pytest.mark.parametrize("method, replicas, transport, sync", REPLICATED,
-                         ids=[f"{m}-{'x'.join(map(str, d))}-{t}{'-sync' if s else ''}" for m, d, t, s in REPLICATED])
-def test_replicas_on_ray_equal_the_local_engine(ray_cluster, tiny_config, tmp_path, population_state, same_state,
-                                                local_runs, method, replicas, transport, sync):
-    """Each replica an actor of its own, gathering its gradients (and with sync, its batch statistics) through
-    the population's process group."""
-    state, rows = local_runs(replicated(method, replicas, sync), tiny_config, population_state)
-    run = train(tiny_config(*replicated(method, replicas, sync), "engine=ray", f"ray.transport={transport}"),
-                run_dir=str(tmp_path / "ray"), quiet=True)
-    same_state(state, population_state(run.run_dir))
-    assert_same_rows(rows, run.rows)
-    assert {p.get("replica", 0) for p in run_placement(run.run_dir)} == set(range(max(replicas)))
-
-
-def run_placement(run_dir) -> list[dict]:
-    return json.loads((Path(run_dir) / "placement.json").read_text())["parts"]
 
 
 def test_unmeetable_resources_are_a_clear_error(ray_cluster, tiny_config):
@@ -138,7 +160,8 @@ def test_unmeetable_resources_are_a_clear_error(ray_cluster, tiny_config):
         train(config, quiet=True)
 
 
-def test_a_population_that_fails_to_start_gives_back_what_it_reserved(ray_cluster, tiny_config, tmp_path):
+def test_a_population_that_fails_to_start_gives_back_what_it_reserved(cluster_address, ray_cluster, tiny_config,
+                                                                     tmp_path):
     """Parts that cannot start (here a plugin that fails off the driver, as missing data on a worker would):
     the actors already started and the placement group are given back, so a retry or the next run can start."""
     plugin = tmp_path / "driver_only.py"
@@ -182,7 +205,7 @@ def test_direct_picks_its_backend_by_the_parts_devices_and_refuses_what_none_ser
 
 
 def test_cuda_ipc_needs_every_part_on_the_gpu_the_others_have():
-    """Where Ray placed the parts, as each reports it (``PartActor.ready``)."""
+    """Where Ray placed the parts, as each reports it (``PartHost.ready``)."""
     on_one_gpu([{"node": "n1", "gpus": ["0"]}, {"node": "n1", "gpus": ["0"]}])
     with pytest.raises(ConfigError, match=r"Ray gave them 2 different GPUs \(node n1 GPU 0, node n1 GPU 1\); use "
                                           r"ray.placement=pack"):
@@ -215,16 +238,18 @@ def failing_plugin(plugin_file):
 
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
-def test_a_part_that_fails_mid_epoch_gives_its_own_error_and_no_part_hangs(ray_cluster, tiny_config, tmp_path,
-                                                                           failing_plugin, transport):
+def test_a_part_that_fails_mid_epoch_gives_its_own_error_and_no_part_hangs(cluster_address, ray_cluster, on_ray,
+                                                                           tiny_config, tmp_path, failing_plugin,
+                                                                           transport):
     """m1 raises in its second step while m0 goes on to wait for m1's ring message of the third; under
     ``collective`` m0 is blocked in a receive from a part that is alive but done. The driver reports m1's error,
     not a lost peer, and tears the population down at once."""
-    config = tiny_config(*STEPS, f"plugins=[{failing_plugin}]", "method.name=fails-on-m1", "engine=ray",
+    config = tiny_config(*STEPS, f"plugins=[{failing_plugin}]", "method.name=fails-on-m1", *on_ray,
                          f"ray.transport={transport}")
     started = time.monotonic()
     with pytest.raises(Exception, match="a plugin's bug in m1 at its second step"):
         train(config, run_dir=str(tmp_path / "run"), quiet=True)
     assert time.monotonic() - started < GROUP_TIMEOUT_S / 2  # nothing waited for the group's timeout
     time.sleep(1)
-    assert not [a for a in ray_cluster.util.list_named_actors() if a.startswith("okd-")]  # every part is gone
+    assert not [a for a in ray_cluster.util.list_named_actors() if a.startswith("okd-")]  # every part is gone (the
+    # hosts of earlier tests were given back before this run: cluster_address)

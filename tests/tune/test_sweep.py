@@ -27,6 +27,14 @@ def tune_cli(capsys, *args):
     return code, " ".join(capsys.readouterr().err.split())
 
 
+def okd_ray_here(capsys, *args) -> subprocess.CompletedProcess:
+    """``okd-ray ARGS`` in this process (a sweep's trials then join the session's cluster): its exit code and what
+    it printed, as a subprocess would give them (``Command.assert_error`` reads them)."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
 def test_asha_sweep_writes_every_trial_and_a_best_config_that_trains(ray_cluster, capsys, tmp_path):
     code, err = tune_cli(
         capsys, "logging=[mlflow]", "--num-samples", "5", "--max-concurrent", "1", "--scheduler", "asha",
@@ -74,21 +82,34 @@ def write_space(folder, space):
     return path
 
 
-def test_trials_host_ray_engine_populations_in_their_placement_group(ray_cluster, capsys, tmp_path):
-    """engine=ray in a trial: member and fusion actors go into the trial's bundles 1..K+1."""
-    code, err = tune_cli(capsys, "epochs=1", "method.name=afd+ffl", "engine=ray", "--num-samples", "1",
-                         "--scheduler", "none", "--storage-path", str(tmp_path), "--name", "ray")
+def test_trials_host_ray_engine_populations_in_their_placement_group(on_ray, capsys, tmp_path, population_state,
+                                                                    same_state):
+    """engine=ray in a trial: member and fusion actors go into the trial's bundles 1..K+1. The second trial runs in
+    the first one's process (Tune's reuse_actors) and so its placement group, and builds its parts in the hosts the
+    first one left: and it ends bit for bit as its own config does on the local engine."""
+    code, err = tune_cli(capsys, "epochs=1", "method.name=afd+ffl", *on_ray, "threads=1", "--num-samples", "2",
+                         "--max-concurrent", "1", "--scheduler", "none", "--storage-path", str(tmp_path),
+                         "--name", "ray")
     assert code == 0, err
-    (trial,) = pq.read_table(tmp_path / "ray" / "trials.parquet").to_pylist()
-    assert trial["status"] == "done" and trial["fused_test_top1"] > 0
+    trials = pq.read_table(tmp_path / "ray" / "trials.parquet").to_pylist()
+    assert [t["status"] for t in trials] == ["done", "done"] and all(t["fused_test_top1"] > 0 for t in trials)
     # Each part reported, from inside its actor, the placement group it runs in: the trial's, whose bundle 0
     # holds the trial itself; the members and the fusion take bundles 1..K+1.
-    placement = json.loads((Path(trial["path"]) / "run" / "placement.json").read_text())
-    parts = placement["parts"]
-    assert [p["part"] for p in parts] == ["m0:cnn16", "m1:cnn32", "fused"]
-    assert [p["bundle"] for p in parts] == [1, 2, 3]
-    assert placement["driver_placement_group"] and all(
-        p["placement_group"] == placement["driver_placement_group"] for p in parts)
+    first, second = (json.loads((Path(t["path"]) / "run" / "placement.json").read_text()) for t in trials)
+    for placement in (first, second):
+        parts = placement["parts"]
+        assert [p["part"] for p in parts] == ["m0:cnn16", "m1:cnn32", "fused"]
+        assert [p["bundle"] for p in parts] == [1, 2, 3]
+        assert placement["driver_placement_group"] and all(
+            p["placement_group"] == placement["driver_placement_group"] for p in parts)
+    assert [p["host"] for p in second["parts"]] == [p["host"] for p in first["parts"]]
+    run = Path(trials[1]["path"]) / "run"
+    local = main(["train", str(run / "config.yaml"), "engine=local", "--run-dir", str(tmp_path / "local"), "--quiet"])
+    assert local == 0
+    same_state(population_state(str(run)), population_state(str(tmp_path / "local")))
+    timings = ["epoch_seconds", "elapsed_seconds"]
+    assert pq.read_table(run / "metrics.parquet").drop(timings).equals(
+        pq.read_table(tmp_path / "local" / "metrics.parquet").drop(timings))
 
 
 def test_pbt_exploits_through_checkpoints(ray_cluster, capsys, tmp_path):
@@ -108,10 +129,10 @@ def test_pbt_exploits_through_checkpoints(ray_cluster, capsys, tmp_path):
 
 
 def test_sweep_stopped_by_sigterm_exits_143_with_its_resume_command_and_resumes_without_rerunning(
-        ray_cluster, tmp_path, okd_ray):
+        cluster_address, tmp_path, okd_ray):
     """SIGTERM (a scheduler's stop) goes through Tune's graceful Ctrl-C stop (sigterm_as_ctrl_c below): the same
     saved state, only the exit code differs."""
-    address = ray_cluster.get_runtime_context().gcs_address
+    address = cluster_address
     # four trials of 3 full-digits epochs: slow enough that the interrupt lands mid-sweep
     args = ["tune", SWEEP, *SMALL, "epochs=3", "data.train_limit=1437", "--num-samples", "4", "--max-concurrent", "1",
             "--scheduler", "none", "--storage-path", tmp_path, "--name", "resume", "--address", address]
@@ -155,10 +176,9 @@ def test_sigterm_during_a_sweep_goes_to_the_ctrl_c_handler_in_place_and_is_remem
         signal.signal(signal.SIGINT, previous)
 
 
-def test_diverging_trials_are_not_retried_and_a_sweep_without_result_fails(ray_cluster, tmp_path, okd_ray):
-    address = ray_cluster.get_runtime_context().gcs_address
-    result = okd_ray.run("tune", SWEEP, *SMALL, "epochs=1", "members.0.optimizer.lr=1e30", "--num-samples", "2",
-                         "--scheduler", "none", "--storage-path", tmp_path, "--name", "nan", "--address", address)
+def test_diverging_trials_are_not_retried_and_a_sweep_without_result_fails(ray_cluster, tmp_path, okd_ray, capsys):
+    result = okd_ray_here(capsys, "tune", SWEEP, *SMALL, "epochs=1", "members.0.optimizer.lr=1e30", "--num-samples",
+                          "2", "--scheduler", "none", "--storage-path", tmp_path, "--name", "nan", "--quiet")
     okd_ray.assert_error(result, 1, f"no trial of sweep {tmp_path}/nan finished", "diverged: m0:cnn16",
                          "make the diverging values less extreme")
     assert "best_config.yaml" not in result.stdout and not (tmp_path / "nan" / "best_config.yaml").exists()
@@ -186,15 +206,14 @@ register_method("fails-in-trial", [CrossEntropy, Unreadable])
 '''
 
 
-def test_a_failed_trial_reports_its_okd_ray_error_as_it_was_raised(ray_cluster, tmp_path, okd_ray):
+def test_a_failed_trial_reports_its_okd_ray_error_as_it_was_raised(ray_cluster, tmp_path, okd_ray, capsys):
     """Taken from the error's fields, not parsed out of a traceback's last line."""
-    address = ray_cluster.get_runtime_context().gcs_address
     plugin = tmp_path / "failing.py"
     plugin.write_text(FAILING_TERM)
     space = write_space(tmp_path, {"method.terms.ce.weight": {"uniform": [0.5, 1.0]}})
-    result = okd_ray.run("tune", SWEEP, *SMALL, "epochs=1", f"plugins=[{plugin}]", "method.name=fails-in-trial",
-                         "--space", space, "--num-samples", "1", "--scheduler", "none", "--storage-path", tmp_path,
-                         "--name", "data", "--address", address, "--quiet")
+    result = okd_ray_here(capsys, "tune", SWEEP, *SMALL, "epochs=1", f"plugins=[{plugin}]",
+                          "method.name=fails-in-trial", "--space", space, "--num-samples", "1", "--scheduler", "none",
+                          "--storage-path", tmp_path, "--name", "data", "--quiet")
     message = "plugin data: shard 3 vanished; put it back under data.root"
     okd_ray.assert_error(result, 1, f"no trial of sweep {tmp_path}/data finished", f"error: {message})",
                          "retry the failed trials with: okd-ray tune")
@@ -202,24 +221,23 @@ def test_a_failed_trial_reports_its_okd_ray_error_as_it_was_raised(ray_cluster, 
     assert (trial["status"], trial["message"]) == ("error", message)
 
 
-def test_a_sweep_name_is_used_once_unless_resumed_or_overwritten(ray_cluster, tmp_path, okd_ray):
-    address = ray_cluster.get_runtime_context().gcs_address
+def test_a_sweep_name_is_used_once_unless_resumed_or_overwritten(ray_cluster, tmp_path, okd_ray, capsys):
     args = ["tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
-            "--storage-path", tmp_path, "--name", "once", "--address", address, "--quiet"]
-    first = okd_ray.run(*args)
+            "--storage-path", tmp_path, "--name", "once", "--quiet"]
+    first = okd_ray_here(capsys, *args)
     assert first.returncode == 0 and first.stderr == "", first.stderr[-3000:]
     # --quiet: the final table is all there is
     assert first.stdout.startswith("sweep once: 1 trials (* best by mean_val_top1, on the validation set)")
     assert "Checkpoint" not in first.stdout
-    assert okd_ray.run("report", tmp_path / "once").returncode == 0
+    assert okd_ray_here(capsys, "report", tmp_path / "once").returncode == 0
     before = snapshot(tmp_path / "once")
 
-    again = okd_ray.run(*args)
+    again = okd_ray_here(capsys, *args)
     okd_ray.assert_error(again, 2, f"sweep folder {tmp_path}/once exists: continue that sweep with --resume, "
                          "replace it with --overwrite, or give another --name")
     assert snapshot(tmp_path / "once") == before
 
-    replaced = okd_ray.run(*args, "--overwrite")
+    replaced = okd_ray_here(capsys, *args, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert not (tmp_path / "once" / "report").exists(), "the old report outlived its sweep"
     assert len(pq.read_table(tmp_path / "once" / "trials.parquet")) == 1
@@ -309,14 +327,13 @@ def prepare_sweep(overrides, space, **options):
     return prepare(raw, space, SweepOptions(storage_path="/nonexistent/okd-ray-sweeps", **options))
 
 
-def test_selection_on_the_test_set_only_when_asked_and_then_said_first(ray_cluster, tmp_path, okd_ray):
-    address = ray_cluster.get_runtime_context().gcs_address
-    result = okd_ray.run("tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
-                         "--metric", "m0_test_top1", "--select-on-test", "--storage-path", tmp_path, "--name", "t",
-                         "--address", address, "--quiet")
+def test_selection_on_the_test_set_only_when_asked_and_then_said_first(ray_cluster, tmp_path, capsys):
+    result = okd_ray_here(capsys, "tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
+                          "--metric", "m0_test_top1", "--select-on-test", "--storage-path", tmp_path, "--name", "t",
+                          "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     warning = "Selection was on the test set (--select-on-test)"
     assert result.stdout.startswith(warning)
     assert warning in (tmp_path / "t" / "best_config.yaml").read_text().splitlines()[1]
-    assert okd_ray.run("report", tmp_path / "t").returncode == 0
+    assert okd_ray_here(capsys, "report", tmp_path / "t").returncode == 0
     assert (tmp_path / "t" / "report" / "report.md").read_text().startswith(f"**{warning}")

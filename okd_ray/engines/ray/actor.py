@@ -1,39 +1,62 @@
-"""The Ray actor that hosts one part of the population (member, fusion, trunk) and runs its methods."""
+"""The Ray actor that hosts one part of a population (member, fusion, trunk) at a time and runs its methods.
+
+A host outlives its part: once a population ends cleanly it drops the part, leaves the process group and goes back
+to the pool (``hosts.py``), so the next population of this process builds its part in a process that has already
+started and imported torch and okd_ray.
+"""
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import time
 from typing import Any
 
 import ray
 import torch
+import torch.distributed as dist
 from ray import cloudpickle
 
 from okd_ray.plugins import load_plugins
-from okd_ray.population import build_part
+from okd_ray.population import Part, build_part
 from okd_ray.population.protocol import flatten, num_returns
 
 from . import collective, group
 
 
 @ray.remote(enable_tensor_transport=True)
-class PartActor:
-    """Hosts one part of the population and runs its methods."""
+class PartHost:
+    """Hosts one part of a population at a time and runs its methods."""
 
-    def __init__(self, plugins: list[str], spec: bytes, data: bytes | None, threads: int, profile: bool):
-        """``spec`` is the part's PartSpec and ``data`` the plan's data set (None: the part reads none), each
-        pickled: opened once the plugins that define its terms, model and data set are imported here too."""
+    def __init__(self):
+        self.started_rng = torch.get_rng_state()  # a new process's: what every part built here starts from
+        self.part: Part | None = None
+        self.collective: collective.CollectiveSteps | None = None
+        self.outbox: tuple = ()
+
+    def build(self, plugins: list[str], spec: bytes, data: bytes | None, threads: int, profile: bool) -> dict:
+        """Build the part of ``spec`` (a PartSpec) with ``data`` (the plan's data set, None where the part reads
+        none), each pickled: opened once the plugins that define its terms, model and data set are imported here
+        too. Returns where it runs (``ready``)."""
         torch.set_num_threads(threads)
+        torch.set_rng_state(self.started_rng)
         load_plugins(plugins)
-        self.device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
         dataset = cloudpickle.loads(data) if data is not None else None
-        self.part = build_part(cloudpickle.loads(spec), self.device, dataset)
+        self.part = build_part(cloudpickle.loads(spec), device, dataset)
         self.profile = profile
         self.busy: dict[str, list[float]] = collections.defaultdict(list)
-        self.outbox: tuple = ()
-        self.collective: collective.CollectiveSteps | None = None
+        return self.ready()
+
+    def release(self) -> None:
+        """Drop the part and the population's process group: the host is as the next population's build needs it."""
+        self.part, self.collective, self.outbox = None, None, ()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def run(self, method: str, *args):
         """A hot-path call: the part's method, its result flattened into one value per Ray return."""
@@ -62,8 +85,8 @@ class PartActor:
             return
         started = time.perf_counter()
         yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if self.part.device.type == "cuda":
+            torch.cuda.synchronize(self.part.device)
         self.busy[name].append(time.perf_counter() - started)
 
     @property
@@ -75,7 +98,7 @@ class PartActor:
         return busy
 
     def ready(self) -> dict:
-        """Where this part runs: its node, placement group and GPUs (a liveness probe too)."""
+        """Where this host runs: its node, placement group and GPUs (a liveness probe too)."""
         context = ray.get_runtime_context()
         return {"node": context.get_node_id(), "placement_group": context.get_placement_group_id(),
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}

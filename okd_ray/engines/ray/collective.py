@@ -182,6 +182,8 @@ class CollectiveSteps:
 class Collective:
     """The driver's side: one set-up call per part, then one call per part and epoch."""
 
+    keeps_hosts = True  # each host leaves the process group as it releases its part
+
     @staticmethod
     def check(bundles: Bundles) -> None:
         """NCCL needs one whole GPU per part (two ranks on one GPU are refused: NCCL_ERROR_INVALID_USAGE, measured
@@ -203,4 +205,4 @@ class Collective:
         yield from (list(step) for step in zip(*first_failure(futures)))
 
     def close(self) -> None:
-        pass  # the group goes with its actors
+        pass  # the process group goes with the hosts' parts

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 
 import ray
+import ray.util.serialization
+import torch
 from ray.dag import DAGNode, InputNode, MultiOutputNode
 
 from okd_ray.methods import Need
@@ -17,6 +19,10 @@ from .transport import STEPS_IN_FLIGHT, Bundles, DriverSteps, ShardParts
 
 class Compiled(DriverSteps):
     """The population step traced once into a Ray compiled graph and executed per batch."""
+
+    # A graceful teardown with the actors up can hang on their channel loops (seen: minutes, actors busy-polling,
+    # after a clean end); they are killed first, and the teardown is then immediate.
+    keeps_hosts = False
 
     @staticmethod
     def check(bundles: Bundles) -> None:
@@ -57,6 +63,15 @@ class Compiled(DriverSteps):
             self.graph.teardown()
         finally:
             quiet.setLevel(level)
+            forget_tensor_serializer()
+
+
+def forget_tensor_serializer() -> None:
+    """A compiled graph registers a serializer for torch.Tensor in every process it touches (the driver and its
+    actors, whose hosts are not kept: ``keeps_hosts``), and no teardown removes it. Left in the driver, it serializes
+    every later tensor the driver sends (the data set handed to the next population) as the graph's channels do:
+    measured here, the next population of the process no longer equalled the local engine."""
+    ray.util.serialization.deregister_serializer(torch.Tensor)
 
 
 class RecordingPart(RemotePart):

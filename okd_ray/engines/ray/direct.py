@@ -7,7 +7,7 @@ received in place). The driver still submits every call."""
 from __future__ import annotations
 
 import ray
-from ray.experimental.collective import create_collective_group
+from ray.experimental.collective import create_collective_group, destroy_collective_group
 
 from okd_ray.errors import ConfigError
 from okd_ray.methods import Need
@@ -43,11 +43,16 @@ class Direct(ObjectStore):
         transport = backend(bundles)
         by_rank = {rank: actor for shard in shards for rank, actor in zip(shard.ranks, shard.actors)}
         actors = [by_rank[rank] for rank in sorted(by_rank)]
+        self.group = None
         if transport == "cuda_ipc":
             on_one_gpu(ray.get([a.ready.remote() for a in actors]))
         else:  # ranks as the population's process group has them, where it has one (replicas): Ray's reuses it
-            create_collective_group(actors, backend="nccl" if transport == "nccl" else "torch_gloo")
+            self.group = create_collective_group(actors, backend="nccl" if transport == "nccl" else "torch_gloo")
         self.populations = [calls(s.actors, s.ids, members, needs, tensor_transport=transport) for s in shards]
+
+    def close(self) -> None:
+        if self.group is not None:
+            destroy_collective_group(self.group)
 
 
 def on_one_gpu(where: list[dict]) -> None:

@@ -7,7 +7,6 @@ never through the driver. How they move is the transport's (``TRANSPORTS``, a mo
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -26,16 +25,33 @@ from okd_ray.population.protocol import Metrics
 from okd_ray.population.replicas import merge_replicas
 from okd_ray.storage import RunStore
 
-from ..resources import PartResources, connect, part_bundles, reserve
-from .actor import PartActor
+from ..resources import PartResources, connect, part_bundles
 from .collective import Collective
 from .compiled import Compiled
 from .direct import Direct
+from .hosts import POOL, Host
 from .object_store import ObjectStore, calls
 from .transport import ShardParts, Transport, auto_transport, gpu_shares
 
 TRANSPORTS: dict[str, type[Transport]] = {"object_store": ObjectStore, "compiled": Compiled, "direct": Direct,
                                           "collective": Collective}
+
+
+def translated(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; a dead actor becomes PopulationLost, an error inside an actor its original error."""
+    try:
+        return fn()
+    except RayTaskError as e:
+        cause = e.cause
+        if isinstance(cause, (RayActorError, RayChannelError)):
+            raise PopulationLost(f"an actor of the population died: {cause}") from None
+        raise cause if isinstance(cause, OkdRayError) else e
+    except RayActorError as e:
+        if e.actor_init_failed:  # a host that could not start (say, a worker without the Python it needs)
+            raise OkdRayError(f"a population actor failed to start: {e}") from None
+        raise PopulationLost(f"an actor of the population died: {e}") from None
+    except RayChannelError as e:
+        raise PopulationLost(f"the compiled graph lost an actor: {e}") from None
 
 
 def check_replicas(bundles: list[dict[str, float]]) -> None:
@@ -48,9 +64,19 @@ def check_replicas(bundles: list[dict[str, float]]) -> None:
                           "ray.num_gpus_per_member=1 and ray.num_gpus_fusion=1, or use fewer replicas")
 
 
+def built(builds: list) -> list[dict]:
+    """Where each part was built (its host's ``ready``); a part that cannot be built there is a failed start."""
+    try:
+        return ray.get(builds)
+    except RayTaskError as e:
+        cause = e.cause if isinstance(e.cause, OkdRayError) else repr(e.cause)
+        raise OkdRayError(f"a population actor failed to start: {cause}") from None
+
+
 class RayEngine:
-    """One actor per part and replica. A part's replicas gather their gradients through a process group of the
-    population's actors, which ``collective`` sends its messages through too."""
+    """One actor per part and replica, warm ones where this process has them (``hosts.py``). A part's replicas
+    gather their gradients through a process group of the population's actors, which ``collective`` sends its
+    messages through too."""
 
     def __init__(self, config: TrainConfig, plan: PopulationPlan, profile: bool = False):
         connect(config.ray.address)
@@ -62,27 +88,35 @@ class RayEngine:
         TRANSPORTS[self.transport].check(bundles)  # before anything is reserved or started
         if len(self.specs) > len(plan.specs):
             check_replicas(bundles)
-        self.resources: PartResources = reserve(config)
-        self.actors, self.steps = [], None
+        self.resources: PartResources = POOL.reserve(config)
+        self.hosts: list[Host] = []
+        self.steps: Transport | None = None
+        self.clean = True  # no call of the population was interrupted: its hosts may serve the next one
         try:
             self._start(profile)
         except BaseException:  # a half-started population gives back what it holds: a retry must not wait on it
+            self.clean = False
             self.close()
             raise
 
     def _start(self, profile: bool) -> None:
-        run_id = uuid.uuid4().hex[:8]
+        plugins = self.config.plugins
+        self.hosts = [POOL.host(self.resources, i, plugins) for i in range(len(self.specs))]
         data = ray.put(cloudpickle.dumps(self.plan.dataset))  # built once by the plan; in the object store once
+        builds = []
         for i, spec in enumerate(self.specs):
-            options, threads = self.resources.options(i)
-            name = f"okd-{run_id}-{spec.key}"  # findable: ray.get_actor(name)
-            self.actors.append(PartActor.options(name=name, **options).remote(
-                self.config.plugins, cloudpickle.dumps(spec), data if spec.reads_data else None, threads, profile))
-        where = self._guard(lambda: ray.get([a.ready.remote() for a in self.actors]))
+            _, threads = self.resources.options(i)
+            builds.append(self.hosts[i].actor.build.remote(
+                plugins, cloudpickle.dumps(spec), data if spec.reads_data else None, threads, profile))
+        where = self._guard(lambda: built(builds))
+        for host in self.hosts:
+            host.plugins |= set(plugins)
+        self.actors = [host.actor for host in self.hosts]
         self.where = {
             "driver_placement_group": ray.get_runtime_context().get_placement_group_id(),  # a Tune trial's
             "parts": [{"part": spec.pid.name, **({"replica": spec.replica} if spec.replicas > 1 else {}),
-                       "bundle": self.resources.bundle(i), **w} for i, (spec, w) in enumerate(zip(self.specs, where))],
+                       "bundle": self.resources.bundle(i), "host": host.name, **w}
+                      for i, (spec, host, w) in enumerate(zip(self.specs, self.hosts, where))],
         }
         self._guard(self._join)
         self.steps = self._guard(self._make_steps)
@@ -111,20 +145,13 @@ class RayEngine:
                                           self.resources.bundles)
 
     def _guard(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn``; a dead actor becomes PopulationLost, an error inside an actor its original error."""
+        """Run ``fn``; a dead actor becomes PopulationLost, an error inside an actor its original error. Whatever
+        stops it (Ctrl-C too) leaves the population's hosts unfit for another one."""
         try:
-            return fn()
-        except RayTaskError as e:
-            cause = e.cause
-            if isinstance(cause, (RayActorError, RayChannelError)):
-                raise PopulationLost(f"an actor of the population died: {cause}") from None
-            raise cause if isinstance(cause, OkdRayError) else e
-        except RayActorError as e:
-            if e.actor_init_failed:  # a bad set-up on the worker (say, no data there), not a lost actor
-                raise OkdRayError(f"a population actor failed to start: {e}") from None
-            raise PopulationLost(f"an actor of the population died: {e}") from None
-        except RayChannelError as e:
-            raise PopulationLost(f"the compiled graph lost an actor: {e}") from None
+            return translated(fn)
+        except BaseException:
+            self.clean = False
+            raise
 
     def _call_all(self, method: str, *args) -> list:
         return self._guard(lambda: ray.get([a.call.remote(method, *args) for a in self.actors]))
@@ -167,13 +194,20 @@ class RayEngine:
         self._guard(lambda: ray.get([a.call.remote("load", store.address, checkpoint) for a in self.actors]))
 
     def close(self) -> None:
-        """The actors go first: a compiled graph's loop can stay blocked on a channel read through a graceful
-        teardown (measured: 30 s, then Ray force-kills); with its actors gone the teardown is immediate."""
-        for actor in self.actors:
-            ray.kill(actor)
+        """After a clean end the transport tears down, and the hosts release their parts and wait for this process's
+        next population. After a failure, or where the transport keeps no hosts, the actors go first: a compiled
+        graph's loop can stay blocked on a channel read through a graceful teardown (measured: 30 s to minutes);
+        with its actors gone the teardown is immediate."""
+        if self.clean and self.steps is not None and self.steps.keeps_hosts:
+            try:
+                self.steps.close()
+                ray.get([host.actor.release.remote() for host in self.hosts])
+                return POOL.give_back(self.resources, self.hosts, self.config.ray.keep_hosts_s)
+            except Exception:  # noqa: BLE001 - a host that cannot release is no host to keep
+                pass
+        POOL.discard(self.resources, self.hosts)
         if self.steps is not None:
             try:
                 self.steps.close()
             except Exception:  # noqa: BLE001 - a graph whose actors are gone cannot tear down cleanly
                 pass
-        self.resources.release()

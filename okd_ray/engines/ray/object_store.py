@@ -21,6 +21,8 @@ def calls(actors: list, ids: list[PartId], members: int, needs: frozenset[Need],
 
 
 class ObjectStore(DriverSteps):
+    keeps_hosts = True
+
     @staticmethod
     def check(bundles: Bundles) -> None:
         pass  # runs anywhere

@@ -34,6 +34,8 @@ class ShardParts:
 
 
 class Transport(Protocol):
+    keeps_hosts: bool  # after a clean end and ``close``, its actors may host the next population
+
     @staticmethod
     def check(bundles: Bundles) -> None:
         """Raise ConfigError for a placement this transport cannot serve."""
@@ -46,7 +48,8 @@ class Transport(Protocol):
         """``steps`` population steps; each step's done markers (its index), one per part and shard."""
 
     def close(self) -> None:
-        """Called once the actors are gone."""
+        """Tear down what the transport made: after a clean end with the actors still up where it ``keeps_hosts``
+        (they then host the next population), otherwise once they are gone."""
 
 
 class DriverSteps(abc.ABC):
