@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-API = {"load_model": "okd_ray.trained.load", "load_transform": "okd_ray.trained.load"}
+API = {"load_model": "okd_ray.trained.load", "load_transform": "okd_ray.trained.load",
+       "load_safetensors": "okd_ray.trained.export"}
 
 
 def __getattr__(name: str):

@@ -70,8 +70,8 @@ def deployable(config: TrainConfig) -> dict[str, PartId]:
     members = [pid for pid in parts_of(config) if pid.kind == "member"]
     names = {name: pid for pid in members for name in (pid.key, pid.name)}
     method = config.method.method
-    combined = [("ensemble", len(members) > 1), ("teacher", Need.GATE in method.needs),
-                ("fused", Need.FUSION in method.needs and fusion_term(method).fuser.classifies)]
+    combined = [("fused", Need.FUSION in method.needs and fusion_term(method).fuser.classifies),
+                ("ensemble", len(members) > 1), ("teacher", Need.GATE in method.needs)]  # as metrics.parquet's rows
     return {**names, **{kind: PartId(kind) for kind, has in combined if has}}
 
 

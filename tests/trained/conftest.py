@@ -1,7 +1,6 @@
 """Real tiny runs, each trained once per test session and shared by the tests that load, evaluate and export them."""
 
 import pytest
-import torch
 
 from okd_ray.config import load_config
 from okd_ray.engines.local import LocalEngine
@@ -30,8 +29,9 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ffl_run(trained):
-    """Two epochs, so that two checkpoints are kept, and more test images."""
-    return trained("method.name=ffl", "members=[cnn16, resnet8]", "epochs=2", "data.test_limit=128")
+    """Two epochs, so that two checkpoints are kept, more test images, and a validation split."""
+    return trained("method.name=ffl", "members=[cnn16, resnet8]", "epochs=2", "data.test_limit=128",
+                   "data.train_limit=96", "data.validation=32")
 
 
 @pytest.fixture(scope="session")
