@@ -63,8 +63,9 @@ def test_other_data(ffl_run, tmp_path, capsys):
 @pytest.mark.parametrize("overrides, message", [
     (["epochs=3"], "override 'epochs=3': okd-ray eval changes only what it evaluates on and how (data.*, threads, "
                    "device), never the trained population"),
-    (["data.name=synthetic-cifar100", "data.validation=0"], "data.name=synthetic-cifar100: the run's networks take 1×8×8 images of 10 "
-                                       "classes, that data set has 3×32×32 images of 100 classes"),
+    (["data.name=synthetic-cifar100", "data.validation=0"],
+     "data.name=synthetic-cifar100: the run's networks take 1×8×8 images of 10 classes, that data set has 3×32×32 "
+     "images of 100 classes"),
 ])
 def test_overrides_that_cannot_be(ffl_run, overrides, message):
     with pytest.raises(ConfigError) as error:

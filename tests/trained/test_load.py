@@ -55,8 +55,8 @@ def test_pcl_deploys_its_temporal_means_on_the_trunks_mean(pcl_run, evaluation):
     assert_as_evaluated(pcl_run, evaluation, {"m0": member(0), "m1": member(1), "ensemble": ensemble, "fused": fused})
     shards = load_shards(RunStore(pcl_run))
     model = okd_ray.load_model(pcl_run, "m1")
-    for deployed, (key, trained) in [(model.trunk, ("trunk", "mean_trunk")), (model.members[0], ("m1", "mean_network"))]:
-        mean, live = shards[key]["modules"][trained], shards[key]["modules"]["net"]
+    for deployed, key, name in [(model.trunk, "trunk", "mean_trunk"), (model.members[0], "m1", "mean_network")]:
+        mean, live = shards[key]["modules"][name], shards[key]["modules"]["net"]
         assert all(torch.equal(v, mean[k]) for k, v in deployed.state_dict().items())
         assert not all(torch.equal(mean[k], live[k]) for k in mean)  # the means are not the trained networks
 
