@@ -2,9 +2,9 @@
 
 Trains tiny digits runs (every part kind: members, a tv: member, members on a trunk, PCL's temporal means, the
 ensemble, FFL's and PCL's fused classifiers, ONE's teacher), exports every part in every format and runs each file
-with its own library on the run's test images and on a seeded N(0, 1) batch. Prints, per format, the largest
-absolute difference over the largest logit of the same batch (logits of briefly trained nets on the digits reach
-1e4), and the largest absolute difference.
+with its own library, as ``export_model`` reads it back, on the run's test images and on a seeded N(0, 1) batch.
+Prints, per format, the largest absolute difference over the largest logit of the same batch (logits of briefly
+trained nets on the digits reach 1e4), and the largest absolute difference.
 
     python experiments/export_tolerance.py [--out runs/export-tolerance]
 """
@@ -32,19 +32,6 @@ RUNS = {
 }
 
 
-def runner(format: str, folder: Path):
-    if format == "safetensors":
-        return okd_ray.load_safetensors(str(folder))
-    if format == "pt2":
-        return torch.export.load(folder / "model.pt2").module()
-    if format == "torchscript":
-        return torch.jit.load(folder / "model.torchscript.pt")
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(folder / "model.onnx", providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/export-tolerance")
@@ -63,7 +50,7 @@ def main() -> None:
             for format in FORMATS:
                 folder = out / "exports" / name / part / format
                 export_model(str(run_dir), part, format, str(folder))
-                run = runner(format, folder)
+                run = FORMATS[format].read(folder / FORMATS[format].file)  # as export_model reads it back
                 with torch.no_grad():
                     for x in (images, noise):
                         want = model(x)

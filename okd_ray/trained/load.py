@@ -23,6 +23,8 @@ from okd_ray.storage import RunStore
 
 @dataclass(frozen=True)
 class TrainedRun:
+    """A run folder as loading reads it."""
+
     store: RunStore
     config: TrainConfig  # as the run resolved it, its plugins imported
     inputs: ModelInputs
@@ -105,8 +107,9 @@ def load_model(run_dir: str, part: str = "m0", checkpoint: int | str = "last", d
     """Part ``part`` of the run in ``run_dir`` (a folder or a ``pyarrow.fs`` URI) with the weights of its last
     checkpoint (or of epoch ``checkpoint``), in eval mode: ``model(x)`` gives the logits the run's evaluation
     computes for a batch ``x`` normalised as ``load_transform(run_dir)`` does. ``part``: a member (``m0`` or
-    ``m0:cnn16``), ``ensemble``, ``fused`` or ``teacher`` (ONE's). fp16 and bf16 runs load in float32 unless
-    ``dtype`` says otherwise (their evaluation autocast; the weights were float32)."""
+    ``m0:cnn16``), ``ensemble``, ``fused`` or ``teacher`` (ONE's). fp16 and bf16 runs load in float32 (their weights
+    were float32; under ``torch.autocast`` to the run's precision it gives their evaluation's logits), ``dtype`` casts
+    the weights."""
     run = open_run(run_dir)
     pid = resolve_part(run.config, part)
     found = find_checkpoint(run.store, checkpoint)

@@ -46,9 +46,10 @@ def one_run(trained):
 
 
 @pytest.fixture(scope="session")
-def tv_replicas_bf16_run(trained):
-    """A torchvision member, every member in two replicas, autocast to bf16."""
-    return trained("method.name=dml", "members=[{arch: cnn16, replicas: 2}, {arch: 'tv:resnet18', replicas: 2}]",
+def afd_tv_replicas_bf16_run(trained):
+    """AFD (transfer layers to the ring's map, discriminators) with a torchvision member, every member in two
+    replicas, autocast to bf16."""
+    return trained("method.name=afd", "members=[{arch: cnn16, replicas: 2}, {arch: 'tv:resnet18', replicas: 2}]",
                    "precision=bf16")
 
 

@@ -44,13 +44,13 @@ def run_cli(capsys, *args):
     return code, " ".join(capsys.readouterr().err.split())
 
 
-def test_bad_input_is_one_message_with_exit_code_2(ffl_run, tv_replicas_bf16_run, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_message_with_exit_code_2(ffl_run, afd_tv_replicas_bf16_run, tmp_path, capsys, monkeypatch):
     for args, message in [
         (["eval", tmp_path], f"{tmp_path}: no config.yaml there; give the folder of an okd-ray run"),
         (["eval", ffl_run, "--checkpoint", "5"], "checkpoint 5: "),
         (["eval", ffl_run, "seed=3"], "override 'seed=3': okd-ray eval changes only"),
-        (["export", tv_replicas_bf16_run, "--part", "fused", "--out", tmp_path / "x"],
-         "part 'fused': a run of 2 members, method dml, has no such part; its parts: m0, m1, ensemble"),
+        (["export", afd_tv_replicas_bf16_run, "--part", "fused", "--out", tmp_path / "x"],
+         "part 'fused': a run of 2 members, method afd, has no such part; its parts: m0, m1, ensemble"),
         (["export", ffl_run, "--format", "tflite", "--out", tmp_path / "x"], "--format tflite: choose one of"),
     ]:
         code, err = run_cli(capsys, *args)

@@ -24,7 +24,7 @@ def assert_as_the_run(run_dir, rows, epoch):
         assert {c: row.get(c) for c in SPLITS} == {c: run.get(c) for c in SPLITS}, row["part"]
 
 
-@pytest.mark.parametrize("run", ["ffl_run", "pcl_run", "one_run", "tv_replicas_bf16_run"])
+@pytest.mark.parametrize("run", ["ffl_run", "pcl_run", "one_run", "afd_tv_replicas_bf16_run"])
 def test_the_runs_own_last_epoch_exactly(request, run, capsys):
     """Members, ensemble, fused classifier (FFL's; PCL's peer ensemble), ONE's teacher; bf16 autocast, replicas."""
     run_dir = request.getfixturevalue(run)

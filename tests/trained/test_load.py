@@ -47,8 +47,7 @@ def test_ffl_members_ensemble_and_fused_classifier(ffl_run, evaluation):
     assert_as_evaluated(ffl_run, evaluation, {"m0": member(0), "m1:resnet8": member(1), "ensemble": ensemble,
                                               "fused": fused})
     model = okd_ray.load_model(ffl_run, "fused")  # one module: both members' networks and the fusion module
-    assert {name.split(".")[0] for name, _ in model.named_children()} == {"members", "head"}
-    assert not any("transfer" in name for name in model.state_dict())
+    assert {name for name, _ in model.named_children()} == {"members", "head"}
 
 
 def test_pcl_deploys_its_temporal_means_on_the_trunks_mean(pcl_run, evaluation):
@@ -65,11 +64,16 @@ def test_one_branch_on_the_trunk_and_the_gated_teacher(one_run, evaluation):
     assert_as_evaluated(one_run, evaluation, {"m2": member(2), "teacher": teacher, "ensemble": ensemble})
 
 
-def test_torchvision_and_replicated_members_of_a_bf16_run(tv_replicas_bf16_run, evaluation):
-    """float32 weights (one copy of the replicas); under the run's autocast, its evaluation's logits exactly."""
-    run = tv_replicas_bf16_run
+def test_torchvision_and_replicated_members_of_a_bf16_run(afd_tv_replicas_bf16_run, evaluation):
+    """float32 weights (one copy of the replicas); under the run's autocast, its evaluation's logits exactly. The
+    networks alone: AFD's transfer layers and discriminators stay behind."""
+    run = afd_tv_replicas_bf16_run
     assert_as_evaluated(run, evaluation, {"m0": member(0), "m1:tv:resnet18": member(1), "ensemble": ensemble},
                         torch.autocast("cpu", dtype=torch.bfloat16))
+    held = load_shards(RunStore(run))["m0"]["modules"]
+    assert {"net", "transfer", "discriminator"} <= held.keys()
+    state = okd_ray.load_model(run, "m0").members[0].state_dict()
+    assert state.keys() == held["net"].keys() and all(torch.equal(v, held["net"][k]) for k, v in state.items())
     assert {p.dtype for p in okd_ray.load_model(run, "m1").parameters()} == {torch.float32}
     assert {p.dtype for p in okd_ray.load_model(run, "m1", dtype=torch.bfloat16).parameters()} == {torch.bfloat16}
 
@@ -109,14 +113,14 @@ def test_a_run_folder_from_before_the_inputs_record(ffl_run, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("part, message", [
-    ("m0:cnn32", "part 'm0:cnn32': a run of 2 members, method dml, has no such part; did you mean m0:cnn16? its "
+    ("m0:cnn32", "part 'm0:cnn32': a run of 2 members, method afd, has no such part; did you mean m0:cnn16? its "
                  "parts: m0, m1, ensemble"),
-    ("fused", "part 'fused': a run of 2 members, method dml, has no such part"),
+    ("fused", "part 'fused': a run of 2 members, method afd, has no such part"),
     ("teacher", "its parts: m0, m1, ensemble"),
 ])
-def test_a_part_the_run_has_not(tv_replicas_bf16_run, part, message):
+def test_a_part_the_run_has_not(afd_tv_replicas_bf16_run, part, message):
     with pytest.raises(ConfigError) as error:
-        okd_ray.load_model(tv_replicas_bf16_run, part)
+        okd_ray.load_model(afd_tv_replicas_bf16_run, part)
     assert message in str(error.value)
 
 
