@@ -24,7 +24,7 @@ class ModelInputs:
 
     info: DataInfo
     normalisation: Normalisation | None  # None: the data set (a plugin's) does not say how it normalises
-    trained_with: str = __version__  # the okd-ray version that recorded it
+    trained_with: str = __version__  # the okd-ray version that recorded it ("": not recorded)
 
     @classmethod
     def of(cls, dataset: Dataset) -> ModelInputs:

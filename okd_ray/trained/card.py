@@ -49,7 +49,7 @@ def model_card(run: TrainedRun, pid: PartId, checkpoint: Checkpoint, file: str, 
     lines = [
         f"# {config.run_name}: {pid.name}",
         "",
-        f"{describe(run, pid)}, trained by okd-ray {run.inputs.trained_with} "
+        f"{describe(run, pid)}, trained by okd-ray {run.inputs.trained_with or '(version not recorded)'} "
         f"({config.method.name}) and exported by okd-ray {__version__} as {meta['format']} (`{file}`) from the "
         f"checkpoint of epoch {checkpoint.epoch} of `{run.store.uri}`.",
         "",

@@ -3,7 +3,7 @@ module, built from the run's own parts and checkpoint shards (``population.deplo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -44,7 +44,7 @@ def read_inputs(store: RunStore, config: TrainConfig) -> ModelInputs:
     if store.exists(RECORD):
         return ModelInputs.from_json(store.read_text(RECORD))
     try:
-        return ModelInputs.of(load_dataset(config.data, config.seed))
+        return replace(ModelInputs.of(load_dataset(config.data, config.seed)), trained_with="")  # not recorded
     except DataError as e:
         raise DataError(f"{store.path(RECORD)} is missing (an older okd-ray's run did not record its inputs), and its "
                         f"data set {config.data.name} does not load here to tell them ({e}); load the run where its "

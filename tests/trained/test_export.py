@@ -50,7 +50,8 @@ def test_every_format_of_ffl_parts(ffl_run, tmp_path, part, format):
 
 @pytest.mark.parametrize("run, part, format", [
     ("one_run", "teacher", "pt2"), ("one_run", "m1", "onnx"), ("pcl_run", "m0", "safetensors"),
-    ("pcl_run", "fused", "torchscript"), ("afd_tv_replicas_bf16_run", "m1", "pt2"), ("afd_tv_replicas_bf16_run", "m1", "onnx"),
+    ("pcl_run", "fused", "torchscript"), ("afd_tv_replicas_bf16_run", "m1", "pt2"),
+    ("afd_tv_replicas_bf16_run", "m1", "onnx"),
 ])
 def test_trunks_temporal_means_and_torchvision(request, tmp_path, run, part, format):
     assert_reloads(request.getfixturevalue(run), part, format, tmp_path)
