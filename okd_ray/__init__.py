@@ -1,3 +1,16 @@
 """okd-ray: online knowledge distillation (AFD, FFL and baselines) for populations of networks, on Ray."""
 
 __version__ = "0.1.0"
+
+API = {"load_model": "okd_ray.trained.load", "load_transform": "okd_ray.trained.load",
+       "load_safetensors": "okd_ray.trained.export"}
+
+
+def __getattr__(name: str):
+    """``okd_ray.load_model`` and the rest of the API, imported when first used: ``import okd_ray`` (and the command,
+    which imports it) stays free of torch."""
+    if name not in API:
+        raise AttributeError(f"module 'okd_ray' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(API[name]), name)

@@ -77,6 +77,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from okd_ray.trained.evaluate import evaluate_run
+
+    evaluate_run(args.run_dir, args.items, args.checkpoint, args.out, args.quiet)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from okd_ray.trained.export import export_model
+
+    meta = export_model(args.run_dir, args.part, args.format, args.out, args.checkpoint)
+    if not args.quiet:
+        console().print(f"{meta['part']} as {args.format}: {args.out}/{meta['file']} (largest difference to "
+                        f"okd_ray.load_model on a check batch: {meta['max_abs_difference']:.3g}), with MODEL_CARD.md")
+    return 0
+
+
+def checkpoint_epoch(text: str) -> int | str:
+    return text if text == "last" else int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="okd-ray", description="Online knowledge distillation on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="a table, plots and report.md for a run's or a sweep's folder")
     report.add_argument("folder", help="the folder okd-ray train or okd-ray tune wrote (local or URI)")
     report.set_defaults(func=cmd_report)
+
+    evaluate = sub.add_parser("eval", help="every part of a run's checkpoint on its test split (or other data)",
+                              description="Print every part's accuracies and write eval.parquet; on the run's own "
+                              "data they equal its metrics.parquet row of that epoch.")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (local or URI)")
+    evaluate.add_argument("items", nargs="*", metavar="[key=value]",
+                          help="other data (data.name=..., data.root=..., data.test_limit=...), threads, device")
+    export = sub.add_parser("export", help="a run's member, ensemble or fused classifier as a file, with a model card")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (local or URI)")
+    export.add_argument("--part", default="m0", help="m0 (or m0:ARCH), m1, ..., ensemble, fused, teacher (default m0)")
+    export.add_argument("--format", default="safetensors", help="safetensors (default), pt2, onnx, torchscript")
+    export.add_argument("--out", required=True, help="the folder to write (local or URI)")
+    for command in (evaluate, export):
+        command.add_argument("--checkpoint", type=checkpoint_epoch, default="last", metavar="EPOCH",
+                             help="the checkpoint of this epoch (default: the last)")
+        command.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    evaluate.add_argument("--out", help="where to write the table (default: RUN_DIR/eval.parquet)")
+    evaluate.set_defaults(func=cmd_eval)
+    export.set_defaults(func=cmd_export)
     return parser
 
 

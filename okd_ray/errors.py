@@ -114,3 +114,26 @@ class ClusterUnreachable(OkdRayError):
 
 class PopulationLost(OkdRayError, RuntimeError):
     """An actor of the population died; the run restarts from its last checkpoint (ray.max_restarts)."""
+
+
+class MissingExtra(OkdRayError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, what: str, package: str, extra: str):
+        super().__init__(what, package, extra)
+        self.what, self.package, self.extra = what, package, extra
+
+    def __str__(self) -> str:
+        return f"{self.what} needs {self.package}, which is not installed: pip install 'okd-ray[{self.extra}]'"
+
+
+class ExportFailed(OkdRayError):
+    """A model cannot be exported to a format; ``reason`` is what the exporter said."""
+
+    def __init__(self, part: str, format: str, reason: str, fix: str = ""):
+        super().__init__(part, format, reason, fix)
+        self.part, self.format, self.reason, self.fix = part, format, reason, fix
+
+    def __str__(self) -> str:
+        fix = f"; {self.fix}" if self.fix else ""
+        return f"part {self.part} cannot be exported to {self.format}: {self.reason}{fix}"

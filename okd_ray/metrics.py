@@ -82,17 +82,27 @@ def accuracy(batches: list[tuple], names: list[str], split: str) -> dict[str, di
         total += len(labels)
         parts = dict(zip(names, logits))
         if len(logits) > 1:
-            parts["ensemble"] = torch.stack(logits).mean(0)
+            parts["ensemble"] = ensemble_logits(logits)
         if fused is not None:
             parts["fused"] = fused.cpu()
         if gate is not None:
-            parts["teacher"] = sum(gate.cpu()[:, k:k + 1] * z for k, z in enumerate(logits))
+            parts["teacher"] = teacher_logits(gate.cpu(), logits)
         for name, z in parts.items():
             top1, top5 = topk_correct(z, labels)
             counts[name][0] += top1
             counts[name][1] += top5
     return {name: {f"{split}_top1": 100.0 * c1 / total, f"{split}_top5": 100.0 * c5 / total}
             for name, (c1, c5) in counts.items()}
+
+
+def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The ensemble row's logits: the mean of the members'."""
+    return torch.stack(logits).mean(0)
+
+
+def teacher_logits(gate: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
+    """ONE's gated teacher row's logits: Σ g_k·z_k, with the gate's N×K weights."""
+    return sum(gate[:, k:k + 1] * z for k, z in enumerate(logits))
 
 
 def union_table(rows: list[dict]) -> pa.Table:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from okd_ray.config import TrainConfig, parse_config
+from okd_ray.data.inputs import RECORD, ModelInputs
 from okd_ray.engines import Engine, PartMetrics, make_engine
 from okd_ray.errors import (CheckpointDamaged, ConfigError, Interrupted, PopulationLost, TrainingDiverged,
                             signal_of)
@@ -121,6 +122,7 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             epoch_rows = make_rows(config, done, lrs, train_stats, eval_stats, seconds, elapsed)
             if epoch == start_epoch:  # the results below belong to this config; an earlier report is stale
                 write_config(store, config)
+                store.write_text(RECORD, ModelInputs.of(plan.dataset).to_json())  # what loading a model needs
                 if engine.placement():
                     store.write_text("placement.json", json.dumps(engine.placement(), indent=1))
                 store.delete("report")

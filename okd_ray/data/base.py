@@ -9,7 +9,6 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 
 
-
 @dataclass(frozen=True)
 class DataInfo:
     """The facts a model needs to be built for a data set."""
@@ -18,6 +17,29 @@ class DataInfo:
     in_channels: int
     num_classes: int
     image_size: int  # square side of the network input
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How a data set makes a network's input from pixels: ``(pixels / max_value − mean) / std`` per channel (for
+    imagefolder, of a test image whose shorter side was resized to ``resize`` and centre-cropped). A data set
+    offers it as its ``normalisation`` attribute, so that a trained model can be fed without the data set."""
+
+    mean: tuple[float, ...]  # per channel, in units of max_value
+    std: tuple[float, ...]
+    max_value: float = 255  # the pixel value that means 1.0
+    resize: int | None = None
+
+    def unit(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.to(torch.float32) / self.max_value
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (…×C×H×W, in [0, 1]) less the mean, over the standard deviation, per channel."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        return (x - mean) / torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.standardise(self.unit(pixels))
 
 
 Split = Literal["val", "test"]  # the evaluation splits: validation (held out of training) and test
@@ -30,6 +52,9 @@ class Dataset(Protocol):
     Training order and augmentation depend only on (seed, epoch), never on a global RNG, so every
     process that builds the same data set sees bit-identical batches: the members of a population
     can each load their own data and still train on the same samples.
+
+    A data set may also say how it normalises (``normalisation``, a ``Normalisation``): the run records it, so
+    that ``okd_ray.load_transform`` can give it where the data set is not.
     """
 
     info: DataInfo

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from okd_ray.data.base import DataInfo, Split
+from okd_ray.data.base import DataInfo, Normalisation, Split
 from okd_ray.data.config import DataConfig
 from okd_ray.data.split import hold_out
 from okd_ray.seeding import derive_seed, generator
@@ -83,8 +83,9 @@ class ImageFolderDataset:
         self._train_indices = train.tolist()
         self._eval = {"val": (self._train, held.tolist()),
                       "test": (test, list(range(min(len(test), config.test_limit or len(test)))))}
+        self.normalisation = Normalisation(IMAGENET_MEAN, IMAGENET_STD, 255, resize=round(size * 256 / 224))
         normalise = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-        self._test_transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *normalise])
+        self._test_transform = T.Compose([T.Resize(self.normalisation.resize), T.CenterCrop(size), *normalise])
         self._train_transform = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *normalise])
                                  if config.augment else self._test_transform)
 

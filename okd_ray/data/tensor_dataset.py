@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from okd_ray.data.augment import PadCropFlip
-from okd_ray.data.base import DataInfo, Split
+from okd_ray.data.base import DataInfo, Normalisation, Split
 from okd_ray.data.config import DataConfig
 from okd_ray.data.split import hold_out
 from okd_ray.seeding import generator
@@ -62,9 +62,7 @@ class TensorDataset:
         self._train_ids = train  # each training image's index among the images in use
         self._eval = {"val": (images[held], labels[held]),
                       "test": (data.test_images[:config.test_limit], data.test_labels[:config.test_limit])}
-        self._max_value = data.max_value
-        self._mean = torch.tensor(data.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self._std = torch.tensor(data.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.normalisation = Normalisation(data.mean, data.std, data.max_value)
 
     def num_train_batches(self) -> int:
         return math.ceil(len(self._train[1]) / self.batch_size)
@@ -78,21 +76,15 @@ class TensorDataset:
         order = torch.randperm(len(labels), generator=generator("order", self.seed, epoch))
         for batch, start in enumerate(range(0, len(labels), self.batch_size)):
             index = order[start:start + self.batch_size]
-            x = self._to_unit(images[index])
+            x = self.normalisation.unit(images[index])
             if self.augmentation is not None:
                 # One generator per batch: batch b is the same whatever was drawn before it.
                 keys = ("augment", self.seed, epoch, batch) + (() if stream is None else (stream,))
                 x = self.augmentation(x, generator(*keys))
-            yield self._normalise(x), labels[index], self._train_ids[index]
+            yield self.normalisation.standardise(x), labels[index], self._train_ids[index]
 
     def eval_batches(self, split: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self._eval[split]
         for start in range(0, len(labels), self.test_batch_size):
             stop = start + self.test_batch_size
-            yield self._normalise(self._to_unit(images[start:stop])), labels[start:stop]
-
-    def _to_unit(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels.to(torch.float32) / self._max_value
-
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self._mean) / self._std
+            yield self.normalisation(images[start:stop]), labels[start:stop]

@@ -52,9 +52,18 @@ def _cached_dataset(data_json: str, seed: int) -> Dataset:
 
 
 def plan_population(config: TrainConfig) -> PopulationPlan:
-    """Build each model once (on the CPU, RNG untouched) to learn its feature map, and check the ring fits."""
+    """The run's data set, and every part's spec planned for it."""
     dataset = load_dataset(config.data, config.seed)
-    info = dataset.info
+    shapes, common, specs = plan_parts(config, dataset.info, dataset.num_train_batches())
+    num_eval = {split: dataset.num_eval_batches(split) for split in ("val", "test")}
+    return PopulationPlan(dataset.info, shapes, common, dataset.num_train_batches(), num_eval, specs, dataset)
+
+
+def plan_parts(config: TrainConfig, info: DataInfo, steps_per_epoch: int
+               ) -> tuple[list[Shape], Shape | None, tuple[PartSpec, ...]]:
+    """Each member's feature map, the ring's public map and every part's spec, from the data set's facts alone (a
+    trained run's parts are built from them without its data). Builds each model once (on the CPU, RNG untouched)
+    to learn its feature map, and checks the ring fits."""
     shapes, nets, trunk_shape = [], [], None
     for k, member in enumerate(config.members):
         with torch.random.fork_rng(devices=[]):
@@ -86,14 +95,13 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
     check_fusion(config.method.method)
     for term_spec in config.method.method.terms:  # each term's own check of the population, before any part
         term_spec.term.check(config)
-    specs = tuple(part_specs(config, info, shapes, common, trunk_shape, dataset.num_train_batches()))
+    specs = tuple(part_specs(config, info, shapes, common, trunk_shape, steps_per_epoch))
     for spec in specs:  # the terms, built on the model just built (not a second one)
         if isinstance(spec, MemberSpec):
             check_terms(config.method.name, spec, branch(nets[spec.index], spec.trunk_stages))
         elif isinstance(spec, TrunkSpec):
             check_trunk_hooks(config.method.name, spec, nets[0].split(spec.trunk_stages)[0])
-    num_eval = {split: dataset.num_eval_batches(split) for split in ("val", "test")}
-    return PopulationPlan(info, shapes, common, dataset.num_train_batches(), num_eval, specs, dataset)
+    return shapes, common, specs
 
 
 def check_fusion(method: Method) -> None:
