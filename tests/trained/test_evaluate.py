@@ -73,10 +73,9 @@ def test_overrides_that_cannot_be(ffl_run, overrides, message):
     assert message in str(error.value)
 
 
-def test_a_ray_runs_checkpoint(ray_cluster, tmp_path):
+def test_a_ray_runs_checkpoint(on_ray, tmp_path):
     """The parts wrote their shards in their actors (one torch thread each, as threads=1 makes the eval)."""
     config = load_config(None, ["method.name=ffl", "members=[cnn16, resnet8]", "epochs=1", "data.train_limit=64",
-                                "data.test_limit=64", "data.batch_size=32", "threads=1", "engine=ray",
-                                "ray.num_cpus_per_member=0.5", "ray.num_cpus_fusion=0.5"])
+                                "data.test_limit=64", "data.batch_size=32", "threads=1", *on_ray])
     run_dir = train(config, run_dir=str(tmp_path / "ray"), quiet=True).run_dir
     assert_as_the_run(run_dir, evaluate_run(run_dir, quiet=True), 1)
