@@ -2,6 +2,8 @@
 checkpoint falls back to the one before it, and finished epochs are never silently overwritten. Through the
 real okd-ray command."""
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -38,13 +40,19 @@ def test_the_manifest_records_what_each_part_wrote_and_keeps_the_checkpoint_befo
 
 
 @pytest.mark.parametrize("engine", ["local", "ray"])  # with ray, each actor checks its own shard
-def test_a_flipped_byte_in_the_newest_checkpoint_falls_back_to_the_one_before(tiny_config, tmp_path, okd_ray,
+def test_a_flipped_byte_in_the_newest_checkpoint_falls_back_to_the_one_before(request, tiny_config, tmp_path, okd_ray,
                                                                                engine):
+    # with ray, the session's cluster runs (as one ray start left on this machine): okd-ray without --address starts
+    # a Ray of its own, never joins that one
+    session = {n["NodeID"] for n in request.getfixturevalue("ray_cluster").nodes()} if engine == "ray" else set()
     folder = tmp_path / "run"
     train(tiny_config("epochs=2", *TINY), run_dir=str(folder), quiet=True)
     flip_middle_byte(folder / "checkpoints" / "epoch-0002" / "m0.pt")
     result = okd_ray.run("train", "--resume", folder, "epochs=3", f"engine={engine}")
     assert result.returncode == 0, result.stderr
+    if engine == "ray":
+        placement = json.loads((folder / "placement.json").read_text())
+        assert not {part["node"] for part in placement["parts"]} & session
     err = " ".join(result.stderr.split())
     assert (f"warning: checkpoint file {folder}/checkpoints/epoch-0002/m0.pt does not match the sha256 in the "
             "manifest, so the checkpoint of epoch 2 is unusable; resuming from the one of epoch 1: epochs 2 to 2 "

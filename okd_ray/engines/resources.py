@@ -29,12 +29,15 @@ PRELOAD = "RAY_preload_python_modules"  # read by a raylet as it starts: what it
 
 
 def connect(address: str | None, log_to_driver: bool = True) -> None:
-    """Join ``address`` (``auto``, ``host:6379``, ``ray://host:10001``), or start a local cluster whose workers
-    preload torch (unless ``RAY_preload_python_modules`` says otherwise); reuse a live connection. The caller's
-    SIGTERM handler stays (``ray.init`` would make SIGTERM a plain exit)."""
+    """Join ``address`` (``auto``, ``host:6379``, ``ray://host:10001``; none given: the one ``RAY_ADDRESS`` names, as
+    in a Ray job), or start a local cluster whose workers preload torch (unless ``RAY_preload_python_modules`` says
+    otherwise); reuse a live connection. Without an address okd-ray never joins a cluster that ``ray start`` left on
+    this machine, as ``ray.init()`` would: that is ``--address auto``. The caller's SIGTERM handler stays
+    (``ray.init`` would make SIGTERM a plain exit)."""
     if ray.is_initialized():
         return
-    if address not in (None, "auto", "local"):
+    address = address if address is not None else os.environ.get("RAY_ADDRESS", "local")
+    if address not in ("auto", "local"):
         check_reachable(address)
     os.environ.setdefault(PRELOAD, "torch")  # a cluster joined keeps its own setting: its raylets have started
     on_sigterm = signal.getsignal(signal.SIGTERM)
