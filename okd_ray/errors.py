@@ -76,15 +76,23 @@ class NoResult(OkdRayError):
     """The work ran but nothing of it can be used (no trial of a sweep finished); exit code 1, not 2."""
 
 
-class CheckpointDamaged(OkdRayError):
-    """A checkpoint file is missing or differs from what its manifest recorded."""
+class FileDamaged(OkdRayError):
+    """A file of a run folder is missing, cannot be read, or differs from what the manifest recorded of it."""
+
+    what = "file"
 
     def __init__(self, path: str, problem: str, fix: str = ""):
         super().__init__(path, problem, fix)  # the fields are the args: a pickled copy (from an actor) is equal
         self.path, self.problem, self.fix = path, problem, fix
 
     def __str__(self) -> str:
-        return f"checkpoint file {self.path} {self.problem}{self.fix}"
+        return f"{self.what} {self.path} {self.problem}{self.fix}"
+
+
+class CheckpointDamaged(FileDamaged):
+    """A checkpoint file (a shard, the manifest) is damaged: a resume falls back to the checkpoint before."""
+
+    what = "checkpoint file"
 
 
 class FolderLocked(OkdRayError):

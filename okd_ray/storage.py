@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
 import posixpath
+import signal
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from okd_ray.errors import ConfigError
+from okd_ray.errors import ConfigError, FileDamaged
 
 
 class RunStore:
@@ -46,10 +48,13 @@ class RunStore:
     def delete(self, name: str = "") -> None:
         """Remove the file or folder ``name`` (by default the whole store), if it is there."""
         info = self.fs.get_file_info(self.path(name))
+        if info.type == pafs.FileType.NotFound:
+            return
         if info.type == pafs.FileType.Directory:
             self.fs.delete_dir(info.path)
-        elif info.type == pafs.FileType.File:
+        else:
             self.fs.delete_file(info.path)
+        file_event()
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write to a temporary name, then move: a crash mid-write never spoils the last good file."""
@@ -58,7 +63,9 @@ class RunStore:
         tmp = self.path(name + ".tmp")
         with self.fs.open_output_stream(tmp) as out:
             out.write(data)
+        file_event()
         self.fs.move(tmp, self.path(name))
+        file_event()
 
     def read_bytes(self, name: str) -> bytes:
         with self.fs.open_input_stream(self.path(name)) as f:
@@ -76,4 +83,22 @@ class RunStore:
         self.write_bytes(name, buffer.getvalue())
 
     def read_table(self, name: str) -> pa.Table:
-        return pq.read_table(self.path(name), filesystem=self.fs)
+        try:
+            return pq.read_table(self.path(name), filesystem=self.fs)
+        except pa.ArrowInvalid as e:  # truncated, or not Parquet at all
+            raise FileDamaged(self.path(name), f"cannot be read ({str(e).splitlines()[0]})") from None
+
+
+KILL_AFTER = "OKD_RAY_KILL_AFTER_FILE_EVENTS"
+_file_events = 0
+
+
+def file_event() -> None:
+    """A file of a run folder was written, moved into place or deleted. For tests only: with
+    OKD_RAY_KILL_AFTER_FILE_EVENTS=N, the process SIGKILLs itself after its Nth event, so that a test can stop a
+    run at each instant of its folder (tests/test_kill_points.py); unset, it does nothing."""
+    global _file_events
+    if KILL_AFTER in os.environ:
+        _file_events += 1
+        if _file_events == int(os.environ[KILL_AFTER]):
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -11,7 +11,7 @@ from typing import Any
 from ray import tune
 
 from okd_ray.checkpoint import FOLDER as CHECKPOINTS
-from okd_ray.checkpoint import MANIFEST
+from okd_ray.checkpoint import MANIFEST, start_from
 from okd_ray.config import TrainConfig, apply_overrides, validate
 from okd_ray.engines import part_bundles
 from okd_ray.errors import TrainingDiverged
@@ -20,6 +20,7 @@ from okd_ray.metrics import TIMINGS
 from okd_ray.population import PartId, parts_of
 from okd_ray.population.spec import fusion_term
 from okd_ray.run import train
+from okd_ray.storage import RunStore
 
 from .space import params_to_overrides
 
@@ -94,6 +95,7 @@ def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
                 # another trial's checkpoint, or an older one: the run folder starts over from it
                 shutil.rmtree(run_dir, ignore_errors=True)
                 shutil.copytree(Path(folder) / CHECKPOINTS, run_dir / CHECKPOINTS)
+                start_from(RunStore(str(run_dir)))
 
     def report(epoch: int, rows: list[dict], saved: bool) -> None:
         metrics = trial_metrics(rows, config)
