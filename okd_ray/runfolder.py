@@ -109,15 +109,15 @@ def write_config(store: RunStore, config: TrainConfig) -> None:
     record_config(store, config.model_dump(mode="json"))
 
 
-def may_change(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in MAY_CHANGE)
+def may_change(key: str, kept: tuple[str, ...] = MAY_CHANGE) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in kept)
 
 
-def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The dotted keys whose values differ between ``old`` and ``new`` beyond MAY_CHANGE: those both hold first,
-    then a key only one holds (a term of another method, a member more)."""
+def changed_keys(old: dict[str, Any], new: dict[str, Any], kept: tuple[str, ...] = MAY_CHANGE) -> list[str]:
+    """The dotted keys whose values differ between ``old`` and ``new``, but for those under ``kept``: those both hold
+    first, then a key only one holds (a term of another method, a member more)."""
     changed = [key for key in dict.fromkeys([*old, *new])
-               if old.get(key, ABSENT) != new.get(key, ABSENT) and not may_change(key)]
+               if old.get(key, ABSENT) != new.get(key, ABSENT) and not may_change(key, kept)]
     direct = [k for k in changed if k in old and k in new]
     return direct + [k for k in changed if k not in direct]
 

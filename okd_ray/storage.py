@@ -67,6 +67,14 @@ class RunStore:
         self.fs.move(tmp, self.path(name))
         file_event()
 
+    def copy_from(self, folder: str, name: str) -> None:
+        """The local ``folder``, copied to ``name`` in the store."""
+        pafs.copy_files(folder, self.path(name), destination_filesystem=self.fs)
+
+    def copy_to(self, name: str, folder: str) -> None:
+        """``name`` in the store, copied to the local ``folder``."""
+        pafs.copy_files(self.path(name), folder, source_filesystem=self.fs)
+
     def read_bytes(self, name: str) -> bytes:
         with self.fs.open_input_stream(self.path(name)) as f:
             return f.read()

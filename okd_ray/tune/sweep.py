@@ -28,6 +28,7 @@ from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, Term
 from okd_ray.lock import LOCK, folder_lock
 from okd_ray.metrics import union_table
 from okd_ray.population import parts_of, plan_population
+from okd_ray.runfolder import MAY_CHANGE, changed_keys, differences, dotted
 from okd_ray.report import SEARCH, TEST_SELECTION_WARNING, chosen_test_result, number, rank_trials
 from okd_ray.storage import RunStore
 from okd_ray.terminal import console, fitted_table, short_names, warn
@@ -98,12 +99,15 @@ def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -
     if options.resume and options.overwrite:
         raise ConfigError("--resume continues the sweep and --overwrite replaces it; give one of them")
     if options.resume:
+        held = yaml.safe_load(store.read_text(SEARCH)) if store.exists(SEARCH) else None
+        if held is not None:
+            check_same_sweep(sweep, held)
         if not tune.Tuner.can_restore(_absolute(sweep.path)):
-            raise ConfigError(f"--resume: no sweep to resume at {sweep.path}; check --storage-path and --name")
-        if store.exists(SEARCH):  # the sweep goes on as it started, whatever these options say
-            held = yaml.safe_load(store.read_text(SEARCH))
-            options.metrics, options.modes, options.num_samples = held["metric"], held["mode"], held["num_samples"]
-            options.select_on_test = held.get("selected_on") == "test"
+            if held is None:
+                raise ConfigError(f"--resume: no sweep to resume at {sweep.path}; check --storage-path and --name")
+            warn(f"sweep {sweep.path} stopped before Tune saved its state, before any trial could finish: it starts "
+                 f"again, as {SEARCH} there says it began")
+            options.resume, options.overwrite = False, True
     elif store.exists() and not options.overwrite:
         raise ConfigError(f"sweep folder {sweep.path} exists: continue that sweep with --resume, replace it with "
                           "--overwrite, or give another --name")
@@ -200,6 +204,8 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
         for name in store.names():
             if name != LOCK:
                 store.delete(name)
+    if not store.exists(SEARCH):  # before any trial: a sweep killed at any moment resumes as it began
+        store.write_text(SEARCH, yaml.safe_dump(sweep_record(sweep), sort_keys=False))
     try:
         with ray_output(sweep.options.quiet):
             # trials print nothing of their own (each run is quiet), so their workers' output (Tune's
@@ -210,11 +216,6 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
                 results = tuner(sweep).fit()  # the first Ctrl-C or SIGTERM stops the trials and saves the sweep
     except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM, or one before Tune took over
         raise Interrupted(f"sweep interrupted; continue with: {sweep.options.resume_command}", signal_of(e)) from None
-    if not sweep.options.resume:  # how --resume goes on, and what the report needs to draw each key's axis
-        store.write_text(SEARCH, yaml.safe_dump({"metric": sweep.options.metrics, "mode": sweep.options.modes,
-                                                 "selected_on": selected_on(sweep.options.metrics),
-                                                 "num_samples": sweep.options.num_samples,
-                                                 "search": sweep.raw_space}, sort_keys=False))
     with ray_output(quiet=True):  # each trial's status, read back without repeating Tune's warnings
         trials = tune.ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials
     rows = trial_rows(trials, sweep)
@@ -245,6 +246,40 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
         console().print(f"sweep folder: {sweep.path}; best_config.yaml is the config of trial {best['trial_id']} "
                         f"({metric} {best[metric]:.4g} after {best['epochs']} epochs). {result}", soft_wrap=True)
     return rows
+
+
+def sweep_record(sweep: Sweep) -> dict[str, Any]:
+    """What ``search.yaml`` keeps of a sweep, written before its first trial: how it selects (metric, mode: also
+    what the report draws each key's axis from), how many trials, the space, the trials' config, and the command
+    that continues it."""
+    opts = sweep.options
+    return {"metric": opts.metrics, "mode": opts.modes, "selected_on": selected_on(opts.metrics),
+            "num_samples": opts.num_samples, "scheduler": opts.scheduler, "search": sweep.raw_space,
+            "config": sweep.raw_config, "command": opts.resume_command}
+
+
+OPTIONS = {"metric": "--metric", "mode": "--mode", "num_samples": "--num-samples", "scheduler": "--scheduler"}
+SWEEP_MAY_CHANGE = tuple(k for k in MAY_CHANGE if k != "epochs")  # the trials' budget is the sweep's own
+
+
+def check_same_sweep(sweep: Sweep, held: dict[str, Any]) -> None:
+    """``--resume`` goes on with the options, the space and the config the sweep began with (``held``, its
+    ``search.yaml``); any other is an error naming them, before any trial: trials run with other values would
+    mix two sweeps in one."""
+    now = sweep_record(sweep)
+    changed = [f"{flag} is {held[key]!r} there, {now[key]!r} here" for key, flag in OPTIONS.items()
+               if key in held and held[key] != now[key]]
+    for section, kept in (("search", ()), ("config", SWEEP_MAY_CHANGE)):  # the space's keys, the config's
+        if section in held:
+            old, new = (held[section], now[section]) if section == "search" else (dotted(held[section]),
+                                                                                  dotted(now[section]))
+            keys = changed_keys(old, new, kept)
+            changed += [f"{section}: {differences(keys, old, new, 'there', 'here')}"] if keys else []
+    if changed:
+        raise ConfigError(
+            f"--resume: sweep {sweep.path} began with other values ({'; '.join(changed)}). A sweep goes on as it "
+            f"began: continue it with {held.get('command', 'the command that started it, with --resume')}, or "
+            "start another sweep with another --name (or replace this one with --overwrite)")
 
 
 @contextlib.contextmanager

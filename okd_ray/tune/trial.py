@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
-from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 from ray import tune
+from ray.train._internal.session import get_storage
 
 from okd_ray.checkpoint import FOLDER as CHECKPOINTS
-from okd_ray.checkpoint import MANIFEST, start_from
+from okd_ray.checkpoint import MANIFEST, Checkpoint, read_manifest, start_from
 from okd_ray.config import TrainConfig, apply_overrides, validate
 from okd_ray.engines import part_bundles
-from okd_ray.errors import TrainingDiverged
+from okd_ray.errors import OkdRayError, TrainingDiverged
 from okd_ray.methods import Need
 from okd_ray.metrics import TIMINGS
 from okd_ray.population import PartId, parts_of
 from okd_ray.population.spec import fusion_term
-from okd_ray.run import train
+from okd_ray.run import held_rows, train
+from okd_ray.runfolder import check_resumable, check_same_run
 from okd_ray.storage import RunStore
 
 from .space import params_to_overrides
@@ -84,18 +85,8 @@ def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
     config = validate(apply_overrides(raw_config, params_to_overrides(params)))
     # MLflow hears of the trial from Tune's callback (tune/sweep.py), which the trial's run does not repeat
     config = config.model_copy(update={"logging": [name for name in config.logging if name != "mlflow"]})
-    run_dir = Path(tune.get_context().get_trial_dir()) / "run"
-    restored = tune.get_checkpoint()
-    if restored is None:  # a first start, or a retry before any checkpoint: whatever an attempt left is redone
-        shutil.rmtree(run_dir, ignore_errors=True)
-    else:  # resume, a retry, or PBT's exploit of a better trial (with new values)
-        with restored.as_directory() as folder:
-            own = run_dir / MANIFEST
-            if not (own.exists() and own.read_text() == (Path(folder) / MANIFEST).read_text()):
-                # another trial's checkpoint, or an older one: the run folder starts over from it
-                shutil.rmtree(run_dir, ignore_errors=True)
-                shutil.copytree(Path(folder) / CHECKPOINTS, run_dir / CHECKPOINTS)
-                start_from(RunStore(str(run_dir)))
+    store = RunStore(f"{trial_folder()}/run")
+    seen = starting_point(store, config, tune.get_checkpoint())
 
     def report(epoch: int, rows: list[dict], saved: bool) -> None:
         metrics = trial_metrics(rows, config)
@@ -103,10 +94,59 @@ def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            shutil.copytree(run_dir / CHECKPOINTS, Path(folder) / CHECKPOINTS)
+            store.copy_to(CHECKPOINTS, f"{folder}/{CHECKPOINTS}")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
+    # What the run folder finished after Tune's checkpoint (Tune's state lagged behind a kill) is reported again,
+    # not trained again.
+    latest, held = read_manifest(store).latest if store.exists(MANIFEST) else None, held_rows(store)
+    for epoch in range(seen.epoch + 1 if seen else 1, latest.epoch + 1 if latest else 0):
+        report(epoch, [r for r in held if r["epoch"] == epoch], epoch == latest.epoch)
     try:
-        train(config, run_dir=str(run_dir), quiet=True, on_epoch=report)
+        train(config, run_dir=store.uri, quiet=True, on_epoch=report)
     except TrainingDiverged as e:
         tune.report({**{name: math.nan for name in metric_names(config)}, "diverged": str(e)})
+
+
+URI_SCHEMES = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}  # pyarrow.fs type names -> URI schemes
+
+
+def trial_folder() -> str:
+    """The trial's folder on the sweep's storage (a local path or a URI). Not ``get_trial_dir()``: that is a
+    staging folder of one Tune session, which a resumed sweep never reads again, so every trial would start over."""
+    storage = get_storage()
+    if isinstance(storage.storage_filesystem, pafs.LocalFileSystem):
+        return storage.trial_fs_path
+    return f"{URI_SCHEMES[storage.storage_filesystem.type_name]}://{storage.trial_fs_path}"
+
+
+def starting_point(store: RunStore, config: TrainConfig, restored: tune.Checkpoint | None) -> Checkpoint | None:
+    """Make ``store`` hold what this trial goes on from, and return Tune's checkpoint of it (None: Tune has none),
+    after which Tune has no results. The trial's own run goes on when Tune's checkpoint is one of its own (a
+    resumed sweep, a retry) or Tune has none; else the folder starts over: empty, or from Tune's checkpoint
+    (PBT's exploit of a better trial, with new values)."""
+    if restored is None:
+        if not holds_own_run(store, config, None):
+            store.delete()  # whatever an attempt left is redone
+        return None
+    with restored.as_directory() as folder:
+        seen = read_manifest(RunStore(folder)).latest
+        if not holds_own_run(store, config, seen):
+            store.delete()
+            store.copy_from(f"{folder}/{CHECKPOINTS}", CHECKPOINTS)
+            start_from(store)
+    return seen
+
+
+def holds_own_run(store: RunStore, config: TrainConfig, seen: Checkpoint | None) -> bool:
+    """Whether ``store`` holds this trial's own run (its config, its files intact), with a checkpoint and, if Tune
+    holds one (``seen``), that one among its own: then the trial goes on from the folder's newest checkpoint."""
+    try:
+        manifest = read_manifest(store)
+        if manifest is None or manifest.latest is None or (seen is not None and seen not in manifest.checkpoints):
+            return False
+        check_same_run(store, config)
+        check_resumable(store)
+    except OkdRayError:
+        return False
+    return True
