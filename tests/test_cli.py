@@ -1,5 +1,11 @@
 """The okd-ray command: bad input gets a clear error that names the fix, before any work starts."""
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,6 +93,67 @@ def test_an_unreachable_cluster_fails_at_once_naming_the_address(okd_ray, tmp_pa
     okd_ray.assert_error(result, 2, "error: cannot reach a Ray cluster at 127.0.0.1:1 (Connection refused); "
                          "check --address (ray.address) and that the cluster runs: `ray status` on its head node")
     assert time.monotonic() - started < 30, "Ray's own retries took over"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def token_cluster():
+    """A real cluster as a user starts one, with Ray's token authentication (``RAY_AUTH_MODE=token ray start
+    --head``); its address. ``--block`` keeps ``ray start`` in the foreground, and stopping it stops the cluster."""
+    folder = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head = subprocess.Popen([Path(sys.executable).parent / "ray", "start", "--head", "--block", "--port", str(port),
+                             "--temp-dir", folder, "--num-cpus", "1", "--include-dashboard", "false",
+                             "--disable-usage-stats"], env={**os.environ, "RAY_AUTH_MODE": "token",
+                                                            "RAY_AUTH_TOKEN": "a" * 32},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while subprocess.run([Path(sys.executable).parent / "ray", "status", "--address", f"127.0.0.1:{port}"], capture_output=True,
+                         env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "a" * 32}).returncode:
+        assert head.poll() is None and time.monotonic() < deadline, "ray start did not come up"
+        time.sleep(1)
+    yield f"127.0.0.1:{port}"
+    head.terminate()
+    head.wait(timeout=60)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("client, sent", [({}, "this process sends none: RAY_AUTH_MODE is unset"),
+                                          ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "b" * 32},
+                                           "the token it sends was refused")], ids=["no-token", "another-token"])
+def test_a_cluster_that_refuses_the_token_is_one_error_at_once_saying_what_to_set(token_cluster, okd_ray, tmp_path,
+                                                                                  client, sent):
+    """Ray itself retries for 20 s, a line a second, then calls the cluster unreachable (check --address)."""
+    env = {k: v for k, v in okd_ray.env.items() if not k.startswith("RAY_AUTH")}
+    started = time.monotonic()
+    result = subprocess.run(okd_ray.argv("train", "engine=ray", f"output_dir={tmp_path / 'runs'}", "--address",
+                                         token_cluster, "--quiet"), cwd=tmp_path, env={**env, **client},
+                            capture_output=True, text=True, timeout=120)
+    okd_ray.assert_error(result, 2, f"error: the Ray cluster at {token_cluster} requires its authentication token "
+                         f"(it runs with RAY_AUTH_MODE=token) and {sent}. Set RAY_AUTH_MODE=token and give the "
+                         "cluster's token: in ~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+    assert "InvalidAuthToken" not in result.stderr and time.monotonic() - started < 20
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["members=[{arch: cnn16, replicas: 1000}, {arch: cnn32, replicas: 1000}]", "engine=local"],
+     "members.0.replicas=1000: each replica takes a share of every batch, and data.batch_size=64 has only 64 images "
+     "to share; give members.0.replicas=64 or fewer, or a data.batch_size of 1000 or more"),
+    (["members=[{arch: cnn16, replicas: 1000}, {arch: cnn32, replicas: 1000}]", "engine=ray"],
+     "members.0.replicas=1000: each replica takes a share of every batch"),
+    (["members=[{arch: cnn16, replicas: 2}, {arch: cnn32, replicas: 2}]", "data.train_limit=33", "data.batch_size=16"],
+     "members.0.replicas=2: the last batch of every epoch holds 1 image(s) (33 training images in batches of "
+     "data.batch_size=16), too few for a share per replica: a replica's share would be empty. Give a "
+     "data.batch_size that leaves at least 2 (data.batch_size=15), or another data.train_limit"),
+], ids=["above-the-batch", "above-the-batch-ray", "an-empty-last-share"])
+def test_replicas_a_batch_cannot_share_out_are_refused_before_anything_starts(okd_ray, tmp_path, args, expected):
+    """1000 replicas hung for minutes (Ray: then a C++ abort); an empty share made a NaN loss, blamed on the
+    learning rate."""
+    result = okd_ray.run("train", *args, f"output_dir={tmp_path / 'runs'}", "--quiet", timeout=120)
+    okd_ray.assert_error(result, 2, f"error: {expected}")
     assert not (tmp_path / "runs").exists()
 
 

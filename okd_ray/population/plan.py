@@ -83,6 +83,7 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
                 f"that differ from the ring's common shape {common}; set method.transfer.learn=true to learn "
                 "transfer layers, or choose members whose last feature maps agree"
             )
+    check_replica_shares(config, dataset)
     check_fusion(config.method.method)
     for term_spec in config.method.method.terms:  # each term's own check of the population, before any part
         term_spec.term.check(config)
@@ -94,6 +95,30 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
             check_trunk_hooks(config.method.name, spec, nets[0].split(spec.trunk_stages)[0])
     num_eval = {split: dataset.num_eval_batches(split) for split in ("val", "test")}
     return PopulationPlan(info, shapes, common, dataset.num_train_batches(), num_eval, specs, dataset)
+
+
+def check_replica_shares(config: TrainConfig, dataset: Dataset) -> None:
+    """Every replica's share of every training batch holds an image. Refused, not skipped: an empty share's mean
+    loss is NaN, and every term, the fusion and batch norm would have to treat it apart (DDP's sampler never makes
+    one: it repeats images until every replica has as many)."""
+    batch = config.data.batch_size
+    images = getattr(dataset, "num_train_images", lambda: None)()  # None: a plugin's data set that does not say
+    last = batch if images is None else images - (dataset.num_train_batches() - 1) * batch
+    for k, member in enumerate(config.members):
+        if member.replicas > batch:
+            raise ConfigError(
+                f"members.{k}.replicas={member.replicas}: each replica takes a share of every batch, and "
+                f"data.batch_size={batch} has only {batch} images to share; give members.{k}.replicas={batch} or "
+                f"fewer, or a data.batch_size of {member.replicas} or more")
+        if member.replicas > last:
+            fits = next((b for b in range(batch, member.replicas - 1, -1)
+                         if images % b == 0 or images % b >= member.replicas), None)
+            raise ConfigError(
+                f"members.{k}.replicas={member.replicas}: the last batch of every epoch holds {last} image(s) "
+                f"({images} training images in batches of data.batch_size={batch}), too few for a share per "
+                f"replica: a replica's share would be empty. Give a data.batch_size that leaves at least "
+                f"{member.replicas}" + (f" (data.batch_size={fits})" if fits else "") + ", or another "
+                "data.train_limit")
 
 
 def check_fusion(method: Method) -> None:
