@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from okd_ray.errors import ConfigError, FileDamaged
+from okd_ray.errors import NOT_WRITABLE, ConfigError, FileDamaged, FolderNotWritable
 
 
 class RunStore:
@@ -50,22 +52,34 @@ class RunStore:
         info = self.fs.get_file_info(self.path(name))
         if info.type == pafs.FileType.NotFound:
             return
-        if info.type == pafs.FileType.Directory:
-            self.fs.delete_dir(info.path)
-        else:
-            self.fs.delete_file(info.path)
+        with self.writing(name):
+            if info.type == pafs.FileType.Directory:
+                self.fs.delete_dir(info.path)
+            else:
+                self.fs.delete_file(info.path)
         file_event()
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write to a temporary name, then move: a crash mid-write never spoils the last good file."""
-        parent = posixpath.dirname(self.path(name))
-        self.fs.create_dir(parent, recursive=True)
         tmp = self.path(name + ".tmp")
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(data)
+        with self.writing(name):
+            self.fs.create_dir(posixpath.dirname(self.path(name)), recursive=True)
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
         file_event()
-        self.fs.move(tmp, self.path(name))
+        with self.writing(name):
+            self.fs.move(tmp, self.path(name))
         file_event()
+
+    @contextlib.contextmanager
+    def writing(self, name: str) -> Iterator[None]:
+        """A folder okd-ray may not write (read-only, another user's) is one message naming it, not a traceback."""
+        try:
+            yield
+        except OSError as e:
+            if e.errno not in NOT_WRITABLE:
+                raise
+            raise FolderNotWritable(self.path(name), self.uri, os.strerror(e.errno)) from None
 
     def copy_from(self, folder: str, name: str) -> None:
         """The local ``folder``, copied to ``name`` in the store."""

@@ -157,6 +157,17 @@ def test_replicas_a_batch_cannot_share_out_are_refused_before_anything_starts(ok
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("run", [False, True], ids=["a-folder", "a-run-folder"])
+def test_a_config_path_that_is_a_folder_says_so(okd_ray, tmp_path, run):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    if run:
+        (folder / "config.yaml").write_text("epochs: 1\n")
+    fix = (f"to continue the run it holds: okd-ray train --resume {folder}; to train its config as a new run, give "
+           f"{folder}/config.yaml" if run else "give a YAML path, or none for the embedded default")
+    okd_ray.assert_error(okd_ray.run("train", folder, "--quiet"), 2, f"error: config file '{folder}' is a folder; {fix}")
+
+
 def test_an_output_dir_that_cannot_be_made_is_one_error_naming_it(okd_ray):
     okd_ray.assert_error(okd_ray.run("train", "output_dir=/proc/okd", "--quiet"), 2,
                          "error: cannot create the folder /proc/okd/digits-afd-",

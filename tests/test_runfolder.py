@@ -1,8 +1,11 @@
 """A run folder holds one run: named after what ran, never mixed with another config, never left half-made,
 and Ctrl-C says how to continue. The okd-ray command runs in a subprocess wherever exit codes matter."""
 
+import contextlib
+import os
 import re
 import signal
+import subprocess
 
 import pyarrow.parquet as pq
 import pytest
@@ -152,6 +155,39 @@ def test_resuming_a_finished_run_says_so_and_starts_nothing(tiny_config, tmp_pat
             f"to train. To train it longer: okd-ray train --resume {run.run_dir} epochs=N, with N > 1"
             ) in " ".join(capsys.readouterr().out.split())
     assert snapshot(tmp_path / "run") == before
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """``folder`` and every folder in it may not be written: chmod, or for root (whom chmod does not stop) the
+    immutable attribute."""
+    folders = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+    if os.geteuid():
+        for f in folders:
+            f.chmod(0o555)
+    elif subprocess.run(["chattr", "+i", *folders], capture_output=True).returncode:
+        pytest.skip("this file system cannot make a folder read-only for root (chattr +i)")
+    try:
+        yield
+    finally:
+        if os.geteuid():
+            for f in folders:
+                f.chmod(0o755)
+        else:
+            subprocess.run(["chattr", "-i", *folders], check=True)
+
+
+def test_a_read_only_folder_is_one_error_naming_it_for_resume_and_report(tiny_config, tmp_path, okd_ray):
+    folder = tmp_path / "run"
+    train(tiny_config("epochs=1", *TINY), run_dir=str(folder), quiet=True)
+    before = snapshot(folder)
+    with read_only(folder):
+        resumed = okd_ray.run("train", "--resume", folder, "epochs=2", "--quiet")
+        reported = okd_ray.run("report", folder)
+    fix = f"make {folder} writable, or copy it to a folder you may write and give the copy"
+    okd_ray.assert_error(resumed, 2, f"error: cannot write {folder}/.okd-ray.lock (", fix)
+    okd_ray.assert_error(reported, 2, f"error: cannot write {folder}/report/report.md (", fix)
+    assert snapshot(folder) == before
 
 
 def test_sigterm_stops_a_ray_run_like_ctrl_c_with_exit_code_143(tmp_path, okd_ray):

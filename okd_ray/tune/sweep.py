@@ -22,7 +22,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
+from okd_ray.config import TrainConfig, apply_overrides, check_file, dump_config, load_yaml, read_raw, validate
 from okd_ray.engines import connect, part_bundles
 from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, Terminated, signal_of
 from okd_ray.lock import LOCK, folder_lock
@@ -437,8 +437,7 @@ def load_sweep_files(config_path: str | None, overrides: list[str], space_path: 
     raw = read_raw(config_path)
     raw_space = raw.pop("search", None)
     if space_path is not None:
-        if not Path(space_path).is_file():
-            raise ConfigError(f"--space {space_path!r} not found")
+        check_file(Path(space_path), f"--space {space_path!r}", "give a YAML file that holds the search space")
         loaded = load_yaml(Path(space_path).read_text(), space_path) or {}
         raw_space = loaded.get("search", loaded) if isinstance(loaded, dict) else loaded
     if raw_space is None:
