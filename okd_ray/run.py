@@ -112,6 +112,8 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
     engine = trackers = None
     status = "failed"  # how the trackers see this attempt end
     try:
+        display.message(f"training {config.run_name} into {store.uri}: epochs={config.epochs}, "
+                        f"{plan.num_train_batches} steps each, engine={config.engine}")
         engine = make_engine(config, plan)
         resumed = load_checkpoint(engine, store)
         held = held_rows(store)

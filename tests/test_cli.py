@@ -168,6 +168,31 @@ def test_a_config_path_that_is_a_folder_says_so(okd_ray, tmp_path, run):
     okd_ray.assert_error(okd_ray.run("train", folder, "--quiet"), 2, f"error: config file '{folder}' is a folder; {fix}")
 
 
+def test_version(okd_ray):
+    from okd_ray import __version__
+
+    result = okd_ray.run("--version")
+    assert (result.returncode, result.stdout) == (0, f"okd-ray {__version__}\n")
+
+
+def test_without_a_terminal_a_line_comes_as_the_run_starts_and_epoch_lines_fit_80_columns(okd_ray, tmp_path):
+    """Piped, there is no progress bar: the first line used to come when epoch 1 ended. FFL with a validation
+    split makes the longest epoch lines (two splits of four parts each), which wrapped at 80 columns."""
+    folder = tmp_path / "run"
+    process = okd_ray.start("train", "method.name=ffl", "data.validation=0.1", "epochs=2", "data.batch_size=8",
+                            "data.train_limit=400", "data.test_limit=64", "--run-dir", folder)
+    first = process.stdout.readline()
+    assert first.startswith(f"training digits-ffl into {folder}: epochs=2, 45 steps each, engine=local"), first
+    assert not (folder / "metrics.parquet").exists(), "the first line came after epoch 1 ended"
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    lines = [first, *out.splitlines()]
+    epoch = lines.index(next(line for line in lines if line.startswith("epoch 1/2")))
+    assert lines[epoch + 1].startswith("  val top-1: m0:cnn16 ") and "fused" in lines[epoch + 1]
+    assert lines[epoch + 2].startswith("  test top-1: m0:cnn16 ") and "ensemble" in lines[epoch + 2]
+    assert max(len(line.rstrip()) for line in lines[1:]) <= 80, out
+
+
 def test_an_output_dir_that_cannot_be_made_is_one_error_naming_it(okd_ray):
     okd_ray.assert_error(okd_ray.run("train", "output_dir=/proc/okd", "--quiet"), 2,
                          "error: cannot create the folder /proc/okd/digits-afd-",

@@ -35,6 +35,7 @@ from okd_ray.terminal import console, fitted_table, short_names, warn
 from okd_ray.trackers import check_trackers
 from okd_ray.trackers.mlflow import sweep_callback
 
+from .progress import SweepProgress
 from .space import params_to_overrides, parse_space
 from .trial import TRAINABLE_CPUS, metric_names, run_trial, trial_resources
 
@@ -172,8 +173,8 @@ def tuner(sweep: Sweep) -> tune.Tuner:
         # retries are for lost workers and nodes; a diverged trial ends without an error (see run_trial)
         failure_config=tune.FailureConfig(max_failures=2),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4),  # PBT may still need a trial's older one
-        verbose=0 if opts.quiet else 1,
-        callbacks=[sweep_callback(RunStore(sweep.path), opts.name)] if "mlflow" in config.logging else None,
+        verbose=0,  # okd-ray prints its own lines instead (sweep_callbacks)
+        callbacks=sweep_callbacks(sweep),
     )
     if opts.resume:
         return tune.Tuner.restore(_absolute(sweep.path), trainable, resume_unfinished=True, resume_errored=True)
@@ -187,6 +188,14 @@ def tuner(sweep: Sweep) -> tune.Tuner:
         ),
         run_config=run_config,
     )
+
+
+def sweep_callbacks(sweep: Sweep) -> list[tune.Callback]:
+    """A line per trial event on the terminal (unless ``--quiet``), and with ``logging: [mlflow]`` Tune's MLflow
+    callback."""
+    opts = sweep.options
+    return ([] if opts.quiet else [SweepProgress(opts.metrics[0], sweep.config.epochs)]) + (
+        [sweep_callback(RunStore(sweep.path), opts.name)] if "mlflow" in sweep.config.logging else [])
 
 
 def run_sweep(sweep: Sweep, address: str | None = None) -> list[dict]:
@@ -212,6 +221,11 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
             # checkpoint lines, workers stopped at the end) stays in Ray's log files
             connect(address, log_to_driver=False)
             _resolve_auto_resources(sweep)
+            if not sweep.options.quiet:
+                console().print(f"sweep {sweep.options.name}: {sweep.options.num_samples} trials of "
+                                f"{sweep.config.epochs} epochs into {sweep.path}, selecting on "
+                                f"{sweep.options.metrics[0]}; every trial's curves: tensorboard --logdir "
+                                f"{_absolute(sweep.path)}", soft_wrap=True)
             with sigterm_as_ctrl_c() as stopped:
                 results = tuner(sweep).fit()  # the first Ctrl-C or SIGTERM stops the trials and saves the sweep
     except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM, or one before Tune took over
@@ -328,17 +342,15 @@ ENDED = ("diverged", "error")  # trials that ended without a result
 
 @contextlib.contextmanager
 def ray_output(quiet: bool):
-    """Never Tune's ``Tuner.restore(...)`` hint (okd-ray prints its own command); with ``quiet``, nothing of
-    the driver's Ray, Tune or Optuna output either."""
+    """Nothing of Tune's own output (okd-ray prints a line per trial event, the table and its own commands) or of
+    Optuna's notes; with ``quiet``, nothing of Ray's logs either."""
     logging.getLogger("ray.tune.tune").addFilter(_no_restore_hint)
-    if not quiet:
-        yield
-        return
     ray_logger, optuna_verbosity = logging.getLogger("ray"), optuna.logging.get_verbosity()
     ray_level, air_output = ray_logger.level, os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter is silent at verbose=0; the new one is not
-    ray_logger.setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if quiet:
+        ray_logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:

@@ -179,6 +179,24 @@ def test_a_sweep_killed_hard_resumes_from_its_own_files_and_never_trains_a_finis
     assert figure.axes[0].get_xscale() == "log"
 
 
+def test_a_sweep_prints_a_line_per_trial_event_not_tunes_tables(ray_cluster, tmp_path, okd_ray):
+    """Without --quiet, Tune printed a box of every trial every 30 s and pointed TensorBoard into a folder of Ray's
+    session; now a line per event, and TensorBoard at the sweep folder, where each trial's events are."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    result = okd_ray.run("tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
+                         "--storage-path", tmp_path, "--name", "p", "--address", address)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (trial,) = pq.read_table(tmp_path / "p" / "trials.parquet").to_pylist()
+    lines = result.stdout.splitlines()
+    assert lines[0] == (f"sweep p: 1 trials of 1 epochs into {tmp_path}/p, selecting on mean_val_top1; every trial's "
+                        f"curves: tensorboard --logdir {tmp_path}/p")
+    assert lines[1].startswith(f"trial {trial['trial_id']} started: weight=")
+    assert lines[2:4] == [f"trial {trial['trial_id']} epoch 1/1: mean_val_top1 {trial['mean_val_top1']:.4g}",
+                          f"trial {trial['trial_id']} finished"]
+    assert not any(c in result.stdout for c in "╭│") and "/tmp/ray/session" not in result.stdout + result.stderr
+    assert list((tmp_path / "p").glob("*/events.out.tfevents.*")), "no TensorBoard events where the line points"
+
+
 def test_sigterm_during_a_sweep_goes_to_the_ctrl_c_handler_in_place_and_is_remembered():
     seen = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))  # as Tune's graceful stop
