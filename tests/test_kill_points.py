@@ -15,14 +15,12 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from okd_ray.checkpoint import read_manifest
 from okd_ray.metrics import TIMINGS
-from okd_ray.storage import KILL_AFTER, RunStore
+from okd_ray.storage import KILL_AFTER
 
 RUNNER = """
 import json, os, sys
 import okd_ray.run, sklearn.datasets, torch._dynamo  # noqa: F401 - imported once: every run below forks from here
-from okd_ray.checkpoint import read_manifest
 from okd_ray.cli import main
 from okd_ray.storage import RunStore
 

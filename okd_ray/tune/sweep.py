@@ -213,13 +213,14 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
         for name in store.names():
             if name != LOCK:
                 store.delete(name)
-    if not store.exists(SEARCH):  # before any trial: a sweep killed at any moment resumes as it began
-        store.write_text(SEARCH, yaml.safe_dump(sweep_record(sweep), sort_keys=False))
+    began = None if store.exists(SEARCH) else yaml.safe_dump(sweep_record(sweep), sort_keys=False)  # as given
     try:
         with ray_output(sweep.options.quiet):
             # trials print nothing of their own (each run is quiet), so their workers' output (Tune's
             # checkpoint lines, workers stopped at the end) stays in Ray's log files
             connect(address, log_to_driver=False)
+            if began is not None:  # before any trial: a sweep killed at any moment resumes as it began
+                store.write_text(SEARCH, began)
             _resolve_auto_resources(sweep)
             if not sweep.options.quiet:
                 console().print(f"sweep {sweep.options.name}: {sweep.options.num_samples} trials of "
