@@ -111,8 +111,8 @@ def finished(folder: Path, config) -> bool:
     if dump_config(held) != dump_config(config):  # stricter than a resume: epochs count too
         raise SystemExit(f"{folder} holds a run of another config (budget or settings changed); "
                          "give a new --runs folder so that every method keeps the same budget")
-    manifest = read_manifest(store)
-    return manifest is not None and manifest.latest.epoch >= config.epochs
+    manifest = read_manifest(store)  # since okd-ray records the config before a run's first checkpoint: none yet
+    return manifest is not None and manifest.latest is not None and manifest.latest.epoch >= config.epochs
 
 
 def train_one(method: str, seed: int, runs: Path, overrides: list[str], kept: Path | None = None) -> str:

@@ -2,7 +2,9 @@
 
 A checkpoint exists once the manifest lists it. The manifest keeps the newest checkpoint and the one before it,
 each shard with the size and sha256 its part wrote, so a resume can tell a damaged shard and fall back one
-checkpoint. Shards are state dicts, loaded with ``weights_only=True``.
+checkpoint. Shards are state dicts, loaded with ``weights_only=True``. The manifest also records what the
+checkpoints continue, so that a resume can tell an edited or lost file of the run folder: the config they were
+trained with, and for each checkpoint the sha256 of the metrics rows of its epochs.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pyarrow.fs as pafs
 import torch
@@ -37,15 +39,17 @@ class Checkpoint:
     elapsed: float  # training seconds so far
     folder: str  # the shards' folder, under the run
     shards: dict[str, Shard | None]  # part key (m0, m1, fused, trunk) -> its shard (None: not recorded)
+    metrics: str | None = None  # the sha256 of the metrics rows of epochs 1 to ``epoch`` (None: not recorded)
 
 
 @dataclass(frozen=True)
 class Manifest:
-    checkpoints: list[Checkpoint]  # newest first
+    checkpoints: list[Checkpoint]  # newest first; none before the run's first checkpoint
+    config: dict | None = None  # the resolved config the checkpoints were trained with (None: not recorded)
 
     @property
-    def latest(self) -> Checkpoint:
-        return self.checkpoints[0]
+    def latest(self) -> Checkpoint | None:
+        return self.checkpoints[0] if self.checkpoints else None
 
 
 def shard_folder(epoch: int) -> str:
@@ -86,10 +90,28 @@ def read_manifest(store: RunStore) -> Manifest | None:
         if "parts" in raw:  # an older okd-ray's: one checkpoint, its shards' names only
             return Manifest([Checkpoint(raw["epoch"], raw["elapsed"], raw["folder"], dict.fromkeys(raw["parts"]))])
         return Manifest([Checkpoint(c["epoch"], c["elapsed"], c["folder"],
-                                    {k: Shard(**s) if s else None for k, s in c["shards"].items()})
-                         for c in raw["checkpoints"]])
+                                    {k: Shard(**s) if s else None for k, s in c["shards"].items()}, c.get("metrics"))
+                         for c in raw["checkpoints"]], raw.get("config"))
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointDamaged(store.path(MANIFEST), f"cannot be read ({e})") from None
+
+
+def write_manifest(store: RunStore, manifest: Manifest) -> None:
+    store.write_text(MANIFEST, json.dumps(asdict(manifest), indent=1))
+
+
+def record_config(store: RunStore, config: dict) -> None:
+    """Record ``config`` as the one the run trains with (before its metrics hold a row of it), keeping the
+    checkpoints the manifest lists."""
+    held = read_manifest(store)
+    write_manifest(store, Manifest(held.checkpoints if held else [], config))
+
+
+def start_from(store: RunStore) -> None:
+    """The checkpoints of ``store`` (copied from another run: a Tune trial's exploit) start a new run there: what
+    the manifest recorded of the run they came from (its config, its metrics) no longer applies."""
+    held = read_manifest(store)
+    write_manifest(store, Manifest([replace(c, metrics=None) for c in held.checkpoints]))
 
 
 def commit(store: RunStore, checkpoint: Checkpoint) -> None:
@@ -98,11 +120,11 @@ def commit(store: RunStore, checkpoint: Checkpoint) -> None:
     held = read_manifest(store)
     earlier = [c for c in (held.checkpoints if held else []) if c.epoch < checkpoint.epoch]
     kept = [checkpoint, *earlier][:KEPT]
-    store.write_text(MANIFEST, json.dumps(asdict(Manifest(kept)), indent=1))
+    write_manifest(store, Manifest(kept, held.config if held else None))
     folders = {c.folder.rsplit("/", 1)[-1] for c in kept}
     for info in store.fs.get_file_info(pafs.FileSelector(store.path(FOLDER))):
         if info.type == pafs.FileType.Directory and info.base_name not in folders:
-            store.fs.delete_dir(info.path)
+            store.delete(f"{FOLDER}/{info.base_name}")
 
 
 def load_shards(store: RunStore) -> dict[str, dict]:

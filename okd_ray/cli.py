@@ -10,6 +10,7 @@ import sys
 
 from rich.text import Text
 
+from okd_ray import __version__
 from okd_ray.errors import Interrupted, NoResult, OkdRayError, Terminated, signal_of
 from okd_ray.terminal import console
 
@@ -100,6 +101,7 @@ def checkpoint_epoch(text: str) -> int | str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="okd-ray", description="Online knowledge distillation on Ray.")
+    parser.add_argument("--version", action="version", version=f"okd-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
         "train", help="train a population",

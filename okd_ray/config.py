@@ -238,9 +238,19 @@ def read_raw(path: str | Path | None = None) -> dict[str, Any]:
     if path is None:
         return raw_from_text(default_config_text(), "the embedded default")
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} not found; give a YAML path, or none for the embedded default")
+    check_file(p, f"config file {str(p)!r}", "give a YAML path, or none for the embedded default")
     return raw_from_text(p.read_text(), str(p))
+
+
+def check_file(path: Path, what: str, fix: str) -> None:
+    """Raise unless ``path`` is a file: ``what`` is not found, or is a folder (a run folder: how to continue it)."""
+    if path.is_dir():
+        run = (path / "config.yaml").is_file()
+        raise ConfigError(f"{what} is a folder; " + (
+            f"to continue the run it holds: okd-ray train --resume {path}; to train its config as a new run, give "
+            f"{path / 'config.yaml'}" if run else f"{fix}"))
+    if not path.is_file():
+        raise ConfigError(f"{what} not found; {fix}")
 
 
 def raw_from_text(text: str, source: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Errors a user can act on: each message says what was wrong and how to fix it."""
 
 import difflib
+import errno
 import signal
 from collections.abc import Iterable
 
@@ -46,6 +47,19 @@ class TrainingDiverged(OkdRayError, RuntimeError):
         return TrainingDiverged(*self.args[:-1], kept)
 
 
+class TermFailed(OkdRayError):
+    """A term of the method (a plugin's, most often) raised, or returned what is not a loss, in a part's step at an
+    epoch and step (both from 1); ``where`` is the term's own line that raised, or its file."""
+
+    def __init__(self, part: str, term: str, epoch: int, step: int, problem: str, where: str):
+        super().__init__(part, term, epoch, step, problem, where)
+        self.part, self.term, self.epoch, self.step, self.problem, self.where = part, term, epoch, step, problem, where
+
+    def __str__(self) -> str:
+        return (f"{self.part}: the loss of term {self.term!r} {self.problem} at epoch {self.epoch}, step {self.step}; "
+                f"fix it in {self.where}")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a scheduler's stop), raised where Ctrl-C raises KeyboardInterrupt, so that both stop
     the work the same way, keeping what it finished; only the exit code differs."""
@@ -76,15 +90,38 @@ class NoResult(OkdRayError):
     """The work ran but nothing of it can be used (no trial of a sweep finished); exit code 1, not 2."""
 
 
-class CheckpointDamaged(OkdRayError):
-    """A checkpoint file is missing or differs from what its manifest recorded."""
+class FileDamaged(OkdRayError):
+    """A file of a run folder is missing, cannot be read, or differs from what the manifest recorded of it."""
+
+    what = "file"
 
     def __init__(self, path: str, problem: str, fix: str = ""):
         super().__init__(path, problem, fix)  # the fields are the args: a pickled copy (from an actor) is equal
         self.path, self.problem, self.fix = path, problem, fix
 
     def __str__(self) -> str:
-        return f"checkpoint file {self.path} {self.problem}{self.fix}"
+        return f"{self.what} {self.path} {self.problem}{self.fix}"
+
+
+class CheckpointDamaged(FileDamaged):
+    """A checkpoint file (a shard, the manifest) is damaged: a resume falls back to the checkpoint before."""
+
+    what = "checkpoint file"
+
+
+class FolderNotWritable(OkdRayError):
+    """okd-ray may not write in a folder it works in (read-only, another user's): ``NOT_WRITABLE`` errors."""
+
+    def __init__(self, path: str, folder: str, reason: str):
+        super().__init__(path, folder, reason)
+        self.path, self.folder, self.reason = path, folder, reason
+
+    def __str__(self) -> str:
+        return (f"cannot write {self.path} ({self.reason}): make {self.folder} writable, or copy it to a folder you "
+                "may write and give the copy")
+
+
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # an OSError's errno where a folder may not be written
 
 
 class FolderLocked(OkdRayError):

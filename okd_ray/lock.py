@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-from okd_ray.errors import ConfigError, FolderLocked
+from okd_ray.errors import NOT_WRITABLE, ConfigError, FolderLocked, FolderNotWritable
 from okd_ray.storage import RunStore
 
 LOCK = ".okd-ray.lock"
@@ -51,7 +51,12 @@ def folder_lock(store: RunStore, on_takeover: Callable[[str], None]) -> Iterator
 def acquire(path: Path, on_takeover: Callable[[str], None]) -> int:
     """The open, flocked lock file ``path``, now naming this process."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only folder: okd-ray writes there, the lock first
+            if e.errno not in NOT_WRITABLE:
+                raise
+            raise FolderNotWritable(str(path), str(path.parent), e.strerror) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -118,3 +120,10 @@ def to_table(rows: list[dict]) -> pa.Table:
     schema = pa.schema([(c, pa.string()) if c in IDENTITY and c != "epoch" else (c, pa.int64()) if c == "epoch"
                         else (c, pa.float64()) for c in names])
     return pa.Table.from_pylist([{c: row.get(c) for c in names} for row in rows], schema=schema)
+
+
+def digest(rows: list[dict]) -> str:
+    """The sha256 of ``rows`` as ``metrics.parquet`` holds them, whatever the file's encoding and whatever columns
+    later rows add (None is no value): what the manifest records of a checkpoint's epochs."""
+    text = json.dumps([{k: v for k, v in sorted(row.items()) if v is not None} for row in rows])
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -48,17 +48,35 @@ class RunDisplay:
         self.stop()
         if self.quiet:
             return
-        accuracies = "  ".join(
-            f"{split} top-1: " + "  ".join(f"{r['part']} {r[f'{split}_top1']:.2f}" for r in rows
-                                          if r.get(f"{split}_top1") is not None)
-            for split in ("val", "test") if any(r.get(f"{split}_top1") is not None for r in rows))
-        self.console.print(f"epoch {epoch + 1}/{epochs} ({seconds:.1f} s)  {accuracies}")
+        groups = [[f"epoch {epoch + 1}/{epochs} ({seconds:.1f} s)"]]
+        for split in ("val", "test"):
+            scores = [f"{r['part']} {r[f'{split}_top1']:.2f}" for r in rows if r.get(f"{split}_top1") is not None]
+            groups += [[f"{split} top-1: {scores[0]}", *scores[1:]]] if scores else []
+        for line in fitted_lines(groups, self.console.width):
+            self.console.print(line, soft_wrap=True)
         if epoch + 1 == epochs:
             self.console.print(epoch_table(rows, f"after epoch {epoch + 1}"))
 
     def message(self, text: str) -> None:
         if not self.quiet:
             self.console.print(text, soft_wrap=True)
+
+
+def fitted_lines(groups: list[list[str]], width: int) -> list[str]:
+    """Groups of words, two spaces apart, in lines no wider than ``width``: a group that does not fit the line it
+    would join starts a line of its own (indented), and no word (a part's name and its accuracy) is broken."""
+    lines: list[str] = []
+    for group in groups:
+        if lines and len(lines[-1]) + 2 + len("  ".join(group)) > width:
+            lines.append("  ")
+        for word in group:
+            if not lines:
+                lines.append(word)
+            elif lines[-1].strip() and len(lines[-1]) + 2 + len(word) > width:
+                lines.append("  " + word)
+            else:
+                lines[-1] += ("  " if lines[-1].strip() else "") + word
+    return lines
 
 
 def epoch_table(rows: list[dict], title: str) -> Table:

@@ -15,10 +15,10 @@ from okd_ray.errors import (CheckpointDamaged, ConfigError, Interrupted, Populat
                             signal_of)
 from okd_ray.checkpoint import MANIFEST, Checkpoint, commit, read_manifest, shard_folder
 from okd_ray.lock import folder_lock
-from okd_ray.metrics import epoch_means, to_table
+from okd_ray.metrics import digest, epoch_means, to_table
 from okd_ray.population import PartId, PopulationPlan, parts_of, plan_population
 from okd_ray.progress import RunDisplay
-from okd_ray.runfolder import CONFIG, METRICS, check_resumable, check_same_run, write_config
+from okd_ray.runfolder import CONFIG, METRICS, check_resumable, check_same_run, start_over, write_config
 from okd_ray.storage import RunStore
 from okd_ray.terminal import warn
 from okd_ray.trackers import Trackers, check_trackers
@@ -57,9 +57,27 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
         check_same_run(store, config)
         check_resumable(store)
         check_trackers(config, store)
-        result = run_with_restarts(config, plan, store, display, on_epoch)
+        result = finished_run(config, store, display) or run_with_restarts(config, plan, store, display, on_epoch)
     display.message(f"run folder: {store.uri}")
     return result
+
+
+def finished_run(config: TrainConfig, store: RunStore, display: RunDisplay) -> RunResult | None:
+    """The run of ``store``, saying so, if its last checkpoint has every epoch ``config`` asks for: nothing
+    starts. None otherwise."""
+    manifest = read_manifest(store)
+    latest = manifest.latest if manifest is not None else None
+    if latest is None or latest.epoch < config.epochs:
+        return None
+    display.message(f"{store.uri} has finished: its last checkpoint holds all {latest.epoch} epochs "
+                    f"(epochs={config.epochs}), so there is nothing to train. To train it longer: okd-ray train "
+                    f"--resume {store.uri} epochs=N, with N > {latest.epoch}")
+    return RunResult(store.uri, [r for r in held_rows(store) if r["epoch"] <= latest.epoch], latest.elapsed)
+
+
+def held_rows(store: RunStore) -> list[dict]:
+    """The rows ``metrics.parquet`` of ``store`` holds (checked against the manifest by ``check_resumable``)."""
+    return store.read_table(METRICS).to_pylist() if store.exists(METRICS) else []
 
 
 def run_with_restarts(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay,
@@ -95,15 +113,19 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
     engine = trackers = None
     status = "failed"  # how the trackers see this attempt end
     try:
+        display.message(f"training {config.run_name} into {store.uri}: epochs={config.epochs}, "
+                        f"{plan.num_train_batches} steps each, engine={config.engine}")
         engine = make_engine(config, plan)
         resumed = load_checkpoint(engine, store)
-        if resumed is not None:
-            start_epoch, elapsed = resumed.epoch, resumed.elapsed
-            held = store.read_table(METRICS).to_pylist() if store.exists(METRICS) else []
+        held = held_rows(store)
+        if resumed is not None or held:  # held rows alone: the run stopped before its first checkpoint
+            start_epoch, elapsed = (resumed.epoch, resumed.elapsed) if resumed is not None else (0, 0.0)
             rows = [r for r in held if r["epoch"] <= start_epoch]
             last = max((r["epoch"] for r in held), default=0)
             again = f" (epochs {start_epoch + 1} to {last} in {METRICS} are trained again)" * (last > start_epoch)
-            display.message(f"resuming {store.uri} after epoch {start_epoch}{again}")
+            where = (f"after epoch {start_epoch}" if start_epoch else
+                     "from epoch 1, as it stopped before its first checkpoint")
+            display.message(f"resuming {store.uri} {where}{again}")
         trackers = Trackers(config, store, start_epoch, plan.num_train_batches)
         for epoch in range(start_epoch, config.epochs):  # 0-based here; from 1 in metrics and on screen
             started = time.perf_counter()
@@ -121,11 +143,13 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             done = epoch + 1
             epoch_rows = make_rows(config, done, lrs, train_stats, eval_stats, seconds, elapsed)
             if epoch == start_epoch:  # the results below belong to this config; an earlier report is stale
-                write_config(store, config)
-                store.write_text(RECORD, ModelInputs.of(plan.dataset).to_json())  # what loading a model needs
                 if engine.placement():
                     store.write_text("placement.json", json.dumps(engine.placement(), indent=1))
                 store.delete("report")
+                store.write_text(RECORD, ModelInputs.of(plan.dataset).to_json())  # what loading a model needs
+                write_config(store, config)
+            # The metrics first, then the shards, then the manifest that makes them a checkpoint: a kill anywhere
+            # leaves the last checkpoint and at most this epoch's rows, which a resume trains again.
             table = to_table(rows + epoch_rows)
             store.write_table(METRICS, table)
             rows = table.to_pylist()  # as the file holds them: every column in every row
@@ -134,7 +158,7 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             saved_now = done % config.checkpoint_every == 0 or done == config.epochs
             if saved_now:
                 folder = shard_folder(done)
-                commit(store, Checkpoint(done, elapsed, folder, engine.save(store, folder)))
+                commit(store, Checkpoint(done, elapsed, folder, engine.save(store, folder), digest(rows)))
             display.end_epoch(epoch, config.epochs, epoch_rows, seconds)
             if on_epoch is not None:
                 on_epoch(done, epoch_rows, saved_now)
@@ -157,15 +181,11 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
 
 
 def load_checkpoint(engine: Engine, store: RunStore) -> Checkpoint | None:
-    """Load the newest intact checkpoint of ``store`` into the parts (None: a new run). A damaged newest one
-    falls back to the one before it, saying so; with none intact the error names the damaged files."""
-    start_over = (f"no intact checkpoint is left to resume from: start the run over with "
-                  f"okd-ray train {store.uri}/{CONFIG}")
-    try:
-        manifest = read_manifest(store)
-    except CheckpointDamaged as e:
-        raise CheckpointDamaged(e.path, e.problem, f"; {start_over}") from None
-    if manifest is None:
+    """Load the newest intact checkpoint of ``store`` into the parts (None: a new run, or one stopped before its
+    first checkpoint). A damaged newest one falls back to the one before it, saying so; with none intact the error
+    names the damaged files."""
+    manifest = read_manifest(store)
+    if manifest is None or manifest.latest is None:
         return None
     damaged: list[tuple[Checkpoint, CheckpointDamaged]] = []
     for checkpoint in manifest.checkpoints:
@@ -180,15 +200,16 @@ def load_checkpoint(engine: Engine, store: RunStore) -> Checkpoint | None:
         return checkpoint
     (_, first), earlier = damaged[0], damaged[1:]
     also = "".join(f"; the checkpoint of epoch {c.epoch} is unusable too ({e})" for c, e in earlier)
-    raise CheckpointDamaged(first.path, first.problem, f"{also}; {start_over}")
+    raise CheckpointDamaged(first.path, first.problem,
+                            f"{also}; no intact checkpoint is left to resume from: {start_over(store)}")
 
 
 def kept(store: RunStore, what: str) -> str:
     """Where the last checkpoint of ``store`` is and its epoch, or that there is none yet."""
     manifest = read_manifest(store)
-    if manifest is not None:
+    if manifest is not None and manifest.latest is not None:
         return f"the {what} (epoch {manifest.latest.epoch}) is kept in {store.path(MANIFEST)}"
-    return "no checkpoint had been written yet"
+    return "no checkpoint had been written yet (a resume starts from epoch 1)"
 
 
 def resume(run_dir: str, overrides: list[str] = (), quiet: bool = False) -> RunResult:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import posixpath
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from okd_ray.errors import ConfigError
+from okd_ray.errors import NOT_WRITABLE, ConfigError, FileDamaged, FolderNotWritable
 
 
 class RunStore:
@@ -46,19 +50,44 @@ class RunStore:
     def delete(self, name: str = "") -> None:
         """Remove the file or folder ``name`` (by default the whole store), if it is there."""
         info = self.fs.get_file_info(self.path(name))
-        if info.type == pafs.FileType.Directory:
-            self.fs.delete_dir(info.path)
-        elif info.type == pafs.FileType.File:
-            self.fs.delete_file(info.path)
+        if info.type == pafs.FileType.NotFound:
+            return
+        with self.writing(name):
+            if info.type == pafs.FileType.Directory:
+                self.fs.delete_dir(info.path)
+            else:
+                self.fs.delete_file(info.path)
+        file_event()
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write to a temporary name, then move: a crash mid-write never spoils the last good file."""
-        parent = posixpath.dirname(self.path(name))
-        self.fs.create_dir(parent, recursive=True)
         tmp = self.path(name + ".tmp")
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(data)
-        self.fs.move(tmp, self.path(name))
+        with self.writing(name):
+            self.fs.create_dir(posixpath.dirname(self.path(name)), recursive=True)
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
+        file_event()
+        with self.writing(name):
+            self.fs.move(tmp, self.path(name))
+        file_event()
+
+    @contextlib.contextmanager
+    def writing(self, name: str) -> Iterator[None]:
+        """A folder okd-ray may not write (read-only, another user's) is one message naming it, not a traceback."""
+        try:
+            yield
+        except OSError as e:
+            if e.errno not in NOT_WRITABLE:
+                raise
+            raise FolderNotWritable(self.path(name), self.uri, os.strerror(e.errno)) from None
+
+    def copy_from(self, folder: str, name: str) -> None:
+        """The local ``folder``, copied to ``name`` in the store."""
+        pafs.copy_files(folder, self.path(name), destination_filesystem=self.fs)
+
+    def copy_to(self, name: str, folder: str) -> None:
+        """``name`` in the store, copied to the local ``folder``."""
+        pafs.copy_files(self.path(name), folder, source_filesystem=self.fs)
 
     def read_bytes(self, name: str) -> bytes:
         with self.fs.open_input_stream(self.path(name)) as f:
@@ -76,4 +105,22 @@ class RunStore:
         self.write_bytes(name, buffer.getvalue())
 
     def read_table(self, name: str) -> pa.Table:
-        return pq.read_table(self.path(name), filesystem=self.fs)
+        try:
+            return pq.read_table(self.path(name), filesystem=self.fs)
+        except pa.ArrowInvalid as e:  # truncated, or not Parquet at all
+            raise FileDamaged(self.path(name), f"cannot be read ({str(e).splitlines()[0]})") from None
+
+
+KILL_AFTER = "OKD_RAY_KILL_AFTER_FILE_EVENTS"
+_file_events = 0
+
+
+def file_event() -> None:
+    """A file of a run folder was written, moved into place or deleted. For tests only: with
+    OKD_RAY_KILL_AFTER_FILE_EVENTS=N, the process SIGKILLs itself after its Nth event, so that a test can stop a
+    run at each instant of its folder (tests/test_kill_points.py); unset, it does nothing."""
+    global _file_events
+    if KILL_AFTER in os.environ:
+        _file_events += 1
+        if _file_events == int(os.environ[KILL_AFTER]):
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -115,6 +115,25 @@ def local_runs(tmp_path_factory):
 
 
 @pytest.fixture
+def first_checkpoint():
+    """Waits (up to ``timeout`` seconds) until the run in ``run_dir`` has committed its first checkpoint: its
+    manifest lists one (the manifest is written before, with the run's config alone)."""
+    from okd_ray.checkpoint import read_manifest
+    from okd_ray.storage import RunStore
+
+    def wait(run_dir, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            manifest = read_manifest(RunStore(str(run_dir))) if (Path(run_dir) / "checkpoints").exists() else None
+            if manifest is not None and manifest.latest is not None:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{run_dir}: no checkpoint within {timeout} s")
+
+    return wait
+
+
+@pytest.fixture
 def flat_state():
     """``flatten``, for a test that compares parts' state dicts."""
     return flatten

@@ -4,6 +4,7 @@ real okd-ray command."""
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -120,3 +121,30 @@ def test_a_run_of_an_older_okd_ray_resumes_from_its_manifest_without_digests(tin
     assert result.returncode == 0, result.stderr
     assert f"resuming {folder} after epoch 1" in result.stdout
     assert [c.epoch for c in read_manifest(RunStore(str(folder))).checkpoints] == [2, 1]
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "changed"])
+def test_metrics_lost_or_damaged_are_refused_naming_the_file(tiny_config, tmp_path, okd_ray, damage):
+    """The manifest records each checkpoint's metrics rows (their sha256): a resume never drops or rewrites the
+    history it continues, and never shows a pyarrow traceback."""
+    folder = tmp_path / "run"
+    train(tiny_config("epochs=2", *TINY), run_dir=str(folder), quiet=True)
+    metrics = folder / "metrics.parquet"
+    if damage == "deleted":
+        metrics.unlink()
+    elif damage == "truncated":
+        metrics.write_bytes(metrics.read_bytes()[:100])
+    else:
+        table = pq.read_table(metrics)
+        pq.write_table(table.set_column(table.schema.get_field_index("test_top1"), "test_top1",
+                                        pa.array([99.0] * len(table))), metrics)
+    problem = {"deleted": "is missing: the checkpoint of epoch 2 continues the history of epochs 1 to 2 it held",
+               "truncated": "cannot be read (Could not open Parquet input source",
+               "changed": "was changed: its rows of epochs 1 to 2 are not those checkpoints/manifest.json records"}
+    before = snapshot(folder)
+    okd_ray.assert_error(okd_ray.run("train", "--resume", folder, "epochs=3", "--quiet"), 2,
+                         f"error: file {metrics} {problem[damage]}",
+                         f"put it back as it was, or start the run over with okd-ray train {folder}/config.yaml")
+    assert snapshot(folder) == before
+    if damage == "truncated":  # the report too names the file
+        okd_ray.assert_error(okd_ray.run("report", folder), 2, f"error: file {metrics} cannot be read")

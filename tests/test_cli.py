@@ -1,5 +1,11 @@
 """The okd-ray command: bad input gets a clear error that names the fix, before any work starts."""
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,6 +94,103 @@ def test_an_unreachable_cluster_fails_at_once_naming_the_address(okd_ray, tmp_pa
                          "check --address (ray.address) and that the cluster runs: `ray status` on its head node")
     assert time.monotonic() - started < 30, "Ray's own retries took over"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def token_cluster():
+    """A real cluster as a user starts one, with Ray's token authentication (``RAY_AUTH_MODE=token ray start
+    --head``); its address. ``--block`` keeps ``ray start`` in the foreground, and stopping it stops the cluster."""
+    folder = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head = subprocess.Popen([Path(sys.executable).parent / "ray", "start", "--head", "--block", "--port", str(port),
+                             "--temp-dir", folder, "--num-cpus", "1", "--include-dashboard", "false",
+                             "--disable-usage-stats"], env={**os.environ, "RAY_AUTH_MODE": "token",
+                                                            "RAY_AUTH_TOKEN": "a" * 32},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while subprocess.run([Path(sys.executable).parent / "ray", "status", "--address", f"127.0.0.1:{port}"], capture_output=True,
+                         env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "a" * 32}).returncode:
+        assert head.poll() is None and time.monotonic() < deadline, "ray start did not come up"
+        time.sleep(1)
+    yield f"127.0.0.1:{port}"
+    head.terminate()
+    head.wait(timeout=60)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("client, sent", [({}, "this process sends none: RAY_AUTH_MODE is unset"),
+                                          ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "b" * 32},
+                                           "the token it sends was refused")], ids=["no-token", "another-token"])
+def test_a_cluster_that_refuses_the_token_is_one_error_at_once_saying_what_to_set(token_cluster, okd_ray, tmp_path,
+                                                                                  client, sent):
+    """Ray itself retries for 20 s, a line a second, then calls the cluster unreachable (check --address)."""
+    env = {k: v for k, v in okd_ray.env.items() if not k.startswith("RAY_AUTH")}
+    started = time.monotonic()
+    result = subprocess.run(okd_ray.argv("train", "engine=ray", f"output_dir={tmp_path / 'runs'}", "--address",
+                                         token_cluster, "--quiet"), cwd=tmp_path, env={**env, **client},
+                            capture_output=True, text=True, timeout=120)
+    okd_ray.assert_error(result, 2, f"error: the Ray cluster at {token_cluster} requires its authentication token "
+                         f"(it runs with RAY_AUTH_MODE=token) and {sent}. Set RAY_AUTH_MODE=token and give the "
+                         "cluster's token: in ~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+    assert "InvalidAuthToken" not in result.stderr and time.monotonic() - started < 20
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["members=[{arch: cnn16, replicas: 1000}, {arch: cnn32, replicas: 1000}]", "engine=local"],
+     "members.0.replicas=1000: each replica takes a share of every batch, and data.batch_size=64 has only 64 images "
+     "to share; give members.0.replicas=64 or fewer, or a data.batch_size of 1000 or more"),
+    (["members=[{arch: cnn16, replicas: 1000}, {arch: cnn32, replicas: 1000}]", "engine=ray"],
+     "members.0.replicas=1000: each replica takes a share of every batch"),
+    (["members=[{arch: cnn16, replicas: 2}, {arch: cnn32, replicas: 2}]", "data.train_limit=33", "data.batch_size=16"],
+     "members.0.replicas=2: the last batch of every epoch holds 1 image(s) (33 training images in batches of "
+     "data.batch_size=16), too few for a share per replica: a replica's share would be empty. Give a "
+     "data.batch_size that leaves at least 2 (data.batch_size=15), or another data.train_limit"),
+], ids=["above-the-batch", "above-the-batch-ray", "an-empty-last-share"])
+def test_replicas_a_batch_cannot_share_out_are_refused_before_anything_starts(okd_ray, tmp_path, args, expected):
+    """1000 replicas hung for minutes (Ray: then a C++ abort); an empty share made a NaN loss, blamed on the
+    learning rate."""
+    result = okd_ray.run("train", *args, f"output_dir={tmp_path / 'runs'}", "--quiet", timeout=120)
+    okd_ray.assert_error(result, 2, f"error: {expected}")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("run", [False, True], ids=["a-folder", "a-run-folder"])
+def test_a_config_path_that_is_a_folder_says_so(okd_ray, tmp_path, run):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    if run:
+        (folder / "config.yaml").write_text("epochs: 1\n")
+    fix = (f"to continue the run it holds: okd-ray train --resume {folder}; to train its config as a new run, give "
+           f"{folder}/config.yaml" if run else "give a YAML path, or none for the embedded default")
+    okd_ray.assert_error(okd_ray.run("train", folder, "--quiet"), 2, f"error: config file '{folder}' is a folder; {fix}")
+
+
+def test_version(okd_ray):
+    from okd_ray import __version__
+
+    result = okd_ray.run("--version")
+    assert (result.returncode, result.stdout) == (0, f"okd-ray {__version__}\n")
+
+
+def test_without_a_terminal_a_line_comes_as_the_run_starts_and_epoch_lines_fit_80_columns(okd_ray, tmp_path):
+    """Piped, there is no progress bar: the first line used to come when epoch 1 ended. FFL with a validation
+    split makes the longest epoch lines (two splits of four parts each), which wrapped at 80 columns."""
+    folder = tmp_path / "run"
+    process = okd_ray.start("train", "method.name=ffl", "data.validation=0.1", "epochs=2", "data.batch_size=8",
+                            "data.train_limit=400", "data.test_limit=64", "--run-dir", folder)
+    first = process.stdout.readline()
+    assert first.startswith(f"training digits-ffl into {folder}: epochs=2, 45 steps each, engine=local"), first
+    assert not (folder / "metrics.parquet").exists(), "the first line came after epoch 1 ended"
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    lines = [first, *out.splitlines()]
+    epoch = lines.index(next(line for line in lines if line.startswith("epoch 1/2")))
+    assert lines[epoch + 1].startswith("  val top-1: m0:cnn16 ") and "fused" in lines[epoch + 1]
+    assert lines[epoch + 2].startswith("  test top-1: m0:cnn16 ") and "ensemble" in lines[epoch + 2]
+    assert max(len(line.rstrip()) for line in lines[1:]) <= 80, out
 
 
 def test_an_output_dir_that_cannot_be_made_is_one_error_naming_it(okd_ray):

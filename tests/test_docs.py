@@ -21,3 +21,17 @@ def test_the_cpu_only_install_line_pins_the_torch_the_project_allows():
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     allowed = dict(re.findall(r"^(torch|torchvision)>=[\d.]+,<=([\d.]+)", "\n".join(dependencies), re.M))
     assert pins == allowed and "--index-url https://download.pytorch.org/whl/cpu" in line
+
+
+def test_the_readme_gives_afds_adam_rates_as_the_code_and_the_embedded_default_set_them():
+    """It said Adam 2e-5 where the embedded default runs 2e-4."""
+    from okd_ray.config import load_config
+    from okd_ray.methods.adversarial import Adversarial
+
+    code = load_config(None, ["method.feature_update={}", "method.terms.adversarial={}"])
+    for config, rate, said in ((code, 2e-5, "(by default Adam 2e-5,"),
+                               (load_config(), 2e-4, "The embedded default (`okd_ray/configs/default.yaml`), the "
+                                                     "Fashion-MNIST\n  configs and `tune-digits.yaml` set 2e-4")):
+        assert config.method.feature_update.optimizer.lr == rate
+        assert config.method.settings(Adversarial.name).discriminator_optimizer.lr == rate
+        assert said in README, said

@@ -6,15 +6,18 @@ import signal
 
 import pytest
 
-from okd_ray.errors import (CheckpointDamaged, ClusterUnreachable, FolderLocked, Interrupted, TrainingDiverged,
-                            Terminated, signal_of)
+from okd_ray.errors import (CheckpointDamaged, ClusterUnreachable, FileDamaged, FolderLocked, FolderNotWritable,
+                            Interrupted, TermFailed, TrainingDiverged, Terminated, signal_of)
 
 ERRORS = [
     TrainingDiverged("m0:cnn16", "ring_kl", float("nan"), 2, 7, ("members.0.optimizer.lr", "method.ring_kl.weight")),
     TrainingDiverged("fused", "fusion_ce", float("inf"), 1, 3, ("method.fusion.optimizer.lr",), "kept in x"),
     CheckpointDamaged("/r/checkpoints/epoch-0002/m0.pt", "is missing"),
     CheckpointDamaged("/r/checkpoints/manifest.json", "cannot be read (bad JSON)", "; start the run over"),
+    FileDamaged("/r/metrics.parquet", "is missing", "; put it back"),
     FolderLocked("/r", 4242, "node-1", "2026-12-01T00:00:00"),
+    FolderNotWritable("/r/.okd-ray.lock", "/r", "Read-only file system"),
+    TermFailed("m0:cnn16", "mine", 1, 3, "raised ValueError: no", "/p/mine.py:12"),
     ClusterUnreachable("10.0.0.1:6379", "Connection refused"),
     Interrupted("interrupted; continue with: okd-ray train --resume /r", signal.SIGTERM),
 ]

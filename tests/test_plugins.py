@@ -254,3 +254,45 @@ def test_a_terms_refusal_on_ray_is_one_message_before_any_actor_starts(clashing,
                          f"output_dir={tmp_path / 'runs'}")
     okd_ray.assert_error(result, 2, "method needs-three: give at least 3 members, got 2")
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+FAILING_TERMS = '''
+import torch.nn.functional as F
+
+from okd_ray.methods import CrossEntropy, Term, register_method
+
+
+class WrongShapes(Term):
+    name = "wrong_shapes"
+
+    def loss(self, batch):
+        return (batch.logits @ batch.logits).mean()  # (32, 10) @ (32, 10): a shape error, deep in torch
+
+
+class PerSample(Term):
+    name = "per_sample"
+
+    def loss(self, batch):
+        return F.cross_entropy(batch.logits, batch.labels, reduction="none")  # one loss per image
+
+
+register_method("raises", [CrossEntropy, WrongShapes])
+register_method("per-sample", [CrossEntropy, PerSample])
+'''
+
+
+@pytest.mark.parametrize("engine", ["local"])
+@pytest.mark.parametrize("method, problem", [
+    ("raises", "the loss of term 'wrong_shapes' raised RuntimeError: mat1 and mat2 shapes cannot be multiplied "
+               "(32x10 and 32x10) at epoch 1, step 1; fix it in {plugin}:11"),
+    ("per-sample", "the loss of term 'per_sample' returned a tensor of shape (32,), not one number (a 0-d tensor: "
+                   "reduce it, e.g. with .mean()) at epoch 1, step 1; fix it in {plugin}"),
+])
+def test_a_plugin_term_that_fails_is_one_error_naming_the_term_the_part_and_its_line(plugin_file, okd_ray, tmp_path,
+                                                                                     engine, method, problem):
+    """Before: a raw traceback (82 lines with ANSI codes on Ray) naming neither the term nor the part."""
+    plugin = plugin_file("failing_terms.py", FAILING_TERMS)
+    result = okd_ray.run("train", f"plugins=[{plugin}]", f"method.name={method}", f"engine={engine}", "epochs=1",
+                         "data.train_limit=64", "data.batch_size=32", f"output_dir={tmp_path / 'runs'}", "--quiet")
+    okd_ray.assert_error(result, 2, f"error: m0:cnn16: {problem.format(plugin=plugin)}")
+    assert not (tmp_path / "runs").exists(), "a run that failed in its first step leaves no folder"

@@ -1,13 +1,17 @@
 """A run folder holds one run: named after what ran, never mixed with another config, never left half-made,
 and Ctrl-C says how to continue. The okd-ray command runs in a subprocess wherever exit codes matter."""
 
+import contextlib
+import os
 import re
 import signal
+import subprocess
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from okd_ray.cli import main
 from okd_ray.errors import ConfigError
 from okd_ray.checkpoint import MANIFEST, read_manifest
 from okd_ray.run import resume, train
@@ -88,8 +92,8 @@ def test_a_failed_start_leaves_no_folder(ray_cluster, tiny_config, tmp_path):
 
 def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, okd_ray):
     folder = tmp_path / "run"
-    process = okd_ray.start_until(folder / MANIFEST, "train", "epochs=300", "data.train_limit=64",
-                                  "data.test_limit=32", "--run-dir", folder, "--quiet")
+    process = okd_ray.start_until(folder / "checkpoints" / "epoch-0002", "train", "epochs=300", "data.train_limit=64",
+                                  "data.test_limit=32", "--run-dir", folder, "--quiet")  # epoch 1's is committed
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -104,11 +108,94 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, okd_ray
     assert read_manifest(RunStore(str(folder))).latest.epoch == done + 1
 
 
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_epoch_one(tmp_path, okd_ray):
+    """With checkpoint_every > 1 the first epochs have metrics but no checkpoint: Ctrl-C there says so, and the
+    command it prints continues the folder (it was refused)."""
+    folder = tmp_path / "run"
+    process = okd_ray.start_until(folder / "metrics.parquet", "train", "epochs=300", "checkpoint_every=1000",
+                                  "data.train_limit=64", "data.test_limit=32", "--run-dir", folder, "--quiet")
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert " ".join(err.split()) == (f"interrupted; no checkpoint had been written yet (a resume starts from epoch 1);"
+                                     f" continue with: okd-ray train --resume {folder}")
+    held = max(pq.read_table(folder / "metrics.parquet").column("epoch").to_pylist())
+
+    resumed = okd_ray.run("train", "--resume", folder, "epochs=1")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (f"resuming {folder} from epoch 1, as it stopped before its first checkpoint (epochs 1 to {held} in "
+            "metrics.parquet are trained again)") in " ".join(resumed.stdout.split())
+    assert read_manifest(RunStore(str(folder))).latest.epoch == 1
+    assert {r["epoch"] for r in pq.read_table(folder / "metrics.parquet").to_pylist()} == {1}
+
+
+def test_an_edited_config_yaml_is_refused_naming_the_key_and_both_values(tiny_config, tmp_path, okd_ray):
+    """The manifest records the config the checkpoints were trained with: an edit of config.yaml (the file --resume
+    reads) would otherwise mix two configs in one folder without a word."""
+    run = train(tiny_config("epochs=1", *TINY), run_dir=str(tmp_path / "run"), quiet=True)
+    config = tmp_path / "run" / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.05", "lr: 0.5", 1))
+    before = snapshot(tmp_path / "run")
+    okd_ray.assert_error(
+        okd_ray.run("train", "--resume", run.run_dir, "epochs=2", "--quiet"), 2,
+        f"error: {config} was edited after its run began (members.0.optimizer.lr is 0.05 in the config the "
+        "checkpoints were trained with (checkpoints/manifest.json), 0.5 now). A run folder holds one run: put the "
+        f"values back to continue it, or train the edited config as a new run: okd-ray train {config}")
+    assert snapshot(tmp_path / "run") == before
+    # what a run may change as it goes on (its length) may be edited there too
+    config.write_text(config.read_text().replace("lr: 0.5", "lr: 0.05", 1).replace("epochs: 1", "epochs: 2"))
+    assert [r["epoch"] for r in resume(run.run_dir, quiet=True).rows][::3] == [1, 2]
+
+
+def test_resuming_a_finished_run_says_so_and_starts_nothing(tiny_config, tmp_path, capsys):
+    run = train(tiny_config("epochs=1", *TINY), run_dir=str(tmp_path / "run"), quiet=True)
+    before = snapshot(tmp_path / "run")
+    assert main(["train", "--resume", run.run_dir]) == 0
+    assert (f"{run.run_dir} has finished: its last checkpoint holds all 1 epochs (epochs=1), so there is nothing "
+            f"to train. To train it longer: okd-ray train --resume {run.run_dir} epochs=N, with N > 1"
+            ) in " ".join(capsys.readouterr().out.split())
+    assert snapshot(tmp_path / "run") == before
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """``folder`` and every folder in it may not be written: chmod, or for root (whom chmod does not stop) the
+    immutable attribute."""
+    folders = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+    if os.geteuid():
+        for f in folders:
+            f.chmod(0o555)
+    elif subprocess.run(["chattr", "+i", *folders], capture_output=True).returncode:
+        pytest.skip("this file system cannot make a folder read-only for root (chattr +i)")
+    try:
+        yield
+    finally:
+        if os.geteuid():
+            for f in folders:
+                f.chmod(0o755)
+        else:
+            subprocess.run(["chattr", "-i", *folders], check=True)
+
+
+def test_a_read_only_folder_is_one_error_naming_it_for_resume_and_report(tiny_config, tmp_path, okd_ray):
+    folder = tmp_path / "run"
+    train(tiny_config("epochs=1", *TINY), run_dir=str(folder), quiet=True)
+    before = snapshot(folder)
+    with read_only(folder):
+        resumed = okd_ray.run("train", "--resume", folder, "epochs=2", "--quiet")
+        reported = okd_ray.run("report", folder)
+    fix = f"make {folder} writable, or copy it to a folder you may write and give the copy"
+    okd_ray.assert_error(resumed, 2, f"error: cannot write {folder}/.okd-ray.lock (", fix)
+    okd_ray.assert_error(reported, 2, f"error: cannot write {folder}/report/report.md (", fix)
+    assert snapshot(folder) == before
+
+
 def test_sigterm_stops_a_ray_run_like_ctrl_c_with_exit_code_143(tmp_path, okd_ray):
     """engine=ray: ray.init replaces the SIGTERM handler with a plain exit; okd-ray's must survive it."""
     folder = tmp_path / "run"
-    process = okd_ray.start_until(folder / MANIFEST, "train", "engine=ray", "epochs=300", "data.train_limit=64",
-                                  "data.test_limit=32", "--run-dir", folder, "--quiet", timeout=180)
+    process = okd_ray.start_until(folder / "checkpoints" / "epoch-0002", "train", "engine=ray", "epochs=300",
+                                  "data.train_limit=64", "data.test_limit=32", "--run-dir", folder, "--quiet",
+                                  timeout=180)  # epoch 1's checkpoint is committed
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 143, err

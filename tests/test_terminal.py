@@ -1,5 +1,7 @@
 """What okd-ray prints: names as they are, and tables no wider than 80 columns with nothing cut."""
 
+import re
+
 import pytest
 
 from okd_ray.progress import epoch_table
@@ -45,10 +47,26 @@ def test_sweep_tables_fit_80_columns_and_cut_nothing(keys):
     assert max(len(line) for line in lines) <= 80 and "…" not in "".join(lines)
     if keys == 6:  # the values alone are wider than 80 columns: they wrap too, but nothing is cut
         return
-    for column in table.columns:  # a long header wraps over lines of its column's width, whole
-        pieces = [column.header[i: i + column.width] for i in range(0, len(column.header), column.width)]
-        assert all(any(piece in line for line in lines) for piece in pieces), (column.header, pieces)
+    assert_headers_wrap_between_words(lines, headers)
     assert all(any(f" {value} " in f" {line} " for line in lines) for value in row), lines  # each value whole
+
+
+def assert_headers_wrap_between_words(lines: list[str], headers: list[str]) -> None:
+    """Every piece of a header on screen is whole words of it (split at a ``.`` or ``_``), never a word's part."""
+    words = {h: re.findall(r"[^._]+|[._]", h) for h in headers}
+    whole = {"".join(w[i:j]) for w in words.values() for i in range(len(w)) for j in range(i + 1, len(w) + 1)}
+    header_lines = lines[1:next(i for i, line in enumerate(lines) if "─" in line)]  # under the title
+    pieces = [piece for line in header_lines for piece in line.split()]
+    assert pieces and all(piece in whole for piece in pieces), (pieces, headers)
+
+
+def test_sweep_table_headers_wrap_between_words():
+    """The sweep's own headers, which used to split mid-word (``optimizer.l`` over ``r``, ``discriminat``)."""
+    headers = ["trial", "optimizer.lr", "discriminator_optimizer.lr", "temperature", "weight", "epochs", "status",
+               "mean_val_top1"]
+    row = ["cafca7e5 *", "0.000141", "0.000196", "1", "1.25", "1", "done", "26.9"]
+    assert_headers_wrap_between_words(render(fitted_table("sweep k: 2 trials", headers, [row] * 2,
+                                                          left=("trial", "status"))), headers)
 
 
 def test_the_run_table_fits_80_columns_with_every_term_and_part():

@@ -70,4 +70,8 @@ class Dataset(Protocol):
 
     def num_train_batches(self) -> int: ...
 
+    def num_train_images(self) -> int:
+        """How many images an epoch trains on (the last batch holds what the others leave): replicas of a part
+        each take a share of every batch, so a batch smaller than the replica count is refused before a run."""
+
     def num_eval_batches(self, split: Split) -> int: ...

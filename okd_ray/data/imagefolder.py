@@ -90,7 +90,10 @@ class ImageFolderDataset:
                                  if config.augment else self._test_transform)
 
     def num_train_batches(self) -> int:
-        return math.ceil(len(self._train_indices) / self.batch_size)
+        return math.ceil(self.num_train_images() / self.batch_size)
+
+    def num_train_images(self) -> int:
+        return len(self._train_indices)
 
     def num_eval_batches(self, split: Split) -> int:
         return math.ceil(len(self._eval[split][1]) / self.test_batch_size)

@@ -65,7 +65,10 @@ class TensorDataset:
         self.normalisation = Normalisation(data.mean, data.std, data.max_value)
 
     def num_train_batches(self) -> int:
-        return math.ceil(len(self._train[1]) / self.batch_size)
+        return math.ceil(self.num_train_images() / self.batch_size)
+
+    def num_train_images(self) -> int:
+        return len(self._train[1])
 
     def num_eval_batches(self, split: Split) -> int:
         return math.ceil(len(self._eval[split][1]) / self.test_batch_size)

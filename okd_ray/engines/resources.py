@@ -26,6 +26,7 @@ from okd_ray.population.protocol import replicas_of
 
 CONNECT_TIMEOUT_S = 5.0  # to reach a given address; Ray's own retries would take minutes to give up
 PRELOAD = "RAY_preload_python_modules"  # read by a raylet as it starts: what its workers import once registered
+AUTH_MODE = "RAY_AUTH_MODE"  # token: this process sends the cluster's token (Ray's token authentication)
 
 
 def connect(address: str | None, log_to_driver: bool = True) -> None:
@@ -51,7 +52,9 @@ def connect(address: str | None, log_to_driver: bool = True) -> None:
 
 
 def check_reachable(address: str) -> None:
-    """Raise ClusterUnreachable unless something answers at ``address``'s host and port within a few seconds."""
+    """Raise ClusterUnreachable unless something answers at ``address``'s host and port within a few seconds; and
+    an error saying what to set when the cluster refuses this process's token. Ray itself would retry for 20 s,
+    printing a line a second, and then call the cluster unreachable."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return  # not host:port: Ray's own error says what is wrong with it
@@ -59,6 +62,28 @@ def check_reachable(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
         raise ClusterUnreachable(address, e.strerror or f"no answer within {CONNECT_TIMEOUT_S:g} s") from None
+    if address.startswith("ray://"):
+        return  # a Ray Client server: no GCS to ask
+    import grpc
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
+    from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
+
+    channel = init_grpc_channel(address)  # with this process's token where ray.init would send one
+    try:
+        NodeInfoGcsServiceStub(channel).GetClusterId(GetClusterIdRequest(), timeout=CONNECT_TIMEOUT_S)
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+            return  # whatever else it is, Ray's own connection says it
+        sent = ("the token it sends was refused" if is_token_auth_enabled() else
+                f"this process sends none: {AUTH_MODE} is {os.environ.get(AUTH_MODE, 'unset')}")
+        raise ConfigError(
+            f"the Ray cluster at {address} requires its authentication token (it runs with {AUTH_MODE}=token) and "
+            f"{sent}. Set {AUTH_MODE}=token and give the cluster's token: in ~/.ray/auth_token, RAY_AUTH_TOKEN or "
+            "RAY_AUTH_TOKEN_PATH (`ray get-auth-token` on its head node prints it)") from None
+    finally:
+        channel.close()
 
 
 def part_bundles(config: TrainConfig, spare_cpus: float = 0.0) -> list[dict[str, float]]:

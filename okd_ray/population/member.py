@@ -7,12 +7,16 @@ batch ``forward`` and ``update``; ``begin_eval``/``eval_next`` to test. What it 
 
 from __future__ import annotations
 
+import inspect
+import traceback
 from dataclasses import replace
+from types import TracebackType
 
 import torch
 
 from okd_ray.data.base import Dataset, Split
-from okd_ray.methods import PEER_NEEDS, Batch, Need, OwnedOptimizer, transfer_layer
+from okd_ray.errors import OkdRayError, TermFailed
+from okd_ray.methods import PEER_NEEDS, Batch, Need, OwnedOptimizer, Term, transfer_layer
 from okd_ray.optim import make_optimizer
 
 from .outgoing import map_tensors, outgoing
@@ -122,7 +126,7 @@ class Member(Part):
         )
         with self.rng.active(self.device):
             with self.precision.autocast():
-                losses = {term.name: term.loss(batch) for term in self.terms}
+                losses = {term.name: self._loss(term, batch) for term in self.terms}
             self.log(losses, self._term_keys, f"members.{self.index}.optimizer.lr",
                      *(["method.feature_update.optimizer.lr"] if "feature" in self.optimizers else []))
             after = self._step_network(batch, losses, fused)
@@ -161,7 +165,24 @@ class Member(Part):
         return self._feature_update(self, batch, outputs, grads, scale(self._weighted(losses, "feature")))
 
     def feature_loss(self, batch: Batch) -> torch.Tensor:
-        return self._weighted({t.name: t.loss(batch) for t in self.terms if t.update == "feature"}, "feature")
+        return self._weighted({t.name: self._loss(t, batch) for t in self.terms if t.update == "feature"}, "feature")
+
+    def _loss(self, term: Term, batch: Batch) -> torch.Tensor:
+        """``term.loss(batch)``; an error it raises, or a value that is not one number, is an error naming the term,
+        this part, the step and the term's line (an okd-ray error it raises stays as it is)."""
+        try:
+            loss = term.loss(batch)
+        except OkdRayError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a plugin's code: any error
+            raise TermFailed(self.name, term.name, self.epoch + 1, self.step_index + 1,
+                             f"raised {type(e).__name__}: {e}", code_line(type(term), e.__traceback__)) from None
+        if not isinstance(loss, torch.Tensor) or loss.ndim:  # shape only: no host sync
+            got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise TermFailed(self.name, term.name, self.epoch + 1, self.step_index + 1,
+                             f"returned {got}, not one number (a 0-d tensor: reduce it, e.g. with .mean())",
+                             inspect.getsourcefile(type(term)) or type(term).__qualname__)
+        return loss
 
     def step_features(self, feature_grads: tuple[torch.Tensor | None, ...]) -> None:
         """The feature optimizer steps on ``feature_grads`` (None where the feature loss does not reach)."""
@@ -187,6 +208,13 @@ class Member(Part):
         with self.rng.active(self.device), self.precision.autocast():
             feature, logits = self.deployed(x.to(self.device))
         return outgoing(MemberEval(feature if Need.FUSION in self.needs else None, logits, y))
+
+
+def code_line(cls: type, trace: TracebackType | None) -> str:
+    """``file:line`` of the innermost frame of ``trace`` in ``cls``'s own file (a plugin's term), else that file."""
+    source = inspect.getsourcefile(cls) or cls.__qualname__
+    lines = [f"{f.filename}:{f.lineno}" for f in traceback.extract_tb(trace) if f.filename == source]
+    return lines[-1] if lines else source
 
 
 def learned_with_member(terms: list, update: str) -> list[torch.nn.Parameter]:

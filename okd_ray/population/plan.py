@@ -54,6 +54,7 @@ def _cached_dataset(data_json: str, seed: int) -> Dataset:
 def plan_population(config: TrainConfig) -> PopulationPlan:
     """The run's data set, and every part's spec planned for it."""
     dataset = load_dataset(config.data, config.seed)
+    check_replica_shares(config, dataset)
     shapes, common, specs = plan_parts(config, dataset.info, dataset.num_train_batches())
     num_eval = {split: dataset.num_eval_batches(split) for split in ("val", "test")}
     return PopulationPlan(dataset.info, shapes, common, dataset.num_train_batches(), num_eval, specs, dataset)
@@ -102,6 +103,30 @@ def plan_parts(config: TrainConfig, info: DataInfo, steps_per_epoch: int
         elif isinstance(spec, TrunkSpec):
             check_trunk_hooks(config.method.name, spec, nets[0].split(spec.trunk_stages)[0])
     return shapes, common, specs
+
+
+def check_replica_shares(config: TrainConfig, dataset: Dataset) -> None:
+    """Every replica's share of every training batch holds an image. Refused, not skipped: an empty share's mean
+    loss is NaN, and every term, the fusion and batch norm would have to treat it apart (DDP's sampler never makes
+    one: it repeats images until every replica has as many)."""
+    batch = config.data.batch_size
+    images = getattr(dataset, "num_train_images", lambda: None)()  # None: a plugin's data set that does not say
+    last = batch if images is None else images - (dataset.num_train_batches() - 1) * batch
+    for k, member in enumerate(config.members):
+        if member.replicas > batch:
+            raise ConfigError(
+                f"members.{k}.replicas={member.replicas}: each replica takes a share of every batch, and "
+                f"data.batch_size={batch} has only {batch} images to share; give members.{k}.replicas={batch} or "
+                f"fewer, or a data.batch_size of {member.replicas} or more")
+        if member.replicas > last:
+            fits = next((b for b in range(batch, member.replicas - 1, -1)
+                         if images % b == 0 or images % b >= member.replicas), None)
+            raise ConfigError(
+                f"members.{k}.replicas={member.replicas}: the last batch of every epoch holds {last} image(s) "
+                f"({images} training images in batches of data.batch_size={batch}), too few for a share per "
+                f"replica: a replica's share would be empty. Give a data.batch_size that leaves at least "
+                f"{member.replicas}" + (f" (data.batch_size={fits})" if fits else "") + ", or another "
+                "data.train_limit")
 
 
 def check_fusion(method: Method) -> None:

@@ -22,18 +22,20 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from okd_ray.config import TrainConfig, apply_overrides, dump_config, load_yaml, read_raw, validate
+from okd_ray.config import TrainConfig, apply_overrides, check_file, dump_config, load_yaml, read_raw, validate
 from okd_ray.engines import connect, part_bundles, release_hosts
 from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, Terminated, signal_of
 from okd_ray.lock import LOCK, folder_lock
 from okd_ray.metrics import union_table
 from okd_ray.population import parts_of, plan_population
+from okd_ray.runfolder import MAY_CHANGE, changed_keys, differences, dotted
 from okd_ray.report import SEARCH, TEST_SELECTION_WARNING, chosen_test_result, number, rank_trials
 from okd_ray.storage import RunStore
 from okd_ray.terminal import console, fitted_table, short_names, warn
 from okd_ray.trackers import check_trackers
 from okd_ray.trackers.mlflow import sweep_callback
 
+from .progress import SweepProgress
 from .space import params_to_overrides, parse_space
 from .trial import TRAINABLE_CPUS, metric_names, run_trial, trial_resources
 
@@ -100,12 +102,15 @@ def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -
     if options.resume and options.overwrite:
         raise ConfigError("--resume continues the sweep and --overwrite replaces it; give one of them")
     if options.resume:
+        held = yaml.safe_load(store.read_text(SEARCH)) if store.exists(SEARCH) else None
+        if held is not None:
+            check_same_sweep(sweep, held)
         if not tune.Tuner.can_restore(_absolute(sweep.path)):
-            raise ConfigError(f"--resume: no sweep to resume at {sweep.path}; check --storage-path and --name")
-        if store.exists(SEARCH):  # the sweep goes on as it started, whatever these options say
-            held = yaml.safe_load(store.read_text(SEARCH))
-            options.metrics, options.modes, options.num_samples = held["metric"], held["mode"], held["num_samples"]
-            options.select_on_test = held.get("selected_on") == "test"
+            if held is None:
+                raise ConfigError(f"--resume: no sweep to resume at {sweep.path}; check --storage-path and --name")
+            warn(f"sweep {sweep.path} stopped before Tune saved its state, before any trial could finish: it starts "
+                 f"again, as {SEARCH} there says it began")
+            options.resume, options.overwrite = False, True
     elif store.exists() and not options.overwrite:
         raise ConfigError(f"sweep folder {sweep.path} exists: continue that sweep with --resume, replace it with "
                           "--overwrite, or give another --name")
@@ -162,7 +167,7 @@ def schedulers(sweep: Sweep) -> tuple[TrialScheduler, OptunaSearch | None]:
 def tuner(sweep: Sweep) -> tune.Tuner:
     opts, config = sweep.options, sweep.config
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, raw_config=sweep.raw_config, sweep_path=_absolute(sweep.path)),
+        tune.with_parameters(run_trial, raw_config=sweep.raw_config),
         trial_resources(config, opts.cpus_per_trial),
     )
     run_config = tune.RunConfig(
@@ -170,8 +175,8 @@ def tuner(sweep: Sweep) -> tune.Tuner:
         # retries are for lost workers and nodes; a diverged trial ends without an error (see run_trial)
         failure_config=tune.FailureConfig(max_failures=2),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4),  # PBT may still need a trial's older one
-        verbose=0 if opts.quiet else 1,
-        callbacks=[sweep_callback(RunStore(sweep.path), opts.name)] if "mlflow" in config.logging else None,
+        verbose=0,  # okd-ray prints its own lines instead (sweep_callbacks)
+        callbacks=sweep_callbacks(sweep),
     )
     if opts.resume:
         return tune.Tuner.restore(_absolute(sweep.path), trainable, resume_unfinished=True, resume_errored=True)
@@ -190,6 +195,14 @@ def tuner(sweep: Sweep) -> tune.Tuner:
     )
 
 
+def sweep_callbacks(sweep: Sweep) -> list[tune.Callback]:
+    """A line per trial event on the terminal (unless ``--quiet``), and with ``logging: [mlflow]`` Tune's MLflow
+    callback."""
+    opts = sweep.options
+    return ([] if opts.quiet else [SweepProgress(opts.metrics[0], sweep.config.epochs)]) + (
+        [sweep_callback(RunStore(sweep.path), opts.name)] if "mlflow" in sweep.config.logging else [])
+
+
 def run_sweep(sweep: Sweep, address: str | None = None) -> list[dict]:
     """Run (or resume) the sweep, then write ``trials.parquet`` and, once every trial has ended and one finished,
     ``best_config.yaml``; print a table. An interrupted sweep, or one where no trial finished, is an error that
@@ -205,22 +218,25 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
         for name in store.names():
             if name != LOCK:
                 store.delete(name)
+    began = None if store.exists(SEARCH) else yaml.safe_dump(sweep_record(sweep), sort_keys=False)  # as given
     try:
         with ray_output(sweep.options.quiet):
             # trials print nothing of their own (each run is quiet), so their workers' output (Tune's
             # checkpoint lines, workers stopped at the end) stays in Ray's log files
             connect(address, log_to_driver=False)
             release_hosts()  # the trials need the room that this process's warm hosts hold
+            if began is not None:  # before any trial: a sweep killed at any moment resumes as it began
+                store.write_text(SEARCH, began)
             _resolve_auto_resources(sweep)
+            if not sweep.options.quiet:
+                console().print(f"sweep {sweep.options.name}: {sweep.options.num_samples} trials of "
+                                f"{sweep.config.epochs} epochs into {sweep.path}, selecting on "
+                                f"{sweep.options.metrics[0]}; every trial's curves: tensorboard --logdir "
+                                f"{_absolute(sweep.path)}", soft_wrap=True)
             with sigterm_as_ctrl_c() as stopped:
                 results = tuner(sweep).fit()  # the first Ctrl-C or SIGTERM stops the trials and saves the sweep
     except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM, or one before Tune took over
         raise Interrupted(f"sweep interrupted; continue with: {sweep.options.resume_command}", signal_of(e)) from None
-    if not sweep.options.resume:  # how --resume goes on, and what the report needs to draw each key's axis
-        store.write_text(SEARCH, yaml.safe_dump({"metric": sweep.options.metrics, "mode": sweep.options.modes,
-                                                 "selected_on": selected_on(sweep.options.metrics),
-                                                 "num_samples": sweep.options.num_samples,
-                                                 "search": sweep.raw_space}, sort_keys=False))
     with ray_output(quiet=True):  # each trial's status, read back without repeating Tune's warnings
         trials = tune.ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials
     rows = trial_rows(trials, sweep)
@@ -251,6 +267,40 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
         console().print(f"sweep folder: {sweep.path}; best_config.yaml is the config of trial {best['trial_id']} "
                         f"({metric} {best[metric]:.4g} after {best['epochs']} epochs). {result}", soft_wrap=True)
     return rows
+
+
+def sweep_record(sweep: Sweep) -> dict[str, Any]:
+    """What ``search.yaml`` keeps of a sweep, written before its first trial: how it selects (metric, mode: also
+    what the report draws each key's axis from), how many trials, the space, the trials' config, and the command
+    that continues it."""
+    opts = sweep.options
+    return {"metric": opts.metrics, "mode": opts.modes, "selected_on": selected_on(opts.metrics),
+            "num_samples": opts.num_samples, "scheduler": opts.scheduler, "search": sweep.raw_space,
+            "config": sweep.raw_config, "command": opts.resume_command}
+
+
+OPTIONS = {"metric": "--metric", "mode": "--mode", "num_samples": "--num-samples", "scheduler": "--scheduler"}
+SWEEP_MAY_CHANGE = tuple(k for k in MAY_CHANGE if k != "epochs")  # the trials' budget is the sweep's own
+
+
+def check_same_sweep(sweep: Sweep, held: dict[str, Any]) -> None:
+    """``--resume`` goes on with the options, the space and the config the sweep began with (``held``, its
+    ``search.yaml``); any other is an error naming them, before any trial: trials run with other values would
+    mix two sweeps in one."""
+    now = sweep_record(sweep)
+    changed = [f"{flag} is {held[key]!r} there, {now[key]!r} here" for key, flag in OPTIONS.items()
+               if key in held and held[key] != now[key]]
+    for section, kept in (("search", ()), ("config", SWEEP_MAY_CHANGE)):  # the space's keys, the config's
+        if section in held:
+            old, new = (held[section], now[section]) if section == "search" else (dotted(held[section]),
+                                                                                  dotted(now[section]))
+            keys = changed_keys(old, new, kept)
+            changed += [f"{section}: {differences(keys, old, new, 'there', 'here')}"] if keys else []
+    if changed:
+        raise ConfigError(
+            f"--resume: sweep {sweep.path} began with other values ({'; '.join(changed)}). A sweep goes on as it "
+            f"began: continue it with {held.get('command', 'the command that started it, with --resume')}, or "
+            "start another sweep with another --name (or replace this one with --overwrite)")
 
 
 @contextlib.contextmanager
@@ -299,17 +349,15 @@ ENDED = ("diverged", "error")  # trials that ended without a result
 
 @contextlib.contextmanager
 def ray_output(quiet: bool):
-    """Never Tune's ``Tuner.restore(...)`` hint (okd-ray prints its own command); with ``quiet``, nothing of
-    the driver's Ray, Tune or Optuna output either."""
+    """Nothing of Tune's own output (okd-ray prints a line per trial event, the table and its own commands) or of
+    Optuna's notes; with ``quiet``, nothing of Ray's logs either."""
     logging.getLogger("ray.tune.tune").addFilter(_no_restore_hint)
-    if not quiet:
-        yield
-        return
     ray_logger, optuna_verbosity = logging.getLogger("ray"), optuna.logging.get_verbosity()
     ray_level, air_output = ray_logger.level, os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter is silent at verbose=0; the new one is not
-    ray_logger.setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if quiet:
+        ray_logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -408,8 +456,7 @@ def load_sweep_files(config_path: str | None, overrides: list[str], space_path: 
     raw = read_raw(config_path)
     raw_space = raw.pop("search", None)
     if space_path is not None:
-        if not Path(space_path).is_file():
-            raise ConfigError(f"--space {space_path!r} not found")
+        check_file(Path(space_path), f"--space {space_path!r}", "give a YAML file that holds the search space")
         loaded = load_yaml(Path(space_path).read_text(), space_path) or {}
         raw_space = loaded.get("search", loaded) if isinstance(loaded, dict) else loaded
     if raw_space is None:

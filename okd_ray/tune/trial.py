@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import math
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 from ray import tune
+from ray.train._internal.session import get_storage
 
 from okd_ray.checkpoint import FOLDER as CHECKPOINTS
-from okd_ray.checkpoint import MANIFEST
+from okd_ray.checkpoint import MANIFEST, Checkpoint, read_manifest, start_from
 from okd_ray.config import TrainConfig, apply_overrides, validate
 from okd_ray.engines import part_bundles
-from okd_ray.errors import TrainingDiverged
+from okd_ray.errors import OkdRayError, TrainingDiverged
 from okd_ray.methods import Need
 from okd_ray.metrics import TIMINGS
 from okd_ray.population import PartId, parts_of
 from okd_ray.population.spec import fusion_term
-from okd_ray.run import train
+from okd_ray.run import held_rows, train
+from okd_ray.runfolder import check_resumable, check_same_run
 from okd_ray.storage import RunStore
 
 from .space import params_to_overrides
@@ -76,28 +77,16 @@ def trial_resources(config: TrainConfig, cpus_per_trial: float) -> tune.Placemen
                                       strategy=config.ray.placement.upper())
 
 
-def run_trial(params: dict[str, Any], raw_config: dict[str, Any], sweep_path: str) -> None:
-    """The Tune function trainable: the base config with this trial's sampled values, run epoch by epoch, into
-    ``run/`` of the trial's folder in the sweep's storage (local or a URI). Written there directly: the folder that
-    ``get_trial_dir`` gives is a local staging copy, which Tune uploads only for a trial that is the first of its
-    process, on the driver's node (a trial in a reused process, ``reuse_actors``, stages elsewhere: seen in Ray 2.60).
+def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:
+    """The Tune function trainable: the base config with this trial's sampled values, run epoch by epoch.
 
     A trial that diverges ends with its metrics NaN and a ``diverged`` message instead of an error: the same
     values would diverge again, so Tune's retries (meant for lost workers) would only repeat it."""
     config = validate(apply_overrides(raw_config, params_to_overrides(params)))
     # MLflow hears of the trial from Tune's callback (tune/sweep.py), which the trial's run does not repeat
     config = config.model_copy(update={"logging": [name for name in config.logging if name != "mlflow"]})
-    store = RunStore(f"{sweep_path}/{Path(tune.get_context().get_trial_dir()).name}/run")
-    restored = tune.get_checkpoint()
-    if restored is None:  # a first start, or a retry before any checkpoint: whatever an attempt left is redone
-        store.delete()
-    else:  # resume, a retry, or PBT's exploit of a better trial (with new values)
-        with restored.as_directory() as folder:
-            held = Path(folder) / MANIFEST
-            if not (store.exists(MANIFEST) and store.read_text(MANIFEST) == held.read_text()):
-                # another trial's checkpoint, or an older one: the run folder starts over from it
-                store.delete()
-                copy_folder(LOCAL, str(Path(folder) / CHECKPOINTS), store.fs, store.path(CHECKPOINTS))
+    store = RunStore(f"{trial_folder()}/run")
+    seen = starting_point(store, config, tune.get_checkpoint())
 
     def report(epoch: int, rows: list[dict], saved: bool) -> None:
         metrics = trial_metrics(rows, config)
@@ -105,19 +94,59 @@ def run_trial(params: dict[str, Any], raw_config: dict[str, Any], sweep_path: st
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            copy_folder(store.fs, store.path(CHECKPOINTS), LOCAL, str(Path(folder) / CHECKPOINTS))
+            store.copy_to(CHECKPOINTS, f"{folder}/{CHECKPOINTS}")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
+    # What the run folder finished after Tune's checkpoint (Tune's state lagged behind a kill) is reported again,
+    # not trained again.
+    latest, held = read_manifest(store).latest if store.exists(MANIFEST) else None, held_rows(store)
+    for epoch in range(seen.epoch + 1 if seen else 1, latest.epoch + 1 if latest else 0):
+        report(epoch, [r for r in held if r["epoch"] == epoch], epoch == latest.epoch)
     try:
         train(config, run_dir=store.uri, quiet=True, on_epoch=report)
     except TrainingDiverged as e:
         tune.report({**{name: math.nan for name in metric_names(config)}, "diverged": str(e)})
 
 
-LOCAL = pafs.LocalFileSystem()
+URI_SCHEMES = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}  # pyarrow.fs type names -> URI schemes
 
 
-def copy_folder(source_fs: pafs.FileSystem, source: str, destination_fs: pafs.FileSystem, destination: str) -> None:
-    """A folder's files, copied between the trial's local folder and the sweep's storage (either may be a URI)."""
-    destination_fs.create_dir(destination, recursive=True)
-    pafs.copy_files(source, destination, source_filesystem=source_fs, destination_filesystem=destination_fs)
+def trial_folder() -> str:
+    """The trial's folder on the sweep's storage (a local path or a URI). Not ``get_trial_dir()``: that is a
+    staging folder of one Tune session, which a resumed sweep never reads again, so every trial would start over."""
+    storage = get_storage()
+    if isinstance(storage.storage_filesystem, pafs.LocalFileSystem):
+        return storage.trial_fs_path
+    return f"{URI_SCHEMES[storage.storage_filesystem.type_name]}://{storage.trial_fs_path}"
+
+
+def starting_point(store: RunStore, config: TrainConfig, restored: tune.Checkpoint | None) -> Checkpoint | None:
+    """Make ``store`` hold what this trial goes on from, and return Tune's checkpoint of it (None: Tune has none),
+    after which Tune has no results. The trial's own run goes on when Tune's checkpoint is one of its own (a
+    resumed sweep, a retry) or Tune has none; else the folder starts over: empty, or from Tune's checkpoint
+    (PBT's exploit of a better trial, with new values)."""
+    if restored is None:
+        if not holds_own_run(store, config, None):
+            store.delete()  # whatever an attempt left is redone
+        return None
+    with restored.as_directory() as folder:
+        seen = read_manifest(RunStore(folder)).latest
+        if not holds_own_run(store, config, seen):
+            store.delete()
+            store.copy_from(f"{folder}/{CHECKPOINTS}", CHECKPOINTS)
+            start_from(store)
+    return seen
+
+
+def holds_own_run(store: RunStore, config: TrainConfig, seen: Checkpoint | None) -> bool:
+    """Whether ``store`` holds this trial's own run (its config, its files intact), with a checkpoint and, if Tune
+    holds one (``seen``), that one among its own: then the trial goes on from the folder's newest checkpoint."""
+    try:
+        manifest = read_manifest(store)
+        if manifest is None or manifest.latest is None or (seen is not None and seen not in manifest.checkpoints):
+            return False
+        check_same_run(store, config)
+        check_resumable(store)
+    except OkdRayError:
+        return False
+    return True

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from okd_ray.checkpoint import MANIFEST, read_manifest
+from okd_ray.checkpoint import read_manifest
 from okd_ray.engines import release_hosts
 from okd_ray.errors import ConfigError
 from okd_ray.run import train
@@ -69,7 +69,7 @@ def test_replicas_across_nodes_equal_the_local_engine(cluster, tiny_config, tmp_
     same_state(local_runs((*LOCAL, *replicated), tiny_config, population_state)[0], population_state(run.run_dir))
 
 
-def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: bool):
+def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: bool, first_checkpoint):
     """Train in a thread; once the first checkpoint exists, remove the node that hosts ``part`` and, if
     ``replace``, add a new one (from this, the main thread: a raylet starts only there). Returns the run's
     result or error and the id of the removed node."""
@@ -83,9 +83,7 @@ def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: boo
 
     trainer = threading.Thread(target=run)
     trainer.start()
-    deadline = time.monotonic() + 120
-    while not (run_dir / MANIFEST).exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    first_checkpoint(run_dir)
     node_id = nodes_of(run_dir)[part]
     cluster.remove_node(next(n for n in cluster.worker_nodes if n.node_id == node_id))
     if replace:
@@ -97,10 +95,11 @@ def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: boo
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
 def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(losing_a_node, tiny_config, tmp_path,
                                                                         population_state, same_state, local_runs,
-                                                                        transport):
+                                                                        first_checkpoint, transport):
     cluster = losing_a_node
     outcome, removed = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster, f"ray.transport={transport}"),
-                                                  tmp_path / "lost", "m1:cnn32", replace=True)
+                                                  tmp_path / "lost", "m1:cnn32", replace=True,
+                                                  first_checkpoint=first_checkpoint)
     result = outcome["result"]
     assert result.restarts == 1
     assert removed not in nodes_of(tmp_path / "lost").values()  # the rebuilt population found the new node
@@ -108,13 +107,13 @@ def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(losing_a
 
 
 def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpoint(losing_a_node, tiny_config,
-                                                                                     tmp_path):
+                                                                                     tmp_path, first_checkpoint):
     cluster = losing_a_node
     run_dir = tmp_path / "stranded"
     started = time.monotonic()
     try:
         outcome, _ = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster, "ray.placement_timeout_s=5"),
-                                                run_dir, "fused", replace=False)
+                                                run_dir, "fused", replace=False, first_checkpoint=first_checkpoint)
     finally:
         cluster.add_node(num_cpus=1)  # as the module found it
     waited = time.monotonic() - started

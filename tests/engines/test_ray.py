@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from okd_ray.checkpoint import MANIFEST
 from okd_ray.engines.ray.collective import Collective
 from okd_ray.engines.ray.group import GROUP_TIMEOUT_S
 from okd_ray.engines.ray.direct import Direct, backend, on_one_gpu
@@ -123,8 +122,8 @@ def test_a_population_builds_in_the_hosts_the_one_before_left_and_nothing_of_tha
 
 @pytest.mark.parametrize("transport, replicas", [(t, 1) for t in TRANSPORTS] + [("object_store", 2)])
 def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, on_ray, tiny_config, tmp_path,
-                                                            population_state, same_state, local_runs, transport,
-                                                            replicas):
+                                                            population_state, same_state, local_runs,
+                                                            first_checkpoint, transport, replicas):
     """Against the uninterrupted run of the local engine, which every transport equals (above). With replicas, the
     second replica of m1 is killed: the first, waiting for it in their gather, reports a lost peer."""
     population = (*STEPS, "epochs=3", "data.train_limit=160", "method.name=afd+ffl",
@@ -137,9 +136,7 @@ def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, on_ray,
     killed = []
 
     def kill_member_after_first_checkpoint():
-        deadline = time.monotonic() + 120
-        while not (run_dir / MANIFEST).exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        first_checkpoint(run_dir)
         host = next(p["host"] for p in run_placement(run_dir)
                     if p["part"].startswith("m1:") and p.get("replica", 0) == replicas - 1)
         ray_cluster.kill(ray_cluster.get_actor(host))

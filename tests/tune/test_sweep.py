@@ -16,6 +16,7 @@ from okd_ray.cli import main
 from okd_ray.config import load_config
 from okd_ray.tune import SweepOptions, load_sweep_files, prepare
 from okd_ray.errors import Terminated
+from okd_ray.report import make_report
 from okd_ray.tune.sweep import schedulers, sigterm_as_ctrl_c
 
 SWEEP = Path(__file__).parents[2] / "experiments" / "configs" / "tune-digits.yaml"
@@ -162,6 +163,61 @@ def test_sweep_stopped_by_sigterm_exits_143_with_its_resume_command_and_resumes_
     assert (sweep / "best_config.yaml").exists()
 
 
+def test_a_sweep_killed_hard_resumes_from_its_own_files_and_never_trains_a_finished_trial_again(
+        ray_cluster, tmp_path, okd_ray):
+    """kill -9 of the sweep's process, with Tune's saved state as far behind as it gets (TUNE_GLOBAL_CHECKPOINT_S:
+    saved once, at the start): search.yaml was written before the first trial, so --resume goes on as the sweep
+    began, refuses other values, and the trial that finished is reported again from its run folder, not trained."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    space = write_space(tmp_path, {"members.0.optimizer.lr": {"loguniform": [1e-3, 0.1]}})
+    args = ["tune", SWEEP, *SMALL, "epochs=1", "--space", space, "--num-samples", "2", "--max-concurrent", "1",
+            "--scheduler", "none", "--storage-path", tmp_path, "--name", "k", "--address", address, "--quiet"]
+    sweep = tmp_path / "k"
+    process = subprocess.Popen(okd_ray.argv(*args), cwd=tmp_path, env={**okd_ray.env, "TUNE_GLOBAL_CHECKPOINT_S": "1000"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = wait_for_finished_run(sweep, process)
+    process.kill()
+    process.communicate()
+    kept = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    command = shlex.join(["okd-ray", *map(str, args), "--resume"])
+    assert yaml.safe_load((sweep / "search.yaml").read_text())["command"] == command
+
+    other = okd_ray.run(*shlex.split(command)[1:], "epochs=2", "--num-samples", "3")
+    okd_ray.assert_error(other, 2, f"--resume: sweep {sweep} began with other values (--num-samples is 2 there, 3 "
+                         "here; config: epochs is 1 there, 2 here). A sweep goes on as it began: continue it with "
+                         f"{command}, or start another sweep")
+
+    resumed = okd_ray.run(*shlex.split(command)[1:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == kept, \
+        "the finished trial was trained again"
+    trials = pq.read_table(sweep / "trials.parquet").to_pylist()
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"done"}
+    assert (sweep / "best_config.yaml").exists()
+    # the report draws the loguniform key on a log axis: it reads the space from search.yaml
+    report = make_report(str(sweep))
+    (figure,) = report.images.values()
+    assert figure.axes[0].get_xscale() == "log"
+
+
+def test_a_sweep_prints_a_line_per_trial_event_not_tunes_tables(ray_cluster, tmp_path, okd_ray):
+    """Without --quiet, Tune printed a box of every trial every 30 s and pointed TensorBoard into a folder of Ray's
+    session; now a line per event, and TensorBoard at the sweep folder, where each trial's events are."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    result = okd_ray.run("tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
+                         "--storage-path", tmp_path, "--name", "p", "--address", address)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (trial,) = pq.read_table(tmp_path / "p" / "trials.parquet").to_pylist()
+    lines = result.stdout.splitlines()
+    assert lines[0] == (f"sweep p: 1 trials of 1 epochs into {tmp_path}/p, selecting on mean_val_top1; every trial's "
+                        f"curves: tensorboard --logdir {tmp_path}/p")
+    assert lines[1].startswith(f"trial {trial['trial_id']} started: weight=")
+    assert lines[2:4] == [f"trial {trial['trial_id']} epoch 1/1: mean_val_top1 {trial['mean_val_top1']:.4g}",
+                          f"trial {trial['trial_id']} finished"]
+    assert not any(c in result.stdout for c in "╭│") and "/tmp/ray/session" not in result.stdout + result.stderr
+    assert list((tmp_path / "p").glob("*/events.out.tfevents.*")), "no TensorBoard events where the line points"
+
+
 def test_sigterm_during_a_sweep_goes_to_the_ctrl_c_handler_in_place_and_is_remembered():
     seen = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))  # as Tune's graceful stop
@@ -254,6 +310,19 @@ def last_epoch(text: str) -> int:
 
 def lines(text: str) -> int:
     return len([line for line in text.splitlines() if line.strip()])
+
+
+def wait_for_finished_run(sweep: Path, process, timeout: float = 180) -> Path:
+    """The run folder of the first trial whose run has ended (its checkpoint written, its lock released): the
+    trials write their runs straight into the sweep folder, while Tune copies its own files there later."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run in sweep.glob("*/run"):
+            if (run / "checkpoints" / "epoch-0001").exists() and not (run / ".okd-ray.lock").exists():
+                return run
+        assert process.poll() is None, "the sweep ended before any trial finished"
+        time.sleep(0.05)
+    raise AssertionError("no trial finished in time")
 
 
 def wait_for_finished_trial(sweep: Path, epochs: int, process, timeout: float = 180) -> str:
