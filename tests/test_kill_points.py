@@ -1,6 +1,6 @@
 """A run folder is consistent at every instant: the okd-ray command, SIGKILLed after each of its file events in
-turn (every write, move into place and deletion of a 3-epoch run: config, manifest, metrics, shards, an old
-checkpoint dropped), leaves a folder that ``--resume`` continues (or, killed before its config.yaml, one that a
+turn (every write, move into place and deletion of a 3-epoch run: inputs, config, manifest, metrics, shards, an
+old checkpoint dropped), leaves a folder that ``--resume`` continues (or, killed before its config.yaml, one that a
 new run takes), losing at most the epoch in progress; the continued run ends bit for bit where an uninterrupted
 one does.
 
@@ -21,6 +21,7 @@ from okd_ray.storage import KILL_AFTER
 RUNNER = """
 import json, os, sys
 import okd_ray.run, sklearn.datasets, torch._dynamo  # noqa: F401 - imported once: every run below forks from here
+from okd_ray.checkpoint import read_manifest
 from okd_ray.cli import main
 from okd_ray.storage import RunStore
 
@@ -62,9 +63,9 @@ def test_a_kill_at_any_file_event_loses_at_most_the_epoch_in_progress(tmp_path, 
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     reference, *points = json.loads(done.stdout.splitlines()[-1])
     assert reference == {"reference": 0}
-    # 3 epochs: config.yaml and the manifest's record of it, metrics, two shards and the manifest in each epoch, the
-    # first checkpoint's folder dropped in the third; each a temporary file written, then moved into place
-    assert len(points) == 2 * (2 + 3 * 4) + 1, points
+    # 3 epochs: inputs.json, config.yaml and the manifest's record of it, metrics, two shards and the manifest in each
+    # epoch, the first checkpoint's folder dropped in the third; each a temporary file written, then moved into place
+    assert len(points) == 2 * (3 + 3 * 4) + 1, points
     expected = population_state(str(tmp_path / "reference"))
     for point in points:
         assert point["killed"] == -9 and point["continued"] == 0, point
