@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from forked import Forked
 
 from okd_ray.config import load_config
 
@@ -165,26 +166,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Command:
-    """The real ``okd-ray`` command of this checkout in a subprocess (``python -m okd_ray.cli`` with the checkout
-    first on PYTHONPATH, so it runs this code whether or not okd-ray is installed), in folder ``cwd``."""
+    """The real ``okd-ray`` command of this checkout in a process of its own, in folder ``cwd``: forked from a server
+    that imported okd-ray once (``forked.py``), or, where a test needs an interpreter of its own (an environment
+    read as modules import), ``python -m okd_ray.cli`` with the checkout first on PYTHONPATH (``argv``, ``env``)."""
 
     def __init__(self, cwd: Path):
         self.cwd = cwd
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         self.env = {**os.environ, "PYTHONPATH": path}
+        self.started: list[Forked] = []
 
     def argv(self, *args) -> list[str]:
         return [sys.executable, "-m", "okd_ray.cli", *map(str, args)]
 
     def run(self, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(*args), cwd=self.cwd, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        process = self.start(*args)
+        out, err = process.communicate(timeout)
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
-    def start(self, *args) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(*args), cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    def start(self, *args) -> Forked:
+        self.started.append(Forked([str(a) for a in args], self.cwd, self.env))
+        return self.started[-1]
 
-    def start_until(self, path: Path, *args, timeout: float = 120) -> subprocess.Popen:
+    def start_until(self, path: Path, *args, timeout: float = 120) -> Forked:
         """``start``, then wait until the command has written ``path`` (it must still be running then)."""
         process = self.start(*args)
         deadline = time.monotonic() + timeout
@@ -206,4 +210,7 @@ class Command:
 
 @pytest.fixture
 def okd_ray(tmp_path):
-    return Command(tmp_path)
+    command = Command(tmp_path)
+    yield command
+    for process in command.started:  # what a failed test left running
+        process.kill()
