@@ -134,8 +134,8 @@ def test_sweep_stopped_by_sigterm_exits_143_with_its_resume_command_and_resumes_
     """SIGTERM (a scheduler's stop) goes through Tune's graceful Ctrl-C stop (sigterm_as_ctrl_c below): the same
     saved state, only the exit code differs."""
     address = cluster_address
-    # four trials of 3 full-digits epochs: slow enough that the interrupt lands mid-sweep
-    args = ["tune", SWEEP, *SMALL, "epochs=3", "data.train_limit=1437", "--num-samples", "4", "--max-concurrent", "1",
+    # three trials of 3 full-digits epochs, one at a time: once the first has finished, the interrupt lands mid-sweep
+    args = ["tune", SWEEP, *SMALL, "epochs=3", "data.train_limit=1437", "--num-samples", "3", "--max-concurrent", "1",
             "--scheduler", "none", "--storage-path", tmp_path, "--name", "resume", "--address", address]
     sweep = tmp_path / "resume"
     process = okd_ray.start(*args)
@@ -150,13 +150,13 @@ def test_sweep_stopped_by_sigterm_exits_143_with_its_resume_command_and_resumes_
     assert "unfinished" in {t["status"] for t in pq.read_table(sweep / "trials.parquet").to_pylist()}
     before = {path.parent.name: path.read_text() for path in sweep.glob("*/result.json")}
     assert finished in before
-    assert sum(lines(t) == 3 for t in before.values()) < 4, "interrupted too late"
+    assert sum(lines(t) == 3 for t in before.values()) < 3, "interrupted too late"
 
     resumed = okd_ray.run(*shlex.split(command)[1:])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = {path.parent.name: path.read_text() for path in sweep.glob("*/result.json")}
     # every trial reached its last epoch (an interrupted one re-runs what followed its last checkpoint)
-    assert len(after) == 4 and all(last_epoch(text) == 3 for text in after.values())
+    assert len(after) == 3 and all(last_epoch(text) == 3 for text in after.values())
     assert after[finished] == before[finished], "the finished trial was run again"
     (best,) = [t for t in pq.read_table(sweep / "trials.parquet").to_pylist() if t["best"]]
     assert f"best_config.yaml is the config of trial {best['trial_id']}" in " ".join(resumed.stdout.split())
@@ -164,11 +164,11 @@ def test_sweep_stopped_by_sigterm_exits_143_with_its_resume_command_and_resumes_
 
 
 def test_a_sweep_killed_hard_resumes_from_its_own_files_and_never_trains_a_finished_trial_again(
-        ray_cluster, tmp_path, okd_ray):
+        cluster_address, tmp_path, okd_ray):
     """kill -9 of the sweep's process, with Tune's saved state as far behind as it gets (TUNE_GLOBAL_CHECKPOINT_S:
     saved once, at the start): search.yaml was written before the first trial, so --resume goes on as the sweep
     began, refuses other values, and the trial that finished is reported again from its run folder, not trained."""
-    address = ray_cluster.get_runtime_context().gcs_address
+    address = cluster_address
     space = write_space(tmp_path, {"members.0.optimizer.lr": {"loguniform": [1e-3, 0.1]}})
     args = ["tune", SWEEP, *SMALL, "epochs=1", "--space", space, "--num-samples", "2", "--max-concurrent", "1",
             "--scheduler", "none", "--storage-path", tmp_path, "--name", "k", "--address", address, "--quiet"]
