@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.items = args.items + extra
     args.argv = argv
+    Terminated.received = False  # this command's own signals (an earlier one of this process may have had one)
     on_sigterm = signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     try:
         return args.func(args)
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def stop_like_ctrl_c(signum: int, frame) -> None:
     """SIGTERM stops okd-ray as Ctrl-C does: the run keeps its last checkpoint and prints how to continue."""
-    raise Terminated()
+    raise Terminated.raised()
 
 
 if __name__ == "__main__":

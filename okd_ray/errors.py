@@ -62,7 +62,15 @@ class TermFailed(OkdRayError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a scheduler's stop), raised where Ctrl-C raises KeyboardInterrupt, so that both stop
-    the work the same way, keeping what it finished; only the exit code differs."""
+    the work the same way, keeping what it finished; only the exit code differs. ``received`` stays set once one
+    came: raised inside ``ray.get``, it comes back out of Ray as a plain KeyboardInterrupt."""
+
+    received = False
+
+    @classmethod
+    def raised(cls) -> "Terminated":
+        cls.received = True
+        return cls()
 
 
 class Interrupted(OkdRayError):
@@ -82,8 +90,8 @@ class Interrupted(OkdRayError):
 
 
 def signal_of(interrupt: KeyboardInterrupt) -> int:
-    """The signal behind ``interrupt``: SIGTERM for a Terminated, else SIGINT (Ctrl-C)."""
-    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+    """The signal behind ``interrupt``: SIGTERM for a Terminated or once one was raised, else SIGINT (Ctrl-C)."""
+    return signal.SIGTERM if isinstance(interrupt, Terminated) or Terminated.received else signal.SIGINT
 
 
 class NoResult(OkdRayError):

@@ -204,3 +204,40 @@ def test_sigterm_stops_a_ray_run_like_ctrl_c_with_exit_code_143(tmp_path, okd_ra
     assert f"is kept in {folder / MANIFEST}" in last and f"continue with: okd-ray train --resume {folder}" in last
     assert read_manifest(RunStore(str(folder))).latest.epoch < 300, "stopped too late"
     assert not (folder / ".okd-ray.lock").exists()
+
+
+HANGS = """
+import time
+from pathlib import Path
+
+from okd_ray.methods import CrossEntropy, Term, register_method
+
+
+class Hangs(Term):
+    \"\"\"Never returns from its second step, as a plugin's loss stuck on a lock would.\"\"\"
+
+    name = "hangs"
+
+    def loss(self, batch):
+        if batch.step == 1:
+            Path(__file__).with_suffix(".hanging").touch()
+            time.sleep(3600)
+        return batch.logits.sum() * 0
+
+
+register_method("hangs", [CrossEntropy, Hangs])
+"""
+
+
+def test_sigterm_during_a_ray_epoch_that_hangs_exits_143(tmp_path, okd_ray):
+    """The driver waits inside Ray for a part that never answers; Ray hands the interrupt back as a plain
+    KeyboardInterrupt, which had made SIGTERM's exit code Ctrl-C's (130)."""
+    plugin = tmp_path / "hangs.py"
+    plugin.write_text(HANGS)
+    process = okd_ray.start_until(plugin.with_suffix(".hanging"), "train", f"plugins=[{plugin}]", "method.name=hangs",
+                                  "engine=ray", "epochs=1", "data.train_limit=64", "data.test_limit=32",
+                                  "data.batch_size=16", "--run-dir", tmp_path / "run", "--quiet", timeout=180)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted"), err

@@ -314,7 +314,7 @@ def sigterm_as_ctrl_c():
         stopped["signal"] = signal.SIGTERM
         handler = signal.getsignal(signal.SIGINT)
         if handler is signal.default_int_handler or not callable(handler):
-            raise Terminated()
+            raise Terminated.raised()
         handler(signal.SIGINT, frame)
 
     previous = signal.signal(signal.SIGTERM, forward)
