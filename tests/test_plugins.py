@@ -281,13 +281,13 @@ register_method("per-sample", [CrossEntropy, PerSample])
 '''
 
 
-@pytest.mark.parametrize("engine", ["local"])
-@pytest.mark.parametrize("method, problem", [
-    ("raises", "the loss of term 'wrong_shapes' raised RuntimeError: mat1 and mat2 shapes cannot be multiplied "
-               "(32x10 and 32x10) at epoch 1, step 1; fix it in {plugin}:11"),
-    ("per-sample", "the loss of term 'per_sample' returned a tensor of shape (32,), not one number (a 0-d tensor: "
-                   "reduce it, e.g. with .mean()) at epoch 1, step 1; fix it in {plugin}"),
-])
+RAISES = ("raises", "the loss of term 'wrong_shapes' raised RuntimeError: mat1 and mat2 shapes cannot be multiplied "
+                    "(32x10 and 32x10) at epoch 1, step 1; fix it in {plugin}:11")
+PER_SAMPLE = ("per-sample", "the loss of term 'per_sample' returned a tensor of shape (32,), not one number (a 0-d "
+                            "tensor: reduce it, e.g. with .mean()) at epoch 1, step 1; fix it in {plugin}")
+
+
+@pytest.mark.parametrize("engine, method, problem", [("local", *RAISES), ("local", *PER_SAMPLE), ("ray", *RAISES)])
 def test_a_plugin_term_that_fails_is_one_error_naming_the_term_the_part_and_its_line(plugin_file, okd_ray, tmp_path,
                                                                                      engine, method, problem):
     """Before: a raw traceback (82 lines with ANSI codes on Ray) naming neither the term nor the part."""
