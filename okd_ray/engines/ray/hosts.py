@@ -48,7 +48,7 @@ class Group:
 class Pool:
     groups: dict[str, Group] = field(default_factory=dict)  # this process's own groups, by id
     idle: dict[tuple[str, int], tuple[Host, float]] = field(default_factory=dict)  # (group id, bundle) -> host, until
-    session: str | None = None  # the driver's Ray worker id: handles of another session are dead
+    session: tuple[str, str] | None = None  # the driver's node and job: handles of another Ray session are dead
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def reserve(self, config: TrainConfig) -> PartResources:
@@ -143,8 +143,11 @@ class Pool:
                 ray.util.remove_placement_group(held.group)
 
     def _same_session(self) -> bool:
-        """Whether the pool's handles belong to this Ray session; if not, they are forgotten (they died with it)."""
-        session = ray.get_runtime_context().get_worker_id()
+        """Whether the pool's handles belong to this Ray session; if not, they are forgotten (they died with it). A
+        new local cluster has a new node; a driver that joins a cluster again, a new job (a new cluster's first
+        job has the id the last one's had, and so has its driver's worker)."""
+        context = ray.get_runtime_context()
+        session = (context.get_node_id(), context.get_job_id())
         if session == self.session:
             return True
         self.groups, self.idle, self.session = {}, {}, session
