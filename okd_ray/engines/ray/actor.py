@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import gc
 import time
 from typing import Any
@@ -98,9 +99,9 @@ class PartHost:
         return busy
 
     def ready(self) -> dict:
-        """Where this host runs: its node, placement group and GPUs (a liveness probe too)."""
+        """Where this host runs: its node, process, placement group and GPUs (a liveness probe too)."""
         context = ray.get_runtime_context()
-        return {"node": context.get_node_id(), "placement_group": context.get_placement_group_id(),
+        return {"node": context.get_node_id(), "pid": os.getpid(), "placement_group": context.get_placement_group_id(),
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def free_address(self) -> str:
