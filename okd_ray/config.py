@@ -162,6 +162,9 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1)
     output_dir: str = "runs"  # a local folder or a pyarrow.fs URI (s3://, gs://)
     checkpoint_every: int = Field(1, ge=1)
+    # A part's call (a step's share, an evaluation batch, a save) running longer than this many seconds is
+    # reported by the part's name, where it runs: a plugin loss that never returns, say. 0: never.
+    silent_part_s: float = Field(300, ge=0)
     # Trackers that get every epoch's metrics (per part) besides metrics.parquet (okd_ray/trackers): tensorboard
     # (events in the run folder's tensorboard/), mlflow (MLFLOW_TRACKING_URI, else the run folder's mlflow.db);
     # with log_every_steps=N, also every N training steps' loss terms.

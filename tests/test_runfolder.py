@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -229,15 +230,24 @@ register_method("hangs", [CrossEntropy, Hangs])
 """
 
 
-def test_sigterm_during_a_ray_epoch_that_hangs_exits_143(tmp_path, okd_ray):
-    """The driver waits inside Ray for a part that never answers; Ray hands the interrupt back as a plain
-    KeyboardInterrupt, which had made SIGTERM's exit code Ctrl-C's (130)."""
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_part_that_hangs_is_reported_by_name_and_sigterm_then_exits_143(tmp_path, okd_ray, engine):
+    """The part's process says which part has not returned from which call (on Ray, the host's stderr shown by
+    the driver). On Ray the driver waits inside Ray, which hands SIGTERM's interrupt back as a plain
+    KeyboardInterrupt: that had made its exit code Ctrl-C's (130)."""
     plugin = tmp_path / "hangs.py"
     plugin.write_text(HANGS)
     process = okd_ray.start_until(plugin.with_suffix(".hanging"), "train", f"plugins=[{plugin}]", "method.name=hangs",
-                                  "engine=ray", "epochs=1", "data.train_limit=64", "data.test_limit=32",
-                                  "data.batch_size=16", "--run-dir", tmp_path / "run", "--quiet", timeout=180)
+                                  f"engine={engine}", "epochs=1", "data.train_limit=64", "data.test_limit=32",
+                                  "data.batch_size=16", "silent_part_s=1", "--run-dir", tmp_path / "run", "--quiet",
+                                  timeout=180)
+    reported = re.compile(r"okd-ray: m0:cnn16 has run update\(\) for [0-9]+ s without returning \(silent_part_s=1\)")
+    deadline = time.monotonic() + 30
+    while not reported.search(process.stderr.path.read_text()):
+        assert time.monotonic() < deadline, process.stderr.path.read_text()
+        time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted"), err
+    own = [line for line in err.strip().splitlines() if "(PartHost pid=" not in line]  # hosts' lines come late
+    assert "Traceback" not in err and own[-1].startswith("interrupted"), err

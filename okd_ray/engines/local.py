@@ -15,6 +15,7 @@ from okd_ray.population import (Population, PopulationPlan, build_part, epoch_me
 from okd_ray.population.protocol import Metrics
 from okd_ray.population.replicas import Baton, merge_replicas
 from okd_ray.population.spec import replica_specs
+from okd_ray.population.watch import Watched
 from okd_ray.storage import RunStore
 
 
@@ -36,7 +37,8 @@ class LocalEngine:
         self.config, self.plan = config, plan
         self.ids = parts_of(config)
         try:
-            self.shards = [[build_part(spec, device, plan.dataset) for spec in specs] for specs in replica_specs(plan.specs)]
+            self.shards = [[Watched(build_part(spec, device, plan.dataset), config.silent_part_s) for spec in specs]
+                           for specs in replica_specs(plan.specs)]
         except BaseException:  # the process's thread count goes back as it was
             self.close()
             raise

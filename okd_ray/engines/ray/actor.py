@@ -20,8 +20,9 @@ import torch.distributed as dist
 from ray import cloudpickle
 
 from okd_ray.plugins import load_plugins
-from okd_ray.population import Part, build_part
+from okd_ray.population import build_part
 from okd_ray.population.protocol import flatten, num_returns
+from okd_ray.population.watch import Watched
 
 from . import collective, group
 
@@ -32,11 +33,12 @@ class PartHost:
 
     def __init__(self):
         self.started_rng = torch.get_rng_state()  # a new process's: what every part built here starts from
-        self.part: Part | None = None
+        self.part: Watched | None = None
         self.collective: collective.CollectiveSteps | None = None
         self.outbox: tuple = ()
 
-    def build(self, plugins: list[str], spec: bytes, data: bytes | None, threads: int, profile: bool) -> dict:
+    def build(self, plugins: list[str], spec: bytes, data: bytes | None, threads: int, silent_s: float,
+              profile: bool) -> dict:
         """Build the part of ``spec`` (a PartSpec) with ``data`` (the plan's data set, None where the part reads
         none), each pickled: opened once the plugins that define its terms, model and data set are imported here
         too. Returns where it runs (``ready``)."""
@@ -45,7 +47,7 @@ class PartHost:
         load_plugins(plugins)
         device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
         dataset = cloudpickle.loads(data) if data is not None else None
-        self.part = build_part(cloudpickle.loads(spec), device, dataset)
+        self.part = Watched(build_part(cloudpickle.loads(spec), device, dataset), silent_s)
         self.profile = profile
         self.busy: dict[str, list[float]] = collections.defaultdict(list)
         return self.ready()

@@ -107,7 +107,8 @@ class RayEngine:
         for i, spec in enumerate(self.specs):
             _, threads = self.resources.options(i)
             builds.append(self.hosts[i].actor.build.remote(
-                plugins, cloudpickle.dumps(spec), data if spec.reads_data else None, threads, profile))
+                plugins, cloudpickle.dumps(spec), data if spec.reads_data else None, threads,
+                self.config.silent_part_s, profile))
         where = self._guard(lambda: built(builds))
         for host in self.hosts:
             host.plugins |= set(plugins)
