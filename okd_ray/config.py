@@ -140,6 +140,9 @@ class RayConfig(Strict):
     # How long a population's actors (and its placement group) wait, once it ends, for this process's next
     # population to build its parts in them: a notebook's next run, a sweep's next trial. 0: stopped at once.
     keep_hosts_s: float = Field(120, ge=0)
+    # How long the cluster's head may refuse connections (its GCS gone: ray stop, a crashed head) before the run
+    # ends, saying what it kept and how to continue. 0: Ray's own wait (60 s, then the process ends).
+    cluster_lost_s: float = Field(5, ge=0)
 
 
 class TrainConfig(Strict):

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from okd_ray.config import TrainConfig, parse_config
 from okd_ray.data.inputs import RECORD, ModelInputs
-from okd_ray.engines import Engine, PartMetrics, make_engine
+from okd_ray.engines import Engine, PartMetrics, make_engine, watching
 from okd_ray.errors import (CheckpointDamaged, ConfigError, Interrupted, PopulationLost, TrainingDiverged,
                             signal_of)
 from okd_ray.checkpoint import MANIFEST, Checkpoint, commit, read_manifest, shard_folder
@@ -84,25 +84,26 @@ def run_with_restarts(config: TrainConfig, plan: PopulationPlan, store: RunStore
                       on_epoch: EpochCallback | None) -> RunResult:
     """``run_epochs``, again from the last checkpoint each time an actor dies (``ray.max_restarts`` times)."""
     restarts = 0
-    while True:
-        try:
-            result = run_epochs(config, plan, store, display, on_epoch)
-        except PopulationLost as e:
-            if restarts >= config.ray.max_restarts:
-                raise PopulationLost(
-                    f"{e}; gave up after {restarts} restarts (ray.max_restarts={config.ray.max_restarts}). "
-                    f"Finished epochs are kept in {store.uri}: continue with okd-ray train --resume {store.uri}"
-                ) from None
-            restarts += 1
-            display.message(f"{e}\nrestart {restarts}/{config.ray.max_restarts} from the last checkpoint")
-            continue
-        except ConfigError as e:
-            if not restarts:
-                raise
-            raise ConfigError(f"{e}. Finished epochs are kept in {store.uri}: continue with "
-                              f"okd-ray train --resume {store.uri}") from None
-        result.restarts = restarts
-        return result
+    with watching(config, lambda address, seconds: cluster_lost(store, address, seconds)):
+        while True:
+            try:
+                result = run_epochs(config, plan, store, display, on_epoch)
+            except PopulationLost as e:
+                if restarts >= config.ray.max_restarts:
+                    raise PopulationLost(
+                        f"{e}; gave up after {restarts} restarts (ray.max_restarts={config.ray.max_restarts}). "
+                        f"Finished epochs are kept in {store.uri}: continue with okd-ray train --resume {store.uri}"
+                    ) from None
+                restarts += 1
+                display.message(f"{e}\nrestart {restarts}/{config.ray.max_restarts} from the last checkpoint")
+                continue
+            except ConfigError as e:
+                if not restarts:
+                    raise
+                raise ConfigError(f"{e}. Finished epochs are kept in {store.uri}: continue with "
+                                  f"okd-ray train --resume {store.uri}") from None
+            result.restarts = restarts
+            return result
 
 
 def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay,
@@ -202,6 +203,12 @@ def load_checkpoint(engine: Engine, store: RunStore) -> Checkpoint | None:
     also = "".join(f"; the checkpoint of epoch {c.epoch} is unusable too ({e})" for c, e in earlier)
     raise CheckpointDamaged(first.path, first.problem,
                             f"{also}; no intact checkpoint is left to resume from: {start_over(store)}")
+
+
+def cluster_lost(store: RunStore, address: str, seconds: float) -> str:
+    return (f"the Ray cluster at {address} is gone: nothing has listened at its head's GCS port for {seconds:.0f} s "
+            f"(ray stop, a head node that crashed); {kept(store, 'last checkpoint')}. Once a cluster runs again, "
+            f"continue with: okd-ray train --resume {store.uri} (with --address where it is elsewhere)")
 
 
 def kept(store: RunStore, what: str) -> str:

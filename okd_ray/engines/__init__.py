@@ -6,6 +6,7 @@ only the ``Engine`` protocol below.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
@@ -16,7 +17,7 @@ from okd_ray.population import PopulationPlan
 from okd_ray.population.protocol import Metrics
 from okd_ray.storage import RunStore
 
-__all__ = ["Engine", "PartMetrics", "connect", "make_engine", "part_bundles", "release_hosts"]
+__all__ = ["Engine", "PartMetrics", "connect", "make_engine", "part_bundles", "release_hosts", "watching"]
 
 PartMetrics = dict[str, dict[str, float]]  # part name -> metric -> value
 
@@ -62,6 +63,16 @@ def release_hosts() -> None:
     hosts = sys.modules.get("okd_ray.engines.ray.hosts")  # none kept where the Ray engine never ran
     if hosts is not None:
         hosts.POOL.release()
+
+
+def watching(config: TrainConfig, lost: Callable[[str, float], str]) -> contextlib.AbstractContextManager:
+    """While a run trains: on Ray, the watch that ends it, printing ``lost(address, seconds)``, within
+    ``ray.cluster_lost_s`` of its cluster's head going away (``ray/lost.py``)."""
+    if config.engine != "ray" or not config.ray.cluster_lost_s:
+        return contextlib.nullcontext()
+    from .ray.lost import ClusterWatch
+
+    return ClusterWatch(config.ray.cluster_lost_s, lost)
 
 
 def make_engine(config: TrainConfig, plan: PopulationPlan) -> Engine:

@@ -124,3 +124,31 @@ def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpo
     assert "'CPU': 1" in message and f"okd-ray train --resume {run_dir}" in message
     assert waited >= 5
     assert read_manifest(RunStore(str(run_dir))).latest.epoch >= 1
+
+
+def test_a_cluster_that_dies_mid_run_is_reported_at_once_with_what_was_kept(okd_ray, tmp_path, first_checkpoint):
+    """A cluster of its own (the session's must live on), whose head's processes are killed once the run has a
+    checkpoint, as ``ray stop`` or a crashed head would: Ray itself would wait 60 s and end with one C++ line. The
+    run ends within seconds, naming the checkpoint and the command that continues it, which does."""
+    from ray.cluster_utils import Cluster
+
+    head = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2})
+    address, run_dir = head.address, tmp_path / "run"
+    try:
+        process = okd_ray.start("train", "engine=ray", "epochs=40", "data.train_limit=64", "data.test_limit=32",
+                                "data.batch_size=32", "--address", address, "--run-dir", run_dir, "--quiet")
+        first_checkpoint(run_dir)
+        head.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
+        killed = time.monotonic()
+        out, err = process.communicate(timeout=60)
+    finally:
+        head.shutdown()
+    assert process.returncode == 2 and time.monotonic() - killed < 10, (process.returncode, err[-2000:])
+    err = " ".join(err.split())
+    assert f"error: the Ray cluster at {address} is gone" in err and "Traceback" not in err, err[-2000:]
+    epoch = read_manifest(RunStore(str(run_dir))).latest.epoch
+    assert f"the last checkpoint (epoch {epoch}) is kept" in err
+    assert f"continue with: okd-ray train --resume {run_dir}" in err
+    resumed = okd_ray.run("train", "--resume", run_dir, "engine=local", f"epochs={epoch + 1}", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert read_manifest(RunStore(str(run_dir))).latest.epoch == epoch + 1
