@@ -1,6 +1,13 @@
 """okd-ray: online knowledge distillation (AFD, FFL and baselines) for populations of networks, on Ray."""
 
+import os
+
 __version__ = "0.1.0"
+
+# Ray folds its workers' lines that differ only in words holding digits into one ("[repeated 2x across
+# cluster]"), so a silent part's report ("okd-ray: m1:cnn32 has run update() ...", population/watch.py) named one
+# part for all. Ray's documented setting, read as Ray is imported: where okd_ray is imported first (the command).
+os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", "^okd-ray: ")
 
 API = {"load_model": "okd_ray.trained.load", "load_transform": "okd_ray.trained.load",
        "load_safetensors": "okd_ray.trained.export"}

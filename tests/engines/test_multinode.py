@@ -132,7 +132,8 @@ def test_a_cluster_that_dies_mid_run_is_reported_at_once_with_what_was_kept(okd_
     run ends within seconds, naming the checkpoint and the command that continues it, which does."""
     from ray.cluster_utils import Cluster
 
-    head = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2})
+    # not Cluster.shutdown, which resets this process's Ray internal KV store, the session cluster's
+    head = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2}, shutdown_at_exit=False)
     address, run_dir = head.address, tmp_path / "run"
     try:
         process = okd_ray.start("train", "engine=ray", "epochs=40", "data.train_limit=64", "data.test_limit=32",
@@ -142,7 +143,7 @@ def test_a_cluster_that_dies_mid_run_is_reported_at_once_with_what_was_kept(okd_
         killed = time.monotonic()
         out, err = process.communicate(timeout=60)
     finally:
-        head.shutdown()
+        head.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
     assert process.returncode == 2 and time.monotonic() - killed < 10, (process.returncode, err[-2000:])
     err = " ".join(err.split())
     assert f"error: the Ray cluster at {address} is gone" in err and "Traceback" not in err, err[-2000:]
