@@ -2,6 +2,8 @@
 three 1-CPU worker nodes, each its own raylet), as ``ray up`` would give on machines."""
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -126,24 +128,35 @@ def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpo
     assert read_manifest(RunStore(str(run_dir))).latest.epoch >= 1
 
 
-def test_a_cluster_that_dies_mid_run_is_reported_at_once_with_what_was_kept(okd_ray, tmp_path, first_checkpoint):
-    """A cluster of its own (the session's must live on), whose head's processes are killed once the run has a
-    checkpoint, as ``ray stop`` or a crashed head would: Ray itself would wait 60 s and end with one C++ line. The
-    run ends within seconds, naming the checkpoint and the command that continues it, which does."""
-    from ray.cluster_utils import Cluster
+HEAD = """
+import sys
+from ray.cluster_utils import Cluster
 
-    # not Cluster.shutdown, which resets this process's Ray internal KV store, the session cluster's
-    head = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2}, shutdown_at_exit=False)
-    address, run_dir = head.address, tmp_path / "run"
+head = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2}, shutdown_at_exit=False)
+print(head.address, flush=True)
+sys.stdin.read()  # until the test closes it
+head.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
+"""
+
+
+def test_a_cluster_that_dies_mid_run_is_reported_at_once_with_what_was_kept(okd_ray, tmp_path, first_checkpoint):
+    """A cluster of its own (the session's must live on), whose head's processes are all killed once the run has a
+    checkpoint, as ``ray stop`` or a crashed head would: Ray itself would wait 60 s and end with one C++ line. The
+    run ends within seconds, naming the checkpoint and the command that continues it, which does. The head is
+    started and killed by a process of its own: a second cluster's node made in this one took over its Ray
+    connection (the session cluster's GCS was 'killed' for this process once the test's head was)."""
+    head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "run"
     try:
+        address = head.stdout.readline().strip()
         process = okd_ray.start("train", "engine=ray", "epochs=40", "data.train_limit=64", "data.test_limit=32",
                                 "data.batch_size=32", "--address", address, "--run-dir", run_dir, "--quiet")
         first_checkpoint(run_dir)
-        head.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
+        head.communicate("", timeout=60)  # its processes killed
         killed = time.monotonic()
         out, err = process.communicate(timeout=60)
     finally:
-        head.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
+        head.kill()
     assert process.returncode == 2 and time.monotonic() - killed < 10, (process.returncode, err[-2000:])
     err = " ".join(err.split())
     assert f"error: the Ray cluster at {address} is gone" in err and "Traceback" not in err, err[-2000:]
