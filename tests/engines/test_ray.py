@@ -13,9 +13,11 @@ from okd_ray.engines.ray.collective import Collective
 from okd_ray.engines.ray.group import GROUP_TIMEOUT_S
 from okd_ray.engines.ray.direct import Direct, backend, on_one_gpu
 from okd_ray.engines.ray.transport import auto_transport
+from okd_ray.checkpoint import read_manifest
 from okd_ray.config import dump_config
 from okd_ray.run import train
 from okd_ray.errors import ConfigError, OkdRayError
+from okd_ray.storage import KILL_AFTER, RunStore
 
 # CIFAR-shaped images, each member its own augmentation of them (the digits have none to draw per member; and 96
 # images of 100 classes have no stratified validation split)
@@ -154,6 +156,30 @@ def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, on_ray,
     assert killed and result.restarts == 1
     same_state(state, population_state(result.run_dir))
     assert_same_rows(rows, result.rows)
+
+
+def test_a_driver_killed_before_its_manifest_names_the_parts_shards_resumes_to_the_same_parameters(
+        okd_ray, cluster_address, on_ray, tiny_config, tmp_path, population_state, same_state, local_runs):
+    """test_kill_points.py on Ray, where it differs: the parts write their own shards, the driver the metrics and
+    the manifest. The command SIGKILLs itself after its 15th file event: epoch 2's metrics in place, the parts'
+    shards of epoch 2 written, the manifest's temporary file too, not yet moved into place (before: a write and a
+    move each of placement.json, inputs.json, config.yaml, the manifest's record of it, epoch 1's metrics and
+    manifest). The parts on the session's cluster count nothing: they do not inherit the command's environment.
+    The other kill points are the run loop's own, as on the local engine."""
+    state, _ = local_runs(KILLED, tiny_config, population_state)
+    config = tmp_path / "population.yaml"
+    config.write_text(dump_config(tiny_config(*KILLED)))
+    run_dir, address = tmp_path / "run", ("--address", cluster_address, "--run-dir", tmp_path / "run", "--quiet")
+    okd_ray.env[KILL_AFTER] = "15"
+    killed = okd_ray.run("train", config, *on_ray, *address)
+    del okd_ray.env[KILL_AFTER]
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    store = RunStore(str(run_dir))
+    assert read_manifest(store).latest.epoch == 1 and store.read_table("metrics.parquet")["epoch"].to_pylist()[-1] == 2
+    assert len(list((run_dir / "checkpoints" / "epoch-0002").iterdir())) == 3  # m0's, m1's and the fusion's shards
+    resumed = okd_ray.run("train", "--resume", run_dir, *address[:2], "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    same_state(state, population_state(str(run_dir)))
 
 
 def test_a_compiled_graph_on_one_node_resumes_after_losing_a_part(okd_ray, tiny_config, tmp_path, population_state,
