@@ -57,7 +57,8 @@ def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
         check_same_run(store, config)
         check_resumable(store)
         check_trackers(config, store)
-        result = finished_run(config, store, display) or run_with_restarts(config, plan, store, display, on_epoch)
+        with watching(config, lambda address, seconds: cluster_lost(store, address, seconds)):
+            result = finished_run(config, store, display) or run_with_restarts(config, plan, store, display, on_epoch)
     display.message(f"run folder: {store.uri}")
     return result
 
@@ -84,26 +85,25 @@ def run_with_restarts(config: TrainConfig, plan: PopulationPlan, store: RunStore
                       on_epoch: EpochCallback | None) -> RunResult:
     """``run_epochs``, again from the last checkpoint each time an actor dies (``ray.max_restarts`` times)."""
     restarts = 0
-    with watching(config, lambda address, seconds: cluster_lost(store, address, seconds)):
-        while True:
-            try:
-                result = run_epochs(config, plan, store, display, on_epoch)
-            except PopulationLost as e:
-                if restarts >= config.ray.max_restarts:
-                    raise PopulationLost(
-                        f"{e}; gave up after {restarts} restarts (ray.max_restarts={config.ray.max_restarts}). "
-                        f"Finished epochs are kept in {store.uri}: continue with okd-ray train --resume {store.uri}"
-                    ) from None
-                restarts += 1
-                display.message(f"{e}\nrestart {restarts}/{config.ray.max_restarts} from the last checkpoint")
-                continue
-            except ConfigError as e:
-                if not restarts:
-                    raise
-                raise ConfigError(f"{e}. Finished epochs are kept in {store.uri}: continue with "
-                                  f"okd-ray train --resume {store.uri}") from None
-            result.restarts = restarts
-            return result
+    while True:
+        try:
+            result = run_epochs(config, plan, store, display, on_epoch)
+        except PopulationLost as e:
+            if restarts >= config.ray.max_restarts:
+                raise PopulationLost(
+                    f"{e}; gave up after {restarts} restarts (ray.max_restarts={config.ray.max_restarts}). "
+                    f"Finished epochs are kept in {store.uri}: continue with okd-ray train --resume {store.uri}"
+                ) from None
+            restarts += 1
+            display.message(f"{e}\nrestart {restarts}/{config.ray.max_restarts} from the last checkpoint")
+            continue
+        except ConfigError as e:
+            if not restarts:
+                raise
+            raise ConfigError(f"{e}. Finished epochs are kept in {store.uri}: continue with "
+                              f"okd-ray train --resume {store.uri}") from None
+        result.restarts = restarts
+        return result
 
 
 def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay,

@@ -51,6 +51,15 @@ def connect(address: str | None, log_to_driver: bool = True) -> None:
             signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def tcp_error(host: str, port: int, timeout: float) -> OSError | None:
+    """Why no TCP connection to ``host:port`` was made within ``timeout`` seconds; None where one was."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return e
+    return None
+
+
 def check_reachable(address: str) -> None:
     """Raise ClusterUnreachable unless something answers at ``address``'s host and port within a few seconds; and
     an error saying what to set when the cluster refuses this process's token. Ray itself would retry for 20 s,
@@ -58,10 +67,9 @@ def check_reachable(address: str) -> None:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return  # not host:port: Ray's own error says what is wrong with it
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as e:
-        raise ClusterUnreachable(address, e.strerror or f"no answer within {CONNECT_TIMEOUT_S:g} s") from None
+    error = tcp_error(host, int(port), CONNECT_TIMEOUT_S)
+    if error is not None:
+        raise ClusterUnreachable(address, error.strerror or f"no answer within {CONNECT_TIMEOUT_S:g} s")
     if address.startswith("ray://"):
         return  # a Ray Client server: no GCS to ask
     import grpc

@@ -66,7 +66,8 @@ WATCH = Watch()
 
 class Watched:
     """A part whose method calls ``WATCH`` times; everything else is the part's own. A method keeps its function
-    (``__func__``), whose annotations say what it returns (``protocol.outputs``)."""
+    (``__func__``), whose annotations say what it returns (``protocol.outputs``); it is wrapped once, on first use
+    (then found on this object, a step's calls no longer come here)."""
 
     def __init__(self, part, limit: float):
         WATCH.start(limit)
@@ -83,4 +84,5 @@ class Watched:
             return WATCH.run(self._name, attribute, value, *args, **kwargs)
 
         watched.__func__ = value.__func__  # type: ignore[attr-defined]
+        setattr(self, attribute, watched)
         return watched

@@ -127,6 +127,13 @@ def test_a_population_builds_in_the_hosts_the_one_before_left_and_nothing_of_tha
 KILLED = (*STEPS, "epochs=3", "data.train_limit=160", "method.name=afd+ffl", "schedule={kind: multistep, milestones: [2]}")
 
 
+def killed_population_file(tiny_config, folder) -> Path:
+    """KILLED as a config file, for a command of its own (its local reference is the killed tests' one)."""
+    path = folder / "population.yaml"
+    path.write_text(dump_config(tiny_config(*KILLED)))
+    return path
+
+
 # compiled: in the test below, on one node (across nodes a lost part takes Ray's raylets down: ray#63229)
 @pytest.mark.parametrize("transport, replicas", [(t, 1) for t in TRANSPORTS if t != "compiled"] + [("object_store", 2)])
 def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, on_ray, tiny_config, tmp_path,
@@ -167,8 +174,7 @@ def test_a_driver_killed_before_its_manifest_names_the_parts_shards_resumes_to_t
     manifest). The parts on the session's cluster count nothing: they do not inherit the command's environment.
     The other kill points are the run loop's own, as on the local engine."""
     state, _ = local_runs(KILLED, tiny_config, population_state)
-    config = tmp_path / "population.yaml"
-    config.write_text(dump_config(tiny_config(*KILLED)))
+    config = killed_population_file(tiny_config, tmp_path)
     run_dir, address = tmp_path / "run", ("--address", cluster_address, "--run-dir", tmp_path / "run", "--quiet")
     okd_ray.env[KILL_AFTER] = "15"
     killed = okd_ray.run("train", config, *on_ray, *address)
@@ -188,8 +194,7 @@ def test_a_compiled_graph_on_one_node_resumes_after_losing_a_part(okd_ray, tiny_
     part lost mid-graph takes Ray's raylets down with it (ray#63229, open in Ray 2.60; the README says so), which the
     session's multi-node cluster would show instead. m1's host process is killed as the OOM killer would."""
     state, _ = local_runs(KILLED, tiny_config, population_state)
-    config = tmp_path / "population.yaml"
-    config.write_text(dump_config(tiny_config(*KILLED)))
+    config = killed_population_file(tiny_config, tmp_path)
     run_dir = tmp_path / "killed"
     okd_ray.env.pop("RAY_ADDRESS", None)
     process = okd_ray.start("train", config, "engine=ray", "ray.transport=compiled", "--run-dir", run_dir)

@@ -6,13 +6,14 @@ so ending at once loses only the epoch in progress, as Ray's own end would."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 
 import ray
+
+from ..resources import tcp_error
 
 PROBE_EVERY_S = 1.0
 
@@ -60,12 +61,7 @@ def gcs_address() -> str | None:
 
 
 def refuses(address: str) -> bool:
-    """Whether ``address`` refuses a TCP connection: its host is up and nothing listens there any more."""
+    """Whether ``address`` refuses a TCP connection: its host is up and nothing listens there any more (no answer
+    in time, or no route, is not known to be gone)."""
     host, port = address.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=PROBE_EVERY_S).close()
-    except ConnectionRefusedError:
-        return True
-    except OSError:  # no answer in time, no route: not known to be gone
-        return False
-    return False
+    return isinstance(tcp_error(host, int(port), PROBE_EVERY_S), ConnectionRefusedError)
