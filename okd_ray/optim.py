@@ -3,24 +3,77 @@
 from __future__ import annotations
 
 import bisect
+import inspect
 import math
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
+
+from okd_ray.errors import did_you_mean
 
 from okd_ray.precision import Precision
 from okd_ray.settings import Strict
 
 
+# Every torch.optim optimizer by its lower-case name, but those that cannot drive a whole network alone: L-BFGS steps
+# with a closure that re-evaluates the loss, SparseAdam takes sparse gradients only, Muon 2-d parameters only.
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    name.lower(): cls for name, cls in vars(torch.optim).items()
+    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and name not in ("Optimizer", "LBFGS",
+                                                                                          "SparseAdam", "Muon")}
+
+
 class OptimizerConfig(Strict):
-    name: Literal["sgd", "adam"] = "sgd"
+    """An optimizer. ``weight_decay`` and ``betas`` go to every optimizer that takes them; ``momentum`` and
+    ``nesterov`` to sgd, and to another that takes them where they are set; ``options`` holds any other keyword."""
+
+    name: str = "sgd"  # any torch.optim optimizer by its lower-case name: sgd, adam, adamw, rmsprop, nadam, ...
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    # auto: fused kernels where the optimizer has them (sgd, adam, adamw, adagrad; 2.7x and 4.3x faster than the
+    # for-loop for sgd and adam on ResNet-20 on this CPU), else torch's default (foreach on GPUs, for-loop on CPUs).
+    # Either engine runs the same implementation on the same device, so they stay bit-identical.
+    implementation: Literal["auto", "for-loop", "foreach", "fused"] = "auto"
+    options: dict[str, Any] = {}  # the optimizer's other keywords, e.g. {eps: 1e-6, amsgrad: true}
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {name!r}; {did_you_mean(name, OPTIMIZERS)}choose one of "
+                             f"{', '.join(OPTIMIZERS)} (torch.optim's, by lower-case name)")
+        return name
+
+    @model_validator(mode="after")
+    def _takes(self) -> OptimizerConfig:
+        takes = keywords(self.name)
+        unknown = [k for k in self.options if k not in takes or k in ("params", *OWN_KEYWORDS)]
+        if unknown:
+            raise ValueError(f"options: torch.optim.{OPTIMIZERS[self.name].__name__} has no keyword "
+                             f"{', '.join(unknown)} that options may set (lr, momentum, nesterov, weight_decay, betas "
+                             f"and implementation are keys of their own); it takes: "
+                             f"{', '.join(k for k in takes if k not in ('params', *OWN_KEYWORDS))}")
+        if self.implementation in ("foreach", "fused") and self.implementation not in takes:
+            raise ValueError(f"implementation: torch.optim.{OPTIMIZERS[self.name].__name__} has no {self.implementation} "
+                             "implementation; use auto or for-loop")
+        return self
+
+    def keywords(self) -> dict[str, Any]:
+        """What the optimizer is constructed with, but for its parameters."""
+        takes = keywords(self.name)
+        chosen = {"lr": self.lr, "weight_decay": self.weight_decay, "betas": self.betas}
+        if self.name == "sgd" or "momentum" in self.model_fields_set:
+            chosen["momentum"] = self.momentum
+        if self.name == "sgd" or "nesterov" in self.model_fields_set:
+            chosen["nesterov"] = self.nesterov and self.momentum > 0
+        implementation = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True},
+                          "auto": {"fused": True} if "fused" in takes else {}}[self.implementation]
+        return {**{k: v for k, v in chosen.items() if k in takes}, **implementation, **self.options}
     # Multistep milestones of this optimizer, as a fraction of the schedule's (AFD's adversarial optimizers: 0.5).
     milestone_scale: float = Field(1.0, gt=0)
 
@@ -33,14 +86,15 @@ class ScheduleConfig(Strict):
     gamma: float = Field(0.1, gt=0)
 
 
+OWN_KEYWORDS = ("lr", "momentum", "nesterov", "weight_decay", "betas", "foreach", "fused")
+
+
+def keywords(name: str) -> list[str]:
+    return list(inspect.signature(OPTIMIZERS[name].__init__).parameters)[1:]
+
+
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    params = list(params)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return OPTIMIZERS[cfg.name](list(params), **cfg.keywords())
 
 
 def lr_factor(schedule: ScheduleConfig, epoch: int, epochs: int, milestone_scale: float = 1.0) -> float:
@@ -78,4 +132,17 @@ class Stepper:
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.average is not None:
             self.average([p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
+        if optimizer.defaults.get("fused"):
+            fused_layouts(optimizer)
         self.precision.step(optimizer)
+
+
+def fused_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every gradient its parameter's strides. torch's fused kernels read a gradient as if it had them: on CPU
+    a gradient of other strides (autograd.grad's of a conv weight, a compiled backward's, a channels_last parameter's
+    from a contiguous one) is silently misread (torch 2.14.1, measured: SGD moved a weight by 0.5 where the for-loop
+    moved it by 1e-4); on CUDA it is an error (pytorch#106951)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.stride() != p.stride():
+                p.grad = torch.empty_like(p).copy_(p.grad)

@@ -41,7 +41,8 @@ def parse_space(raw_space: Any, raw_config: dict[str, Any]) -> dict[str, Any]:
     return space
 
 
-SCALE_FREE = ("adam",)  # optimizers whose step ignores a constant factor on the loss (but for their epsilon)
+# optimizers whose step ignores a constant factor on the loss (but for their epsilon): they divide by a running scale
+SCALE_FREE = ("adam", "adamw", "adamax", "nadam", "radam", "adagrad", "rmsprop", "adadelta", "adafactor")
 
 
 def check_acts(key: str, config: TrainConfig) -> None:

@@ -220,14 +220,14 @@ def step_by_hand(config, e, mode: str) -> None:
         logit_grads = torch.autograd.grad(logit_loss, network, retain_graph=True)
         for p, g in zip(network, logit_grads):
             p.grad = g
-        m.optimizers["logit"].optimizer.step()
+        m.stepper.step(m.optimizers["logit"].optimizer)  # as every step (fused kernels: optim.fused_layouts)
         if mode == "sequential":
             feature, _ = m.net(x)
             feature_grads = torch.autograd.grad(align.weight * alignment_loss(m.transfer(feature), ring_map.detach(),
                                                                               "l1"), feature_params, allow_unused=True)
         for p, g in zip(feature_params, feature_grads):
             p.grad = g  # None for the head, which the map does not reach: Adam leaves it alone
-        m.optimizers["feature"].optimizer.step()
+        m.stepper.step(m.optimizers["feature"].optimizer)
 
 
 @pytest.mark.parametrize("mode", ["alternating", "sequential"])
