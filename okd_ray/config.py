@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from okd_ray.data.config import DataConfig
 from okd_ray.errors import ConfigError, did_you_mean
+from okd_ray.execution import CompileConfig, MemoryFormat
 from okd_ray.methods import METHODS, TERMS, Method, Need, TermSettings
 from okd_ray.models import MODELS, TORCHVISION_PREFIX, unknown_model
 from okd_ray.optim import OptimizerConfig, ScheduleConfig
@@ -157,6 +158,13 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Mixed precision in every part: autocast to bf16 or fp16 (fp16 with loss scaling, a GradScaler per part).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # torch.compile every part's networks (members, the fusion, terms' modules, the trunk): false, true, or
+    # {mode: default | reduce-overhead | max-autotune, dynamic: false}. The engines stay bit-identical; compiled
+    # against eager rounds differently (README). Checkpoints hold the plain modules' state.
+    compile: CompileConfig | None = None
+    # The layout of every part's networks and input images: channels_last is faster for convolutions on most
+    # hardware; the values are the same up to rounding.
+    memory_format: MemoryFormat = "contiguous"
     # With replicas: batch norm normalises with the statistics of the whole batch, every replica's share (else
     # each replica's own share's, as DDP).
     sync_batchnorm: bool = False
@@ -182,6 +190,16 @@ class TrainConfig(Strict):
     # Modules or .py files that register terms and methods; imported before the config is validated,
     # in the driver, in every Ray actor (whose part spec holds their terms) and in every Tune trial.
     plugins: list[str] = []
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, value: Any) -> Any:
+        """``compile: false`` is eager (None); ``true`` torch.compile's default settings."""
+        if value is True or value is False or value is None:
+            return {} if value else None
+        if not isinstance(value, dict):
+            raise ValueError(f"give true, false or {{mode: default, dynamic: false}}; got {value!r}")
+        return value
 
     @property
     def run_name(self) -> str:

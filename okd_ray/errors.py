@@ -47,6 +47,10 @@ class TrainingDiverged(OkdRayError, RuntimeError):
         return TrainingDiverged(*self.args[:-1], kept)
 
 
+class CompileFailed(OkdRayError):
+    """torch.compile could not compile a part's module (``compile``); the message names the part and the fix."""
+
+
 class TermFailed(OkdRayError):
     """A term of the method (a plugin's, most often) raised, or returned what is not a loss, in a part's step at an
     epoch and step (both from 1); ``where`` is the term's own line that raised, or its file."""

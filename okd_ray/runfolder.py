@@ -17,7 +17,8 @@ METRICS = "metrics.parquet"
 
 # The keys a continued run may change: its length, its engine and resources, where its data and outputs lie,
 # what it logs.
-MAY_CHANGE = ("epochs", "engine", "device", "threads", "checkpoint_every", "silent_part_s", "output_dir", "logging",
+MAY_CHANGE = ("epochs", "engine", "device", "threads", "checkpoint_every", "silent_part_s", "compile",
+              "memory_format", "output_dir", "logging",
               "log_every_steps", "ray", "search",
               "data.root", "data.download", "data.num_workers", "data.test_batch_size")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from okd_ray.data import Dataset
+from okd_ray.execution import compile_modules, to_format
 
 from .fusion import Fusion
 from .member import Member
@@ -27,5 +28,9 @@ def part_class(pid: PartId) -> type[Part]:
 
 def build_part(spec: PartSpec, device: torch.device, dataset: Dataset | None) -> Part:
     """The part of ``spec`` (one of a plan's), wherever it is built (in one process, or in its own actor), with the
-    plan's data set where the part reads batches itself."""
-    return part_class(spec.pid)(spec, device, dataset if spec.reads_data else None)
+    plan's data set where the part reads batches itself; its modules in the spec's memory format, and compiled
+    where the spec says."""
+    part = part_class(spec.pid)(spec, device, dataset if spec.reads_data else None)
+    to_format(part.modules.values(), spec.memory_format)
+    compile_modules(part.modules.values(), spec.compile)
+    return part

@@ -16,6 +16,7 @@ import torch
 
 from okd_ray.data.base import Dataset, Split
 from okd_ray.errors import OkdRayError, TermFailed
+from okd_ray.execution import compile_error
 from okd_ray.methods import PEER_NEEDS, Batch, Need, OwnedOptimizer, Term, transfer_layer
 from okd_ray.optim import make_optimizer
 
@@ -77,9 +78,9 @@ class Member(Part):
         self._shared, gate, trunk_messages = None, None, {}
         if shared is None:
             x, y, ids = shard(next(self._batches), self.spec.replica, self.spec.replicas)
-            x = x.to(self.device, non_blocking=True)
+            x = self.images(x)
         else:  # fresh leaves: their gradients go back to the trunk
-            self._shared = x = shared.features.to(self.device).detach().requires_grad_()
+            self._shared = x = self.images(shared.features).detach().requires_grad_()
             if shared.gate is not None:
                 gate = shared.gate.to(self.device).detach().requires_grad_()
             y, ids = shared.labels, shared.ids
@@ -172,9 +173,9 @@ class Member(Part):
         this part, the step and the term's line (an okd-ray error it raises stays as it is)."""
         try:
             loss = term.loss(batch)
-        except OkdRayError:
-            raise
         except Exception as e:  # noqa: BLE001 - a plugin's code: any error
+            if isinstance(e, OkdRayError) or compile_error(e):  # a term's module that torch.compile failed on: the
+                raise  # part's, named where its call is watched
             raise TermFailed(self.name, term.name, self.epoch + 1, self.step_index + 1,
                              f"raised {type(e).__name__}: {e}", code_line(type(term), e.__traceback__)) from None
         if not isinstance(loss, torch.Tensor) or loss.ndim:  # shape only: no host sync
@@ -206,7 +207,7 @@ class Member(Part):
         logits and the labels."""
         x, y = next(self._eval_batches) if shared is None else (shared.features, shared.labels)
         with self.rng.active(self.device), self.precision.autocast():
-            feature, logits = self.deployed(x.to(self.device))
+            feature, logits = self.deployed(self.images(x))
         return outgoing(MemberEval(feature if Need.FUSION in self.needs else None, logits, y))
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from okd_ray.checkpoint import Checkpoint, Shard, load_shard, save_shard, shard_path
 from okd_ray.data.base import Dataset, Split
 from okd_ray.errors import TrainingDiverged
+from okd_ray.execution import as_input
 from okd_ray.methods import OwnedOptimizer
 from okd_ray.optim import Stepper, set_epoch_lr
 from okd_ray.precision import Precision
@@ -51,6 +52,11 @@ class Part:
         self.epoch, self.step_index = 0, 0
         self._step: list[Logged] = []  # this step's logged values
         self._steps: list[tuple[list[Logged], int | None]] = []  # this epoch's, with each step's batch size
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of images (or the trunk's shared features) as the part computes on them: on its device, in its
+        memory format."""
+        return as_input(x, self.device, self.spec.memory_format)
 
     def join_replicas(self, gather: Gather) -> None:
         """With replicas, once built (identical, from one RNG stream): ``gather`` meets the part's other replicas.

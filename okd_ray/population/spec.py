@@ -10,6 +10,7 @@ from okd_ray.data import DataInfo
 from okd_ray.methods import Fuser, Method, Need, Term, TermSettings, TrunkHook
 from okd_ray.optim import OptimizerConfig, ScheduleConfig
 
+from okd_ray.execution import CompileConfig, MemoryFormat
 from okd_ray.precision import PrecisionName
 from .protocol import PartId, parts_of
 
@@ -27,6 +28,8 @@ class PartSpec:
     info: DataInfo  # the data set's channels, classes and image size
     steps_per_epoch: int
     precision: PrecisionName
+    compile: CompileConfig | None = None  # torch.compile's settings for every module of the part; None: eager
+    memory_format: MemoryFormat = "contiguous"  # of its modules and the images it reads
     replicas: int = 1  # D: the part runs as D replicas, replica r on share r of every batch
     replica: int = 0  # which one this is (the plan's specs are replica 0's; ``replica_specs`` gives the others)
     sync_batchnorm: bool = False  # with replicas: batch norm on the whole batch's statistics
@@ -85,7 +88,7 @@ def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common:
     method = config.method
     common_fields = dict(seed=config.seed, epochs=config.epochs, schedule=config.schedule, members=len(config.members),
                          info=info, steps_per_epoch=steps_per_epoch, precision=config.precision,
-                         sync_batchnorm=config.sync_batchnorm)
+                         compile=config.compile, memory_format=config.memory_format, sync_batchnorm=config.sync_batchnorm)
     terms = tuple((spec.term, method.settings(spec.name)) for spec in method.method.terms)
     specs: list[PartSpec] = []
     for pid in parts_of(config):

@@ -54,7 +54,7 @@ class Trunk(Part):
         self._features, self._gates, sent = [], [], []
         with self.rng.active(self.device), self.precision.autocast():
             for x, y, ids in batches:
-                x = x.to(self.device, non_blocking=True)
+                x = self.images(x)
                 features = self.net(x)
                 gate = self.gate(features) if self.gate is not None else None
                 messages = {name: hook.to_members(x) for name, hook in self.hooks.items()}
@@ -94,6 +94,6 @@ class Trunk(Part):
     def eval_next(self) -> TrunkEval:
         x, y = next(self._eval_batches)
         with self.rng.active(self.device), self.precision.autocast():
-            features = self.deployed(x.to(self.device))
+            features = self.deployed(self.images(x))
             gate = self.gate(features) if self.gate is not None else None
         return outgoing(TrunkEval(SharedMessage(features, gate, y), gate))

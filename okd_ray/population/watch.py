@@ -1,6 +1,7 @@
 """A part's call that runs longer than ``silent_part_s`` is reported by name, where the part runs (the local
 engine's process, or the part's Ray host, whose stderr Ray shows in the driver's): a plugin loss that never
-returns, a data set read that hangs. Every engine and transport calls a part's methods through ``Watched``."""
+returns, a data set read that hangs. Every engine and transport calls a part's methods through ``Watched``, which
+also names the part where torch.compile fails in its call (compiling happens on a module's first calls)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from okd_ray.execution import compile_error, compile_failed
 
 
 @dataclass
@@ -81,7 +84,12 @@ class Watched:
 
         @functools.wraps(value)
         def watched(*args, **kwargs):
-            return WATCH.run(self._name, attribute, value, *args, **kwargs)
+            try:
+                return WATCH.run(self._name, attribute, value, *args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - only torch.compile's are replaced
+                if compile_error(e):
+                    raise compile_failed(self._name, e) from None
+                raise
 
         watched.__func__ = value.__func__  # type: ignore[attr-defined]
         setattr(self, attribute, watched)

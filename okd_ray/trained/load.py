@@ -95,7 +95,8 @@ def build_deployed(config: TrainConfig, info: DataInfo, pid: PartId, store: RunS
     members = [pid] if pid.kind == "member" else [p for p in by_pid if p.kind == "member"]
     trunk, fused = PartId("trunk"), PartId("fused")
     needed = [*members, *(p for p in (trunk, fused) if p in by_pid and (p == trunk or pid == fused))]
-    parts = {p: build_part(by_pid[p], torch.device("cpu"), None) for p in needed}
+    plain = {p: replace(by_pid[p], compile=None, memory_format="contiguous") for p in needed}  # what a user deploys
+    parts = {p: build_part(plain[p], torch.device("cpu"), None) for p in needed}
     if checkpoint is not None:
         for part in parts.values():
             part.load(store.address, checkpoint)
