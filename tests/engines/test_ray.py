@@ -59,7 +59,6 @@ EXACT = [(p, DEFAULT) for p in POPULATIONS] + [(p, t) for t in TRANSPORTS[::-1] 
 STEPS = ["epochs=2", "data.train_limit=96", "data.validation=20", "data.batch_size=32", "data.test_limit=64", "threads=1",
          "schedule={kind: multistep, milestones: [1]}"]
 TIMINGS = ("epoch_seconds", "elapsed_seconds")
-LOSSES = ("ce", "ring_kl", "adversarial", "fused_kl", "discriminator", "ensemble_kl")  # afd+ffl's columns
 
 
 def assert_same_rows(a, b):
@@ -310,23 +309,3 @@ def test_a_part_that_fails_mid_epoch_gives_its_own_error_and_no_part_hangs(clust
     time.sleep(1)
     assert not [a for a in ray_cluster.util.list_named_actors() if a.startswith("okd-")]  # every part is gone (the
     # hosts of earlier tests were given back before this run: cluster_address)
-
-
-def test_compiled_and_channels_last_runs_round_apart_from_eager_by_little(tiny_config, population_state, local_runs):
-    """torch.compile fuses kernels, channels_last orders the reductions of convolutions otherwise: neither is exact
-    against eager contiguous, both only round apart. After these 6 steps this machine measured at most 4.5e-6 (relative,
-    by tensor norm) in the population's state and 1.3e-5 in a loss (README); the bounds are ten times that, where a
-    wrong layout or a lost update would be orders of magnitude more. A compiled backward gives a parameter that the loss does not reach a zero gradient
-    where eager gives none: AFD's feature optimizer (Adam) then holds zero moments for the classifier, and leaves it
-    where it was."""
-    eager, eager_rows = local_runs((*STEPS, *COMPILED), tiny_config, population_state)
-    for population in ([*COMPILED, "memory_format=channels_last"], POPULATIONS["afd+ffl-compiled-channels-last"]):
-        state, rows = local_runs((*STEPS, *population), tiny_config, population_state)
-        unreached = state.keys() - eager.keys()
-        assert not eager.keys() - state.keys()
-        assert all(".optimizers.feature.state." in k and (k.endswith(".step.") or not state[k].any()) for k in unreached)
-        drift = {k: ((state[k].double() - eager[k].double()).norm() / eager[k].double().norm()).item()
-                 for k in eager if eager[k].is_floating_point() and eager[k].norm() > 0}
-        assert max(drift.values()) < 5e-5, max(drift, key=drift.get)
-        losses = [(a[k], b[k]) for a, b in zip(eager_rows, rows) for k in a if k in LOSSES and a[k] is not None]
-        assert losses and all(abs(x - y) <= 1e-4 * abs(x) for x, y in losses)
