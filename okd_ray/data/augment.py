@@ -21,11 +21,13 @@ class PadCropFlip:
 
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, c, h, w = images.shape
+        device = images.device  # the draws are the CPU generator's wherever the images are
         padded = F.pad(images, [self.pad] * 4, mode=self.mode)
-        dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
-        dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
-        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-        crops = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-        flip = (torch.rand(n, generator=g) < 0.5)[:, None, None, None]
+        dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(device)
+        dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(device)
+        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+        crops = padded[torch.arange(n, device=device)[:, None, None, None],
+                       torch.arange(c, device=device)[None, :, None, None], rows, cols]
+        flip = (torch.rand(n, generator=g) < 0.5).to(device)[:, None, None, None]
         return torch.where(flip, crops.flip(-1), crops)

@@ -35,8 +35,8 @@ class Normalisation:
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (…×C×H×W, in [0, 1]) less the mean, over the standard deviation, per channel."""
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-        return (x - mean) / torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+        return (x - mean) / torch.tensor(self.std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.standardise(self.unit(pixels))
@@ -54,7 +54,8 @@ class Dataset(Protocol):
     can each load their own data and still train on the same samples.
 
     A data set may also say how it normalises (``normalisation``, a ``Normalisation``): the run records it, so
-    that ``okd_ray.load_transform`` can give it where the data set is not.
+    that ``okd_ray.load_transform`` can give it where the data set is not; and it may keep its images on a part's
+    device (``on(device)``, giving the data set there), as the in-memory ones do.
     """
 
     info: DataInfo
@@ -75,3 +76,10 @@ class Dataset(Protocol):
         each take a share of every batch, so a batch smaller than the replica count is refused before a run."""
 
     def num_eval_batches(self, split: Split) -> int: ...
+
+
+def on_device(dataset: Dataset | None, device: torch.device) -> Dataset | None:
+    """``dataset`` with its images on ``device`` where it keeps them in memory (``on``); else as it is (its batches
+    move to the device one at a time)."""
+    place = getattr(dataset, "on", None)
+    return place(device) if place is not None else dataset

@@ -1,12 +1,14 @@
 """Small data sets held whole in memory: order and augmentation per batch from (seed, epoch) generators.
 
 No DataLoader and no worker processes: a batch is an index into a uint8 tensor, so it costs
-microseconds and is bit-identical in every process that builds the same data set.
+microseconds and is bit-identical in every process that builds the same data set. A part on a GPU keeps the
+tensors there (``on``) and makes its batches there, from the same draws of the same CPU generators.
 """
 
 from __future__ import annotations
 
 import math
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -63,6 +65,21 @@ class TensorDataset:
         self._eval = {"val": (images[held], labels[held]),
                       "test": (data.test_images[:config.test_limit], data.test_labels[:config.test_limit])}
         self.normalisation = Normalisation(data.mean, data.std, data.max_value)
+        self._placed: dict[torch.device, TensorDataset] = {}
+
+    def on(self, device: torch.device) -> TensorDataset:
+        """This data set with its tensors on ``device`` (copied once per device), where its batches are then made."""
+        device = torch.device(device)
+        if device == self._train[0].device:
+            return self
+        if device not in self._placed:
+            placed = copy.copy(self)
+            move = lambda pair: tuple(t.to(device) for t in pair)  # noqa: E731
+            placed._train, placed._train_ids = move(self._train), self._train_ids.to(device)
+            placed._eval = {split: move(pair) for split, pair in self._eval.items()}
+            placed._placed = {}
+            self._placed[device] = placed
+        return self._placed[device]
 
     def num_train_batches(self) -> int:
         return math.ceil(self.num_train_images() / self.batch_size)
@@ -76,7 +93,7 @@ class TensorDataset:
     def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor,
                                                                                      torch.Tensor]]:
         images, labels = self._train
-        order = torch.randperm(len(labels), generator=generator("order", self.seed, epoch))
+        order = torch.randperm(len(labels), generator=generator("order", self.seed, epoch)).to(labels.device)
         for batch, start in enumerate(range(0, len(labels), self.batch_size)):
             index = order[start:start + self.batch_size]
             x = self.normalisation.unit(images[index])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from okd_ray.checkpoint import Checkpoint, Shard, load_shard, save_shard, shard_path
-from okd_ray.data.base import Dataset, Split
+from okd_ray.data.base import Dataset, Split, on_device
 from okd_ray.errors import TrainingDiverged
 from okd_ray.execution import as_input
 from okd_ray.methods import OwnedOptimizer
@@ -41,7 +41,7 @@ class Part:
     def __init__(self, spec: PartSpec, seed_keys: tuple, device: torch.device, dataset: Dataset | None = None):
         """``dataset``: the run's, built once by the plan, where the part draws batches itself (``reads_data``)."""
         self.spec, self.name, self.device = spec, spec.pid.name, torch.device(device)
-        self.dataset = dataset
+        self.dataset = on_device(dataset, self.device)
         self.seed_keys = seed_keys
         self.rng = PrivateRNG(derive_seed(spec.seed, *seed_keys))
         self.precision = Precision(spec.precision, self.device)
