@@ -30,23 +30,25 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+from plain_loops import measure_plain
 from rich.console import Console
 from rich.table import Table
 
 from okd_ray.config import load_config
-from okd_ray.engines.local import LocalEngine
 from okd_ray.engines import part_bundles
+from okd_ray.engines.local import LocalEngine
 from okd_ray.engines.ray import RayEngine
 from okd_ray.engines.ray.direct import backend
 from okd_ray.population import plan_population
-from plain_loops import measure_plain
 
 POPULATIONS = {
     "resnet20 pair, afd": ["method.name=afd", "members=[{arch: resnet20}, {arch: resnet20}]"],
     "3x resnet20, ffl": ["method.name=ffl", "members=[{arch: resnet20}, {arch: resnet20}, {arch: resnet20}]"],
 }
-SMOKE = {"cnn16 pair, afd": ["method.name=afd", "members=[{arch: cnn16}, {arch: cnn16}]"],
-         "3x cnn16, ffl": ["method.name=ffl", "members=[{arch: cnn16}, {arch: cnn16}, {arch: cnn16}]"]}
+SMOKE = {
+    "cnn16 pair, afd": ["method.name=afd", "members=[{arch: cnn16}, {arch: cnn16}]"],
+    "3x cnn16, ffl": ["method.name=ffl", "members=[{arch: cnn16}, {arch: cnn16}, {arch: cnn16}]"],
+}
 MODES = {"eager": "compile=false", "compiled": "compile=true"}
 
 
@@ -72,8 +74,13 @@ def measure(config, engine_name: str, steps: int, warmup: int) -> dict:
             work = statistics.median(critical_path(busy, len(config.members))) if "forward" in busy[0] else None
     finally:
         engine.close()
-    return {"steps": steps, "step_ms": 1000 * step, "images_per_s": config.data.batch_size / step,
-            "compute_ms": 1000 * work if work else None, "exchange_overhead": step / work - 1.0 if work else None}
+    return {
+        "steps": steps,
+        "step_ms": 1000 * step,
+        "images_per_s": config.data.batch_size / step,
+        "compute_ms": 1000 * work if work else None,
+        "exchange_overhead": step / work - 1.0 if work else None,
+    }
 
 
 def critical_path(busy: list[dict[str, list[float]]], members: int) -> list[float]:
@@ -94,8 +101,12 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["eager"], choices=list(MODES), help="eager, torch.compile'd")
     parser.add_argument("--memory-format", nargs="+", default=["contiguous"], choices=["contiguous", "channels_last"])
     parser.add_argument("--optimizer-implementation", default="auto", choices=["auto", "for-loop", "foreach", "fused"])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads everywhere (default: torch's locally, "
-                                                                    "the part's CPUs on Ray)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads everywhere (default: torch's locally, the part's CPUs on Ray)",
+    )
     parser.add_argument("--no-plain", action="store_true", help="leave out the plain single-process loop")
     parser.add_argument("--address", default=None, help="Ray cluster to join; default: start a local one")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -111,14 +122,25 @@ def main() -> None:
     rows = []
     implementation = args.optimizer_implementation
     for (name, overrides), precision, memory_format, mode in itertools.product(
-            populations.items(), args.precision, args.memory_format, args.modes):
+        populations.items(), args.precision, args.memory_format, args.modes
+    ):
         base = [
-            "data.name=synthetic-cifar100", f"data.batch_size={args.batch_size}", "data.test_limit=128",
-            f"data.train_limit={args.batch_size * total}", "data.validation=0", "epochs=1", f"device={args.device}",
-            f"precision={precision}", f"memory_format={memory_format}", MODES[mode], *overrides,
+            "data.name=synthetic-cifar100",
+            f"data.batch_size={args.batch_size}",
+            "data.test_limit=128",
+            f"data.train_limit={args.batch_size * total}",
+            "data.validation=0",
+            "epochs=1",
+            f"device={args.device}",
+            f"precision={precision}",
+            f"memory_format={memory_format}",
+            MODES[mode],
+            *overrides,
             *([f"threads={args.threads}"] if args.threads else []),
-            *(f"members.{i}.optimizer.implementation={implementation}"
-              for i in range(len(load_config(None, overrides).members))),
+            *(
+                f"members.{i}.optimizer.implementation={implementation}"
+                for i in range(len(load_config(None, overrides).members))
+            ),
             f"method.feature_update.optimizer.implementation={implementation}",
         ]
         for engine_name in [*([] if args.no_plain else ["plain"]), "local", *args.transports]:
@@ -129,11 +151,21 @@ def main() -> None:
                 extra += [f"ray.num_gpus_per_member={share:g}", f"ray.num_gpus_fusion={share:g}"]
             config = load_config(None, base + extra)
             label = f"direct ({backend(part_bundles(config))})" if engine_name == "direct" else engine_name
-            row = {"population": name, "precision": precision, "mode": mode, "memory_format": memory_format,
-                   "optimizer_implementation": implementation, "engine": label, "members": len(config.members),
-                   "batch_size": args.batch_size, "device": args.device, "cpus": resources.get("CPU", 0),
-                   "gpus": resources.get("GPU", 0), "error": None,
-                   **dict.fromkeys(["steps", "step_ms", "images_per_s", "compute_ms", "exchange_overhead"])}
+            row = {
+                "population": name,
+                "precision": precision,
+                "mode": mode,
+                "memory_format": memory_format,
+                "optimizer_implementation": implementation,
+                "engine": label,
+                "members": len(config.members),
+                "batch_size": args.batch_size,
+                "device": args.device,
+                "cpus": resources.get("CPU", 0),
+                "gpus": resources.get("GPU", 0),
+                "error": None,
+                **dict.fromkeys(["steps", "step_ms", "images_per_s", "compute_ms", "exchange_overhead"]),
+            }
             try:
                 row.update(measure(config, engine_name, args.steps, args.warmup))
             except Exception as e:  # noqa: BLE001 - recorded: which transports run on this machine is a result
@@ -149,22 +181,44 @@ def save(rows: list[dict], out: str) -> None:
     """Every row with its ratios to the local engine's and the plain loop's of its population, precision, layout
     and mode, and to the plain eager loop's, written to ``out``."""
     for row in rows:
-        same = lambda r: all(r[k] == row[k] for k in ("population", "precision", "memory_format", "mode"))  # noqa: E731
+        same = [r for r in rows if all(r[k] == row[k] for k in ("population", "precision", "memory_format", "mode"))]
         for baseline in ("local", "plain"):
-            base = next((r for r in rows if same(r) and r["engine"] == baseline and r.get("step_ms")), None)
+            base = next((r for r in same if r["engine"] == baseline and r.get("step_ms")), None)
             row[f"step_vs_{baseline}"] = row["step_ms"] / base["step_ms"] if base and row.get("step_ms") else None
-        eager_plain = next((r for r in rows if r["engine"] == "plain" and r["mode"] == "eager" and r.get("step_ms") and
-                            all(r[k] == row[k] for k in ("population", "precision", "memory_format"))), None)
-        row["speedup_vs_plain_eager"] = (eager_plain["step_ms"] / row["step_ms"]
-                                         if eager_plain and row.get("step_ms") else None)
+        eager_plain = next(
+            (
+                r
+                for r in rows
+                if r["engine"] == "plain"
+                and r["mode"] == "eager"
+                and r.get("step_ms")
+                and all(r[k] == row[k] for k in ("population", "precision", "memory_format"))
+            ),
+            None,
+        )
+        row["speedup_vs_plain_eager"] = (
+            eager_plain["step_ms"] / row["step_ms"] if eager_plain and row.get("step_ms") else None
+        )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out)
 
 
 def show(rows: list[dict]) -> None:
     table = Table(title="population step: mean step, median critical-path compute")
-    columns = ["population", "precision", "layout", "mode", "engine", "step ms", "images/s", "compute ms", "overhead",
-               "step / local", "step / plain", "plain eager / step"]
+    columns = [
+        "population",
+        "precision",
+        "layout",
+        "mode",
+        "engine",
+        "step ms",
+        "images/s",
+        "compute ms",
+        "overhead",
+        "step / local",
+        "step / plain",
+        "plain eager / step",
+    ]
     for column in columns:
         table.add_column(column, justify="left" if columns.index(column) < 5 else "right")
     for r in rows:
@@ -172,11 +226,15 @@ def show(rows: list[dict]) -> None:
         if r["error"]:
             table.add_row(*named, f"failed: {r['error'][:60]}", *[""] * 6)
             continue
-        overhead = "" if r["exchange_overhead"] is None or r["engine"] == "local" else f"{100 * r['exchange_overhead']:+.1f} %"
+        overhead = (
+            "" if r["exchange_overhead"] is None or r["engine"] == "local" else f"{100 * r['exchange_overhead']:+.1f} %"
+        )
         compute = "" if r["compute_ms"] is None else f"{r['compute_ms']:.1f}"
-        ratio = lambda key: f"{r[key]:.2f}" if r.get(key) else ""  # noqa: E731
-        table.add_row(*named, f"{r['step_ms']:.1f}", f"{r['images_per_s']:.0f}", compute, overhead,
-                      ratio("step_vs_local"), ratio("step_vs_plain"), ratio("speedup_vs_plain_eager"))
+        ratios = [
+            f"{r[key]:.2f}" if r.get(key) else ""
+            for key in ("step_vs_local", "step_vs_plain", "speedup_vs_plain_eager")
+        ]
+        table.add_row(*named, f"{r['step_ms']:.1f}", f"{r['images_per_s']:.0f}", compute, overhead, *ratios)
     Console(width=160).print(table)
 
 

@@ -82,17 +82,30 @@ def local_cluster(nodes: int, cpus_per_node: int):
 def population(k: int, arch: str, batch_size: int, steps: int) -> list[str]:
     """afd+ffl over ``k`` members of ``arch``, with data for ``steps`` steps of ``batch_size`` CIFAR-shaped images."""
     members = "[" + ", ".join([f"{{arch: {arch}}}"] * k) + "]"
-    return ["method.name=afd+ffl", f"members={members}", "data.name=synthetic-cifar100",
-            f"data.batch_size={batch_size}", f"data.train_limit={batch_size * steps}", "data.test_limit=64", "epochs=1",
-            "device=cpu"]
+    return [
+        "method.name=afd+ffl",
+        f"members={members}",
+        "data.name=synthetic-cifar100",
+        f"data.batch_size={batch_size}",
+        f"data.train_limit={batch_size * steps}",
+        "data.test_limit=64",
+        "epochs=1",
+        "device=cpu",
+    ]
 
 
 def on_ray(base: list[str], transport: str, k: int, cpus: float, nodes: int = 1) -> list[str]:
     """``base`` on the Ray engine, one torch thread a part, K members and the fusion sharing ``cpus`` equally
     (on ``nodes`` nodes of equal size: a share that fits the parts a node must hold)."""
     share = math.floor(100 * (cpus / nodes) / math.ceil((k + 1) / nodes)) / 100
-    return [*base, "engine=ray", f"ray.transport={transport}", "threads=1", f"ray.num_cpus_per_member={share}",
-            f"ray.num_cpus_fusion={share}"]
+    return [
+        *base,
+        "engine=ray",
+        f"ray.transport={transport}",
+        "threads=1",
+        f"ray.num_cpus_per_member={share}",
+        f"ray.num_cpus_fusion={share}",
+    ]
 
 
 def measure(args) -> list[dict]:
@@ -116,12 +129,25 @@ def measure(args) -> list[dict]:
                 step, driver, per_call = timed_epoch(engine, args.warmup, args.steps)
             finally:
                 engine.close()
-            rows.append({"members": k, "transport": transport, "nodes": nodes, "batch_size": args.batch_size,
-                         "cpus_per_part": share, "step_ms": 1000 * step, "images_per_s": args.batch_size / step,
-                         "driver_cpu_ms_per_step": 1000 * driver, "driver_cpu_ms_per_call": 1000 * per_call,
-                         "driver_cpu_share": driver / step,
-                         "startup_s": startup, "ring_mb_per_member": ring / 2**20, "fusion_mb": fusion / 2**20,
-                         "total_mb": (k * ring + fusion) / 2**20, "cpus": cpus})
+            rows.append(
+                {
+                    "members": k,
+                    "transport": transport,
+                    "nodes": nodes,
+                    "batch_size": args.batch_size,
+                    "cpus_per_part": share,
+                    "step_ms": 1000 * step,
+                    "images_per_s": args.batch_size / step,
+                    "driver_cpu_ms_per_step": 1000 * driver,
+                    "driver_cpu_ms_per_call": 1000 * per_call,
+                    "driver_cpu_share": driver / step,
+                    "startup_s": startup,
+                    "ring_mb_per_member": ring / 2**20,
+                    "fusion_mb": fusion / 2**20,
+                    "total_mb": (k * ring + fusion) / 2**20,
+                    "cpus": cpus,
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -143,20 +169,31 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--transports", nargs="+", default=["object_store", "direct", "compiled", "collective"])
     parser.add_argument("--address", default=None)
-    parser.add_argument("--nodes", type=int, default=0,
-                        help="a local multi-node cluster of this many raylets (parts spread over them)")
+    parser.add_argument(
+        "--nodes", type=int, default=0, help="a local multi-node cluster of this many raylets (parts spread over them)"
+    )
     parser.add_argument("--cpus-per-node", type=int, default=1)
     parser.add_argument("--smoke-test", action="store_true")
-    parser.add_argument("--out", default=None, help="default: results/bench_scaling.parquet, with --nodes N "
-                        "results/bench_scaling_Nnodes.parquet")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="default: results/bench_scaling.parquet, with --nodes N results/bench_scaling_Nnodes.parquet",
+    )
     args = parser.parse_args()
-    args.out = args.out or str(Path(__file__).parent / "results" /
-                               (f"bench_scaling_{args.nodes}nodes.parquet" if args.nodes else "bench_scaling.parquet"))
+    args.out = args.out or str(
+        Path(__file__).parent
+        / "results"
+        / (f"bench_scaling_{args.nodes}nodes.parquet" if args.nodes else "bench_scaling.parquet")
+    )
     if args.smoke_test:
         args.sizes, args.steps, args.warmup = [2, 3], 3, 1
     cluster = local_cluster(args.nodes, args.cpus_per_node) if args.nodes else None
-    ray.init(address=cluster.address if cluster else args.address, include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
+    ray.init(
+        address=cluster.address if cluster else args.address,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+    )
     try:
         rows = measure(args)
     finally:
@@ -165,13 +202,30 @@ def main() -> None:
             cluster.shutdown()
     where = f"{rows[0]['nodes']} raylets" if args.nodes else "one node"
     table = Table(title=f"scaling: afd+ffl, {args.arch} members, batch {args.batch_size}, {args.steps} steps, {where}")
-    for c in ["K", "transport", "step ms", "driver CPU ms / step", "driver CPU ms / call", "start-up s",
-              "ring MB / member", "fusion MB", "total MB / step"]:
+    for c in [
+        "K",
+        "transport",
+        "step ms",
+        "driver CPU ms / step",
+        "driver CPU ms / call",
+        "start-up s",
+        "ring MB / member",
+        "fusion MB",
+        "total MB / step",
+    ]:
         table.add_column(c, justify="right")
     for r in rows:
-        table.add_row(str(r["members"]), r["transport"], f"{r['step_ms']:.1f}", f"{r['driver_cpu_ms_per_step']:.2f}",
-                      f"{r['driver_cpu_ms_per_call']:.1f}", f"{r['startup_s']:.1f}", f"{r['ring_mb_per_member']:.3f}",
-                      f"{r['fusion_mb']:.3f}", f"{r['total_mb']:.3f}")
+        table.add_row(
+            str(r["members"]),
+            r["transport"],
+            f"{r['step_ms']:.1f}",
+            f"{r['driver_cpu_ms_per_step']:.2f}",
+            f"{r['driver_cpu_ms_per_call']:.1f}",
+            f"{r['startup_s']:.1f}",
+            f"{r['ring_mb_per_member']:.3f}",
+            f"{r['fusion_mb']:.3f}",
+            f"{r['total_mb']:.3f}",
+        )
     publish(table, rows, args.out)
 
 

@@ -3,7 +3,8 @@
     python experiments/bench_small_models.py                     # fmnet-s and fmnet-l, seeds 0 1, 60k x 10 epochs
     python experiments/bench_small_models.py --jobs 2            # two trainings side by side at 1 thread each
     python experiments/bench_small_models.py --augment both      # also with the loader's crop-and-flip
-    python experiments/bench_small_models.py --seeds 0 --epochs 20 --out experiments/results/small_models_epochs20.parquet
+    python experiments/bench_small_models.py --seeds 0 --epochs 20 \
+        --out experiments/results/small_models_epochs20.parquet
     python experiments/bench_small_models.py --smoke-test        # a few batches, to check the script
 
 The study budget this checks: a study runs ~40 population runs, each training a small and a large member
@@ -72,15 +73,28 @@ def macs(model: nn.Module, in_channels: int, size: int) -> int:
 def train(job: dict) -> list[dict]:
     """Train one model alone for job['epochs'] epochs; a row per epoch."""
     torch.set_num_threads(job["threads"])
-    data = build_dataset("fashion-mnist", root=job["root"], batch_size=128, seed=job["seed"],
-                         augment=job["augment"], train_limit=job["train_limit"], test_limit=job["test_limit"])
+    data = build_dataset(
+        "fashion-mnist",
+        root=job["root"],
+        batch_size=128,
+        seed=job["seed"],
+        augment=job["augment"],
+        train_limit=job["train_limit"],
+        test_limit=job["test_limit"],
+    )
     info = data.info
     torch.manual_seed(job["seed"])
     model = build_model(job["model"], in_channels=info.in_channels, num_classes=info.num_classes)
     base = {
-        "model": job["model"], "seed": job["seed"], "threads": job["threads"], "jobs": job["jobs"],
-        "train_limit": job["train_limit"] or 60_000, "augment": job["augment"], "base_lr": job["lr"],
-        "epochs": job["epochs"], "params": sum(p.numel() for p in model.parameters()),
+        "model": job["model"],
+        "seed": job["seed"],
+        "threads": job["threads"],
+        "jobs": job["jobs"],
+        "train_limit": job["train_limit"] or 60_000,
+        "augment": job["augment"],
+        "base_lr": job["lr"],
+        "epochs": job["epochs"],
+        "params": sum(p.numel() for p in model.parameters()),
         "mmacs": macs(model, info.in_channels, info.image_size) / 1e6,
     }
     settings = OptimizerConfig(lr=job["lr"], momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -109,15 +123,27 @@ def train(job: dict) -> list[dict]:
             for x, y in data.eval_batches("test"):
                 test_correct += (model(x)[1].argmax(1) == y).sum().item()
                 test_seen += len(y)
-        rows.append({
-            **base, "epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
-            "test_top1": 100 * test_correct / test_seen, "test_images": test_seen,
-            "train_wall_s": train_wall, "train_cpu_s": train_cpu,
-            "eval_wall_s": time.perf_counter() - wall, "eval_cpu_s": time.process_time() - cpu,
-        })
+        rows.append(
+            {
+                **base,
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": loss_sum / seen,
+                "train_top1": 100 * correct / seen,
+                "test_top1": 100 * test_correct / test_seen,
+                "test_images": test_seen,
+                "train_wall_s": train_wall,
+                "train_cpu_s": train_cpu,
+                "eval_wall_s": time.perf_counter() - wall,
+                "eval_cpu_s": time.process_time() - cpu,
+            }
+        )
         r = rows[-1]
-        print(f"{r['model']} seed {r['seed']} threads {r['threads']} epoch {epoch}: test top-1 {r['test_top1']:.2f}, "
-              f"train {train_wall:.1f} s wall / {train_cpu:.1f} s CPU, eval {r['eval_wall_s']:.1f} s", flush=True)
+        print(
+            f"{r['model']} seed {r['seed']} threads {r['threads']} epoch {epoch}: test top-1 {r['test_top1']:.2f}, "
+            f"train {train_wall:.1f} s wall / {train_cpu:.1f} s CPU, eval {r['eval_wall_s']:.1f} s",
+            flush=True,
+        )
     return rows
 
 
@@ -143,14 +169,26 @@ def show(rows: list[dict], console: Console) -> None:
         for s in seeds:
             curve.add_column(f"{m} s{s}", justify="right")
     for e in range(epochs):
-        cells = [f"{r['test_top1']:.2f}" for m in models for s in seeds
-                 for r in one if (label(r), r["seed"], r["epoch"]) == (m, s, e)]
+        cells = [
+            f"{r['test_top1']:.2f}"
+            for m in models
+            for s in seeds
+            for r in one
+            if (label(r), r["seed"], r["epoch"]) == (m, s, e)
+        ]
         curve.add_row(str(e + 1), *cells)
     console.print(curve)
 
     summary = Table(title="per model: accuracy and CPU cost (seconds per epoch include the 10k-image evaluation)")
-    for column in ["model", "params", "MMACs", "final top-1", "s/epoch 1 thr (wall, CPU)",
-                   "s/epoch 2 thr (wall, CPU)", "CPU-s per training"]:
+    for column in [
+        "model",
+        "params",
+        "MMACs",
+        "final top-1",
+        "s/epoch 1 thr (wall, CPU)",
+        "s/epoch 2 thr (wall, CPU)",
+        "CPU-s per training",
+    ]:
         summary.add_column(column, justify="left" if column == "model" else "right")
     total = 0.0
     for m in models:
@@ -159,17 +197,31 @@ def show(rows: list[dict], console: Console) -> None:
         wall = statistics.mean(r["train_wall_s"] + r["eval_wall_s"] for r in mine)
         cpu = statistics.mean(r["train_cpu_s"] + r["eval_cpu_s"] for r in mine)
         two = [r for r in rows if label(r) == m and r["threads"] == 2]
-        two_cell = (f"{statistics.mean(r['train_wall_s'] + r['eval_wall_s'] for r in two):.1f}, "
-                    f"{statistics.mean(r['train_cpu_s'] + r['eval_cpu_s'] for r in two):.1f}") if two else ""
+        two_cell = (
+            (
+                f"{statistics.mean(r['train_wall_s'] + r['eval_wall_s'] for r in two):.1f}, "
+                f"{statistics.mean(r['train_cpu_s'] + r['eval_cpu_s'] for r in two):.1f}"
+            )
+            if two
+            else ""
+        )
         spread = f" ± {statistics.stdev(final):.2f}" if len(final) > 1 else ""
-        summary.add_row(m, f"{mine[0]['params']:,}", f"{mine[0]['mmacs']:.2f}",
-                        f"{statistics.mean(final):.2f}{spread} (min {min(final):.2f})",
-                        f"{wall:.1f}, {cpu:.1f}", two_cell, f"{cpu * epochs:.0f}")
+        summary.add_row(
+            m,
+            f"{mine[0]['params']:,}",
+            f"{mine[0]['mmacs']:.2f}",
+            f"{statistics.mean(final):.2f}{spread} (min {min(final):.2f})",
+            f"{wall:.1f}, {cpu:.1f}",
+            two_cell,
+            f"{cpu * epochs:.0f}",
+        )
         if not mine[0]["augment"]:
             total += cpu * epochs
     console.print(summary)
-    console.print(f"the models together (no augmentation): {total:.0f} CPU-s per run; {STUDY_RUNS} runs: "
-                  f"{STUDY_RUNS * total / 3600:.2f} CPU-hours before the methods' extras (discriminators, fusion)")
+    console.print(
+        f"the models together (no augmentation): {total:.0f} CPU-s per run; {STUDY_RUNS} runs: "
+        f"{STUDY_RUNS * total / 3600:.2f} CPU-hours before the methods' extras (discriminators, fusion)"
+    )
 
 
 def main() -> None:
@@ -179,8 +231,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--train-limit", type=int, default=None, help="first N training images (default: all 60k)")
-    parser.add_argument("--augment", choices=["none", "default", "both"], default="none",
-                        help="none, the loader's default (pad-2 crop and flip), or both in turn")
+    parser.add_argument(
+        "--augment",
+        choices=["none", "default", "both"],
+        default="none",
+        help="none, the loader's default (pad-2 crop and flip), or both in turn",
+    )
     parser.add_argument("--jobs", type=int, default=1, choices=[1, 2], help="trainings at once, 1 thread each")
     parser.add_argument("--no-two-threads", action="store_true", help="skip the 2-thread epoch")
     parser.add_argument("--root", default=None, help="data.root for Fashion-MNIST (default: the usual places)")
@@ -192,16 +248,28 @@ def main() -> None:
         args.seeds, args.epochs, args.train_limit, test_limit = args.seeds[:1], 2, 512, 512
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp()) / OUT.name if args.smoke_test else OUT)
 
-    common = {"epochs": args.epochs, "lr": args.lr, "train_limit": args.train_limit, "test_limit": test_limit,
-              "augment": args.augment == "default", "root": args.root}
+    common = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "train_limit": args.train_limit,
+        "test_limit": test_limit,
+        "augment": args.augment == "default",
+        "root": args.root,
+    }
     augment = {"none": [False], "default": [True], "both": [False, True]}[args.augment]
-    jobs = [{**common, "model": m, "seed": s, "augment": a, "threads": 1, "jobs": args.jobs}
-            for a in augment for m in args.models for s in args.seeds]
+    jobs = [
+        {**common, "model": m, "seed": s, "augment": a, "threads": 1, "jobs": args.jobs}
+        for a in augment
+        for m in args.models
+        for s in args.seeds
+    ]
     rows = run_jobs(jobs, args.jobs)
     if not args.no_two_threads:
         # One epoch of a fresh model (the same work as any other epoch) alone at 2 threads.
-        rows += run_jobs([{**common, "model": m, "seed": args.seeds[0], "threads": 2, "jobs": 1, "epochs": 1}
-                          for m in args.models], 1)
+        rows += run_jobs(
+            [{**common, "model": m, "seed": args.seeds[0], "threads": 2, "jobs": 1, "epochs": 1} for m in args.models],
+            1,
+        )
 
     show(rows, Console(width=160))
     out.parent.mkdir(parents=True, exist_ok=True)

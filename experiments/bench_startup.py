@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 
 import ray
+from bench_scaling import on_ray, population, publish  # a sibling: the same populations as the scaling benchmark
 from rich.table import Table
 
 from okd_ray.config import load_config
 from okd_ray.engines.ray import RayEngine
 from okd_ray.engines.resources import PRELOAD
 from okd_ray.population import plan_population
-
-from bench_scaling import on_ray, population, publish  # a sibling: the same populations as the scaling benchmark
 
 
 def startup_s(k: int, preload: bool, idle_s: float, arch: str, warm: bool) -> list[float]:
@@ -44,8 +43,9 @@ def startup_s(k: int, preload: bool, idle_s: float, arch: str, warm: bool) -> li
     ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         time.sleep(idle_s)
-        config = load_config(None, on_ray(population(k, arch, 64, 1), "object_store", k,
-                                          ray.cluster_resources()["CPU"]))
+        config = load_config(
+            None, on_ray(population(k, arch, 64, 1), "object_store", k, ray.cluster_resources()["CPU"])
+        )
         plan = plan_population(config)
         times = []
         for _ in range(2 if warm else 1):
@@ -71,8 +71,18 @@ def main() -> None:
     rows = []
 
     def row(k: int, state: str, preload: bool, repeat: int, seconds: float) -> None:
-        rows.append({"members": k, "parts": k + 1, "state": state, "preload": preload, "repeat": repeat,
-                     "startup_s": seconds, "per_part_s": seconds / (k + 1), "cpus": os.cpu_count()})
+        rows.append(
+            {
+                "members": k,
+                "parts": k + 1,
+                "state": state,
+                "preload": preload,
+                "repeat": repeat,
+                "startup_s": seconds,
+                "per_part_s": seconds / (k + 1),
+                "cpus": os.cpu_count(),
+            }
+        )
         print(rows[-1], flush=True)
 
     for repeat in range(args.repeats):  # every setting side by side in every repeat
@@ -84,17 +94,17 @@ def main() -> None:
                     row(k, state, preload, repeat, times[0])
                     if warm:
                         row(k, "warm", preload, repeat, times[1])
-    table = Table(title=f"start-up: afd+ffl, {args.arch} members and the fusion, object_store, median of "
-                        f"{args.repeats}; seconds (per part)")
+    table = Table(
+        title=f"start-up: afd+ffl, {args.arch} members and the fusion, object_store, median of "
+        f"{args.repeats}; seconds (per part)"
+    )
     for c in ["K", "fresh", "fresh, preload", "idle", "idle, preload", "warm", "fresh, preload / warm"]:
         table.add_column(c, justify="right")
     for k in args.sizes:
-        def median(state: str, preload: bool) -> float:
-            return statistics.median(r["startup_s"] for r in rows
-                                     if (r["members"], r["state"], r["preload"]) == (k, state, preload))
-
-        cells = [median(s, p) for s, p in [("fresh", False), ("fresh", True), ("idle", False), ("idle", True),
-                                           ("warm", True)]]
+        cells = [
+            statistics.median(r["startup_s"] for r in rows if (r["members"], r["state"], r["preload"]) == (k, s, p))
+            for s, p in [("fresh", False), ("fresh", True), ("idle", False), ("idle", True), ("warm", True)]
+        ]
         table.add_row(str(k), *(f"{c:.2f} ({c / (k + 1):.2f})" for c in cells), f"{cells[1] / cells[4]:.0f}x")
     publish(table, rows, args.out)
 

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import ray
+from bench_scaling import publish  # a sibling: the same table-and-Parquet tail
 from rich.table import Table
 
 from okd_ray.engines import connect
 from okd_ray.tune import SweepOptions, load_sweep_files, prepare, run_sweep
-
-from bench_scaling import publish  # a sibling: the same table-and-Parquet tail
 
 CONFIG = Path(__file__).parent / "configs" / "tune-digits.yaml"
 ON_RAY = ["engine=ray", "threads=1", "ray.num_cpus_per_member=0.5", "ray.num_cpus_fusion=0.5"]
@@ -35,8 +34,9 @@ def sweep_row(engine: str, samples: int, epochs: int, folder: str) -> dict:
     """One sweep of ``samples`` trials on a Ray instance started for it: its wall time against its trials'."""
     overrides = [f"epochs={epochs}", "threads=1", *(ON_RAY if engine == "ray" else [])]
     raw, space = load_sweep_files(str(CONFIG), overrides, None)
-    options = SweepOptions(num_samples=samples, max_concurrent=1, scheduler="asha", storage_path=folder,
-                           name=engine, quiet=True)
+    options = SweepOptions(
+        num_samples=samples, max_concurrent=1, scheduler="asha", storage_path=folder, name=engine, quiet=True
+    )
     connect(None, log_to_driver=False)
     try:
         started = time.perf_counter()
@@ -44,11 +44,19 @@ def sweep_row(engine: str, samples: int, epochs: int, folder: str) -> dict:
         wall = time.perf_counter() - started
     finally:
         ray.shutdown()
-    training = [max(pq.read_table(Path(r["path"]) / "run" / "metrics.parquet").column("elapsed_seconds").to_pylist())
-                for r in rows]
-    return {"engine": engine, "trials": len(rows), "epochs_run": sum(r["epochs"] for r in rows),
-            "wall_s": wall, "training_s": sum(training), "wall_over_training": wall / sum(training),
-            "overhead_per_trial_s": (wall - sum(training)) / len(rows)}
+    training = [
+        max(pq.read_table(Path(r["path"]) / "run" / "metrics.parquet").column("elapsed_seconds").to_pylist())
+        for r in rows
+    ]
+    return {
+        "engine": engine,
+        "trials": len(rows),
+        "epochs_run": sum(r["epochs"] for r in rows),
+        "wall_s": wall,
+        "training_s": sum(training),
+        "wall_over_training": wall / sum(training),
+        "overhead_per_trial_s": (wall - sum(training)) / len(rows),
+    }
 
 
 def main() -> None:
@@ -66,13 +74,22 @@ def main() -> None:
         for engine in args.engines:
             rows.append(sweep_row(engine, args.samples, args.epochs, folder))
             print(rows[-1], flush=True)
-    table = Table(title=f"a sweep of {args.samples} trials (ASHA, up to {args.epochs} epochs, digits, one trial at a "
-                        "time): wall time over the trials' training time")
+    table = Table(
+        title=f"a sweep of {args.samples} trials (ASHA, up to {args.epochs} epochs, digits, one trial at a "
+        "time): wall time over the trials' training time"
+    )
     for c in ["engine", "trials", "epochs run", "wall s", "training s", "wall / training", "overhead s per trial"]:
         table.add_column(c, justify="right")
     for r in rows:
-        table.add_row(r["engine"], str(r["trials"]), str(r["epochs_run"]), f"{r['wall_s']:.1f}",
-                      f"{r['training_s']:.1f}", f"{r['wall_over_training']:.2f}", f"{r['overhead_per_trial_s']:.2f}")
+        table.add_row(
+            r["engine"],
+            str(r["trials"]),
+            str(r["epochs_run"]),
+            f"{r['wall_s']:.1f}",
+            f"{r['training_s']:.1f}",
+            f"{r['wall_over_training']:.2f}",
+            f"{r['overhead_per_trial_s']:.2f}",
+        )
     publish(table, rows, args.out)
 
 

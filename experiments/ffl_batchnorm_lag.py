@@ -51,14 +51,21 @@ def main() -> None:
         engine.load(store, read_manifest(store).latest)
         every = recomputed(engine, engine.parts)
         members = [p for p in row if p.startswith("m")]
-        tested = {name: " / ".join(f"{accuracies[m]['test_top1']:.1f}" for m in members)
-                  for name, accuracies in (("run", row), ("recomputed", every))}
-        print(f"| {epoch} | {epoch * engine.plan.num_train_batches} | {row['fused']['train_top1']:.1f} | "
-              f"{row['fused']['test_top1']:.1f} | {fusion['fused']['test_top1']:.1f} | "
-              f"{every['fused']['test_top1']:.1f} | {tested['run']} | {tested['recomputed']} |", flush=True)
+        tested = {
+            name: " / ".join(f"{accuracies[m]['test_top1']:.1f}" for m in members)
+            for name, accuracies in (("run", row), ("recomputed", every))
+        }
+        print(
+            f"| {epoch} | {epoch * engine.plan.num_train_batches} | {row['fused']['train_top1']:.1f} | "
+            f"{row['fused']['test_top1']:.1f} | {fusion['fused']['test_top1']:.1f} | "
+            f"{every['fused']['test_top1']:.1f} | {tested['run']} | {tested['recomputed']} |",
+            flush=True,
+        )
 
-    print("| epoch | steps | fused train@1 | fused test@1 | with the fusion's BN statistics recomputed | with every "
-          "part's | members' test@1 | with their BN statistics recomputed |\n|---" + "|---" * 7 + "|")
+    print(
+        "| epoch | steps | fused train@1 | fused test@1 | with the fusion's BN statistics recomputed | with every "
+        "part's | members' test@1 | with their BN statistics recomputed |\n|---" + "|---" * 7 + "|"
+    )
     train(config, run_dir=folder, quiet=True, on_epoch=after)
 
 

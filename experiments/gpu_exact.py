@@ -28,8 +28,16 @@ from okd_ray.engines import release_hosts
 from okd_ray.run import train
 
 POPULATION = ["method.name=afd+ffl", "members=[{arch: cnn16}, {arch: resnet8}]"]
-STEPS = ["data.name=synthetic-cifar100", "data.train_limit=192", "data.validation=0", "data.batch_size=64",
-         "data.test_limit=128", "data.test_batch_size=64", "epochs=2", "threads=1"]
+STEPS = [
+    "data.name=synthetic-cifar100",
+    "data.train_limit=192",
+    "data.validation=0",
+    "data.batch_size=64",
+    "data.test_limit=128",
+    "data.test_batch_size=64",
+    "epochs=2",
+    "threads=1",
+]
 TIMINGS = ("epoch_seconds", "elapsed_seconds")
 
 
@@ -37,24 +45,37 @@ def cases(smoke: bool) -> list[dict]:
     """Every transport in fp32 and bf16 eagerly; compiled and channels_last on two transports; CUDA graphs
     (compile's reduce-overhead mode) on one; replicas on two."""
     if smoke:
-        return [dict(transport="object_store", precision="fp32", mode="eager", memory_format="contiguous", replicas=1),
-                dict(transport="direct", precision="fp32", mode="compiled", memory_format="channels_last", replicas=1)]
-    out = [dict(transport=t, precision=p, mode="eager", memory_format="contiguous", replicas=1)
-           for t, p in itertools.product(["object_store", "compiled", "direct", "collective"], ["fp32", "bf16"])]
-    out += [dict(transport=t, precision=p, mode="compiled", memory_format=f, replicas=1)
-            for t, p, f in itertools.product(["direct", "object_store"], ["fp32", "bf16"], ["contiguous", "channels_last"])]
+        return [
+            dict(transport="object_store", precision="fp32", mode="eager", memory_format="contiguous", replicas=1),
+            dict(transport="direct", precision="fp32", mode="compiled", memory_format="channels_last", replicas=1),
+        ]
+    out = [
+        dict(transport=t, precision=p, mode="eager", memory_format="contiguous", replicas=1)
+        for t, p in itertools.product(["object_store", "compiled", "direct", "collective"], ["fp32", "bf16"])
+    ]
+    out += [
+        dict(transport=t, precision=p, mode="compiled", memory_format=f, replicas=1)
+        for t, p, f in itertools.product(["direct", "object_store"], ["fp32", "bf16"], ["contiguous", "channels_last"])
+    ]
     out += [dict(transport="direct", precision="fp32", mode="reduce-overhead", memory_format="contiguous", replicas=1)]
-    out += [dict(transport=t, precision="fp32", mode="eager", memory_format="contiguous", replicas=2)
-            for t in ["direct", "object_store"]]
+    out += [
+        dict(transport=t, precision="fp32", mode="eager", memory_format="contiguous", replicas=2)
+        for t in ["direct", "object_store"]
+    ]
     return out
 
 
 def overrides(case: dict, device: str) -> list[str]:
     replicas = case["replicas"]
-    return [*STEPS, *POPULATION, f"device={device}", f"precision={case['precision']}",
-            {"eager": "compile=false", "compiled": "compile=true"}.get(case["mode"], f"compile={{mode: {case['mode']}}}"),
-            f"memory_format={case['memory_format']}",
-            f"members=[{{arch: cnn16, replicas: {replicas}}}, {{arch: resnet8, replicas: {replicas}}}]"]
+    return [
+        *STEPS,
+        *POPULATION,
+        f"device={device}",
+        f"precision={case['precision']}",
+        {"eager": "compile=false", "compiled": "compile=true"}.get(case["mode"], f"compile={{mode: {case['mode']}}}"),
+        f"memory_format={case['memory_format']}",
+        f"members=[{{arch: cnn16, replicas: {replicas}}}, {{arch: resnet8, replicas: {replicas}}}]",
+    ]
 
 
 def strip(rows: list[dict]) -> list[dict]:
@@ -76,8 +97,15 @@ def main() -> None:
         for i, case in enumerate(cases(args.smoke)):
             base = overrides(case, args.device)
             key = repr(base)
-            row = {**case, "device": args.device, "gpus": gpus, "identical": None, "local_s": None, "ray_s": None,
-                   "error": None}
+            row = {
+                **case,
+                "device": args.device,
+                "gpus": gpus,
+                "identical": None,
+                "local_s": None,
+                "ray_s": None,
+                "error": None,
+            }
             try:
                 if key not in local:
                     started = time.perf_counter()
@@ -85,8 +113,14 @@ def main() -> None:
                     local[key] = (run.rows, time.perf_counter() - started)
                 rows_local, row["local_s"] = local[key]
                 parts = 2 * case["replicas"] + 1
-                share = [f"ray.num_gpus_per_member={min(1.0, gpus / parts):g}",
-                         f"ray.num_gpus_fusion={min(1.0, gpus / parts):g}"] if args.device == "cuda" else []
+                share = (
+                    [
+                        f"ray.num_gpus_per_member={min(1.0, gpus / parts):g}",
+                        f"ray.num_gpus_fusion={min(1.0, gpus / parts):g}",
+                    ]
+                    if args.device == "cuda"
+                    else []
+                )
                 config = load_config(None, [*base, "engine=ray", f"ray.transport={case['transport']}", *share])
                 started = time.perf_counter()
                 run = train(config, run_dir=f"{folder}/ray-{i}", quiet=True)
@@ -108,10 +142,17 @@ def show(rows: list[dict]) -> None:
     for column in ["transport", "precision", "mode", "layout", "replicas", "identical", "local s", "ray s", "error"]:
         table.add_column(column)
     for r in rows:
-        table.add_row(r["transport"], r["precision"], r["mode"], r["memory_format"], str(r["replicas"]),
-                      "" if r["identical"] is None else str(r["identical"]),
-                      f"{r['local_s']:.1f}" if r["local_s"] else "", f"{r['ray_s']:.1f}" if r["ray_s"] else "",
-                      (r["error"] or "")[:70])
+        table.add_row(
+            r["transport"],
+            r["precision"],
+            r["mode"],
+            r["memory_format"],
+            str(r["replicas"]),
+            "" if r["identical"] is None else str(r["identical"]),
+            f"{r['local_s']:.1f}" if r["local_s"] else "",
+            f"{r['ray_s']:.1f}" if r["ray_s"] else "",
+            (r["error"] or "")[:70],
+        )
     Console(width=160).print(table)
 
 

@@ -30,8 +30,10 @@ from okd_ray.population import plan_population
 def plain_step(config: TrainConfig, device: torch.device) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], list]:
     """The config's method (afd or ffl) as one plain step function, and its modules."""
     plan = plan_population(config)
-    nets = [build_model(m.arch, in_channels=plan.data.in_channels, num_classes=plan.data.num_classes).to(device)
-            for m in config.members]
+    nets = [
+        build_model(m.arch, in_channels=plan.data.in_channels, num_classes=plan.data.num_classes).to(device)
+        for m in config.members
+    ]
     sgd = [make_optimizer(net.parameters(), m.optimizer) for net, m in zip(nets, config.members)]
     if config.method.name == "afd":
         return afd(config, nets, plan.shapes, sgd, device)
@@ -54,7 +56,9 @@ def afd(config, nets, shapes, sgd, device):
         outputs = [net(x) for net in nets]
         for k, net in enumerate(nets):
             (feature, logits), (ring_map, ring_logits) = outputs[k], outputs[k - 1]
-            logit_loss = F.cross_entropy(logits, y) + kl.weight * distill_kl(logits, ring_logits.detach(), kl.temperature)
+            logit_loss = F.cross_entropy(logits, y) + kl.weight * distill_kl(
+                logits, ring_logits.detach(), kl.temperature
+            )
             feature_loss = adversarial.weight * generator_loss(discs[k](feature))
             params = list(net.parameters())
             feature_grads = torch.autograd.grad(feature_loss, params, retain_graph=True, allow_unused=True)
@@ -116,7 +120,7 @@ def measure_plain(config: TrainConfig, steps: int, warmup: int) -> dict:
             train_step(x, y)
         sync(device)
         started = time.perf_counter()
-        for x, y in data[warmup:warmup + steps]:
+        for x, y in data[warmup : warmup + steps]:
             train_step(x, y)
         sync(device)
         seconds = (time.perf_counter() - started) / steps

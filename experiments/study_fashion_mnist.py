@@ -69,9 +69,28 @@ def run_spec(method: str, seed: int, overrides: list[str], kept: Path | None) ->
 
 def tune_command(method: str, storage: Path, overrides: list[str], trials: int, jobs: int) -> list[str]:
     """``okd-ray tune`` for one method: its space, TPE with ASHA, selecting on mean_val_top1 (the default)."""
-    return ["okd-ray", "tune", str(CONFIG), f"method.name={method}", f"seed={TUNE_SEED}", *RECIPES.get(method, []),
-            *overrides, "--space", str(SPACES / f"{method}.yaml"), "--num-samples", str(trials), "--scheduler", "asha",
-            "--max-concurrent", str(jobs), "--storage-path", str(storage), "--name", sweep_name(method), "--quiet"]
+    return [
+        "okd-ray",
+        "tune",
+        str(CONFIG),
+        f"method.name={method}",
+        f"seed={TUNE_SEED}",
+        *RECIPES.get(method, []),
+        *overrides,
+        "--space",
+        str(SPACES / f"{method}.yaml"),
+        "--num-samples",
+        str(trials),
+        "--scheduler",
+        "asha",
+        "--max-concurrent",
+        str(jobs),
+        "--storage-path",
+        str(storage),
+        "--name",
+        sweep_name(method),
+        "--quiet",
+    ]
 
 
 KEPT = ("trials.parquet", "best_config.yaml")  # what each sweep leaves to be committed, with cost.json
@@ -88,15 +107,17 @@ def tune(methods: list[str], storage: Path, kept: Path, overrides: list[str], tr
         print(shlex.join(command), flush=True)
         started = time.perf_counter()
         resume = ["--resume"] if (storage / sweep_name(method)).exists() else []
-        done = subprocess.run([sys.executable, "-m", "okd_ray.cli", *command[1:], *resume], capture_output=True,
-                              text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "okd_ray.cli", *command[1:], *resume], capture_output=True, text=True
+        )
         if done.returncode != 0:
             raise SystemExit(f"sweep {method} failed ({done.returncode}):\n{done.stderr[-2000:]}")
         mine.mkdir(parents=True, exist_ok=True)
         for name in KEPT:
             shutil.copy(storage / sweep_name(method) / name, mine / name)
-        (mine / "cost.json").write_text(json.dumps({"seconds": time.perf_counter() - started, "jobs": jobs,
-                                                    "command": shlex.join(command)}))
+        (mine / "cost.json").write_text(
+            json.dumps({"seconds": time.perf_counter() - started, "jobs": jobs, "command": shlex.join(command)})
+        )
         print(done.stdout, flush=True)
 
 
@@ -109,8 +130,10 @@ def finished(folder: Path, config) -> bool:
         return False
     held = parse_config(store.read_text(runfolder.CONFIG), source=str(folder / runfolder.CONFIG))
     if dump_config(held) != dump_config(config):  # stricter than a resume: epochs count too
-        raise SystemExit(f"{folder} holds a run of another config (budget or settings changed); "
-                         "give a new --runs folder so that every method keeps the same budget")
+        raise SystemExit(
+            f"{folder} holds a run of another config (budget or settings changed); "
+            "give a new --runs folder so that every method keeps the same budget"
+        )
     manifest = read_manifest(store)  # since okd-ray records the config before a run's first checkpoint: none yet
     return manifest is not None and manifest.latest is not None and manifest.latest.epoch >= config.epochs
 
@@ -128,16 +151,19 @@ def train_one(method: str, seed: int, runs: Path, overrides: list[str], kept: Pa
     return f"{folder.name}: trained"
 
 
-def run_study(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (), jobs: int = 2,
-              kept: Path | None = None) -> None:
+def run_study(
+    methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (), jobs: int = 2, kept: Path | None = None
+) -> None:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for line in pool.map(lambda ms: train_one(*ms, runs, list(overrides), kept),
-                             [(m, s) for s in seeds for m in methods]):
+        for line in pool.map(
+            lambda ms: train_one(*ms, runs, list(overrides), kept), [(m, s) for s in seeds for m in methods]
+        ):
             print(line, flush=True)
 
 
-def collect(methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (),
-            kept: Path | None = None) -> list[dict]:
+def collect(
+    methods: list[str], seeds: list[int], runs: Path, overrides: list[str] = (), kept: Path | None = None
+) -> list[dict]:
     """Every epoch's rows of every finished run, tagged with its seed; a run still training is left out."""
     rows = []
     for method in methods:
@@ -174,8 +200,14 @@ def paired(a: list[float], b: list[float]) -> dict:
     if sd > 0:
         test = stats.ttest_rel(a, b)
         (low, high), p = test.confidence_interval(0.95), test.pvalue
-    return {"seeds": len(d), "mean_diff": mean, "sd_diff": sd, "ci_low": float(low), "ci_high": float(high),
-            "p": float(p)}
+    return {
+        "seeds": len(d),
+        "mean_diff": mean,
+        "sd_diff": sd,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p": float(p),
+    }
 
 
 UNTUNED = " (untuned)"  # the untuned study's methods, in the tuned study's comparisons
@@ -189,16 +221,27 @@ def differences(final: dict, methods: list[str], seeds: list[int], untuned: dict
     final = {**final, **{(m + UNTUNED, p, s): v for (m, p, s), v in (untuned or {}).items()}}
 
     def add(kind, method, part, against, against_part):
-        pairs = [(final[method, part, s], final[against, against_part, s]) for s in seeds
-                 if (method, part, s) in final and (against, against_part, s) in final]
+        pairs = [
+            (final[method, part, s], final[against, against_part, s])
+            for s in seeds
+            if (method, part, s) in final and (against, against_part, s) in final
+        ]
         if len(pairs) > 1:
             a, b = zip(*pairs)
-            out.append({"comparison": kind, "method": method, "part": part, "against": against,
-                        "against_part": against_part, **paired(list(a), list(b))})
+            out.append(
+                {
+                    "comparison": kind,
+                    "method": method,
+                    "part": part,
+                    "against": against,
+                    "against_part": against_part,
+                    **paired(list(a), list(b)),
+                }
+            )
 
     for i, baseline in enumerate(BASELINES):
         for method in methods:
-            if method not in BASELINES[:i + 1]:  # vanilla against DML is DML against vanilla: once
+            if method not in BASELINES[: i + 1]:  # vanilla against DML is DML against vanilla: once
                 for part in ("m0", "m1", "ensemble"):
                     add(f"vs {baseline}", method, part, baseline, part)
                 add(f"vs {baseline}", method, "fused", baseline, "ensemble")
@@ -235,35 +278,53 @@ def spread(final: dict, method: str, part: str, seeds: list[int]) -> str:
     return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else ""
 
 
-def markdown(final: dict, diffs: list[dict], rows: list[dict], methods: list[str], seeds: list[int],
-             untuned: dict | None = None) -> str:
+def markdown(
+    final: dict, diffs: list[dict], rows: list[dict], methods: list[str], seeds: list[int], untuned: dict | None = None
+) -> str:
     parts = ["m0", "m1", "ensemble", "fused"]
     names = {p: next((r["part"] for r in rows if part_key(r) == p), p) for p in parts}
-    lines = [f"Test top-1 (%) on all 10,000 Fashion-MNIST test images after the last epoch, mean ± std over the "
-             f"seeds of {', '.join(map(str, seeds))} that each method has finished (*seeds*).", "",
-             "| method | seeds | " + " | ".join(names[p] for p in parts) + " |", "|---" * (len(parts) + 2) + "|"]
+    lines = [
+        f"Test top-1 (%) on all 10,000 Fashion-MNIST test images after the last epoch, mean ± std over the "
+        f"seeds of {', '.join(map(str, seeds))} that each method has finished (*seeds*).",
+        "",
+        "| method | seeds | " + " | ".join(names[p] for p in parts) + " |",
+        "|---" * (len(parts) + 2) + "|",
+    ]
     for m in methods:
         done = sum((m, "m0", s) in final for s in seeds)
         lines.append(f"| {m} | {done} | " + " | ".join(spread(final, m, p, seeds) for p in parts) + " |")
     if untuned:
-        lines += ["", "Untuned (every weight 1, the committed study) beside tuned (each method's config selected on "
-                  "validation, retrained on every training image), test top-1 (%), mean ± std over the same seeds.", "",
-                  "| method | " + " | ".join(f"{names[p]} untuned | {names[p]} tuned" for p in parts) + " |",
-                  "|---" * (2 * len(parts) + 1) + "|"]
+        lines += [
+            "",
+            "Untuned (every weight 1, the committed study) beside tuned (each method's config selected on "
+            "validation, retrained on every training image), test top-1 (%), mean ± std over the same seeds.",
+            "",
+            "| method | " + " | ".join(f"{names[p]} untuned | {names[p]} tuned" for p in parts) + " |",
+            "|---" * (2 * len(parts) + 1) + "|",
+        ]
         for m in methods:
-            lines.append(f"| {m} | " + " | ".join(f"{spread(untuned, m, p, seeds)} | {spread(final, m, p, seeds)}"
-                                                  for p in parts) + " |")
-    lines += ["", "Paired differences (percentage points, method minus the other, seed by seed), with a paired-t "
-              "95 % interval; *established* when the interval excludes zero. With this many comparisons some "
-              f"intervals exclude zero by chance: *after BH* says whether it still holds when the false discovery "
-              f"rate over all {len(diffs)} comparisons is held at 5 % (Benjamini-Hochberg q < 0.05).", "",
-              "| comparison | method | part | against | mean | 95 % interval | established | p | after BH |",
-              "|---" * 9 + "|"]
+            lines.append(
+                f"| {m} | "
+                + " | ".join(f"{spread(untuned, m, p, seeds)} | {spread(final, m, p, seeds)}" for p in parts)
+                + " |"
+            )
+    lines += [
+        "",
+        "Paired differences (percentage points, method minus the other, seed by seed), with a paired-t "
+        "95 % interval; *established* when the interval excludes zero. With this many comparisons some "
+        f"intervals exclude zero by chance: *after BH* says whether it still holds when the false discovery "
+        f"rate over all {len(diffs)} comparisons is held at 5 % (Benjamini-Hochberg q < 0.05).",
+        "",
+        "| comparison | method | part | against | mean | 95 % interval | established | p | after BH |",
+        "|---" * 9 + "|",
+    ]
     for d in diffs:
         against = d["against"] + ("" if d["against_part"] == d["part"] else f" {d['against_part']}")
-        lines.append(f"| {d['comparison']} | {d['method']} | {names.get(d['part'], d['part'])} | {against} | "
-                     f"{d['mean_diff']:+.2f} | [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | {established(d)} | "
-                     f"{d['p']:.3f} | {survives(d)} |")
+        lines.append(
+            f"| {d['comparison']} | {d['method']} | {names.get(d['part'], d['part'])} | {against} | "
+            f"{d['mean_diff']:+.2f} | [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | {established(d)} | "
+            f"{d['p']:.3f} | {survives(d)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -306,8 +367,14 @@ def plot_differences(diffs: list[dict], path: Path) -> None:
     figure = Figure(figsize=(7, 0.28 * len(shown) + 1.2), dpi=110)
     ax = figure.subplots()
     for i, d in enumerate(shown):
-        ax.errorbar(d["mean_diff"], i, xerr=[[d["mean_diff"] - d["ci_low"]], [d["ci_high"] - d["mean_diff"]]],
-                    fmt="o", color="tab:blue" if established(d) == "yes" else "tab:gray", capsize=3)
+        ax.errorbar(
+            d["mean_diff"],
+            i,
+            xerr=[[d["mean_diff"] - d["ci_low"]], [d["ci_high"] - d["mean_diff"]]],
+            fmt="o",
+            color="tab:blue" if established(d) == "yes" else "tab:gray",
+            capsize=3,
+        )
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(shown)), [f"{d['method']} {d['part']}" for d in shown], fontsize="small")
     ax.invert_yaxis()
@@ -328,15 +395,30 @@ def sweep_costs(methods: list[str], kept: Path) -> list[dict]:
         trials = pq.read_table(folder / "trials.parquet").to_pylist()
         best = next(t for t in trials if t["best"])
         cost = json.loads((folder / "cost.json").read_text())
-        costs.append({"method": method, "trials": len(trials), "epochs_run": sum(t["epochs"] for t in trials),
-                      "seconds": cost["seconds"], "jobs": cost["jobs"], "best_trial": best["trial_id"],
-                      "best_mean_val_top1": best["mean_val_top1"],
-                      **{k: v for k, v in best.items() if k.startswith("config/")}})
+        costs.append(
+            {
+                "method": method,
+                "trials": len(trials),
+                "epochs_run": sum(t["epochs"] for t in trials),
+                "seconds": cost["seconds"],
+                "jobs": cost["jobs"],
+                "best_trial": best["trial_id"],
+                "best_mean_val_top1": best["mean_val_top1"],
+                **{k: v for k, v in best.items() if k.startswith("config/")},
+            }
+        )
     return costs
 
 
-def report(methods: list[str], seeds: list[int], runs: Path, out: Path, overrides: list[str] = (),
-           kept: Path | None = None, untuned: Path | None = None) -> str:
+def report(
+    methods: list[str],
+    seeds: list[int],
+    runs: Path,
+    out: Path,
+    overrides: list[str] = (),
+    kept: Path | None = None,
+    untuned: Path | None = None,
+) -> str:
     rows = collect(methods, seeds, runs, overrides, kept)
     final = final_top1(rows)
     before = final_top1(pq.read_table(untuned).to_pylist()) if untuned else None
@@ -348,12 +430,23 @@ def report(methods: list[str], seeds: list[int], runs: Path, out: Path, override
     if kept is not None:
         costs = sweep_costs(methods, kept)
         pq.write_table(union_table(costs), out.parent / f"{out.name}_sweeps.parquet")
-        text += "\nSweeps (okd-ray tune, Optuna TPE + ASHA, selecting on mean_val_top1):\n\n" + "\n".join(
-            f"- {c['method']}: {c['trials']} trials, {c['epochs_run']} epochs in all, {c['seconds'] / 60:.0f} min "
-            f"({c['jobs']} trials at once); selected {c['best_trial']} (mean_val_top1 {c['best_mean_val_top1']:.2f}): "
-            + ", ".join(f"{k.removeprefix('config/')}={v:.3g}" if isinstance(v, float) else
-                        f"{k.removeprefix('config/')}={v}" for k, v in c.items() if k.startswith("config/"))
-            for c in costs) + "\n"
+        text += (
+            "\nSweeps (okd-ray tune, Optuna TPE + ASHA, selecting on mean_val_top1):\n\n"
+            + "\n".join(
+                f"- {c['method']}: {c['trials']} trials, {c['epochs_run']} epochs in all, {c['seconds'] / 60:.0f} min "
+                f"({c['jobs']} trials at once); selected {c['best_trial']} "
+                f"(mean_val_top1 {c['best_mean_val_top1']:.2f}): "
+                + ", ".join(
+                    f"{k.removeprefix('config/')}={v:.3g}"
+                    if isinstance(v, float)
+                    else f"{k.removeprefix('config/')}={v}"
+                    for k, v in c.items()
+                    if k.startswith("config/")
+                )
+                for c in costs
+            )
+            + "\n"
+        )
     out.with_suffix(".md").write_text(text)
     plot_curves(curves(rows, methods), methods, out.parent / f"{out.name}_curves.png")
     plot_differences(diffs, out.parent / f"{out.name}_differences.png")
@@ -370,8 +463,11 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="no training: the report of the runs there are")
     parser.add_argument("--tune", action="store_true", help="sweep each method first, then retrain what it selected")
     parser.add_argument("--trials", type=int, default=8, help="trials per sweep (with --tune)")
-    parser.add_argument("--untuned", default=str(HERE / "results" / "study_fashion_mnist.parquet"),
-                        help="the untuned study's runs, set beside the tuned ones (with --tune)")
+    parser.add_argument(
+        "--untuned",
+        default=str(HERE / "results" / "study_fashion_mnist.parquet"),
+        help="the untuned study's runs, set beside the tuned ones (with --tune)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value for every run (the same budget for all methods)")
     args = parser.parse_args()
     runs, out = Path(args.runs), Path(args.out)

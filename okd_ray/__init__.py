@@ -9,8 +9,11 @@ __version__ = "0.1.0"
 # part for all. Ray's documented setting, read as Ray is imported: where okd_ray is imported first (the command).
 os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", "^okd-ray: ")
 
-API = {"load_model": "okd_ray.trained.load", "load_transform": "okd_ray.trained.load",
-       "load_safetensors": "okd_ray.trained.export"}
+API = {
+    "load_model": "okd_ray.trained.load",
+    "load_transform": "okd_ray.trained.load",
+    "load_safetensors": "okd_ray.trained.export",
+}
 
 
 def __getattr__(name: str):

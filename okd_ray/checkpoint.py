@@ -89,9 +89,19 @@ def read_manifest(store: RunStore) -> Manifest | None:
         raw = json.loads(store.read_text(MANIFEST))
         if "parts" in raw:  # an older okd-ray's: one checkpoint, its shards' names only
             return Manifest([Checkpoint(raw["epoch"], raw["elapsed"], raw["folder"], dict.fromkeys(raw["parts"]))])
-        return Manifest([Checkpoint(c["epoch"], c["elapsed"], c["folder"],
-                                    {k: Shard(**s) if s else None for k, s in c["shards"].items()}, c.get("metrics"))
-                         for c in raw["checkpoints"]], raw.get("config"))
+        return Manifest(
+            [
+                Checkpoint(
+                    c["epoch"],
+                    c["elapsed"],
+                    c["folder"],
+                    {k: Shard(**s) if s else None for k, s in c["shards"].items()},
+                    c.get("metrics"),
+                )
+                for c in raw["checkpoints"]
+            ],
+            raw.get("config"),
+        )
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointDamaged(store.path(MANIFEST), f"cannot be read ({e})") from None
 

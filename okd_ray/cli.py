@@ -14,7 +14,6 @@ from okd_ray import __version__
 from okd_ray.errors import Interrupted, NoResult, OkdRayError, Terminated, signal_of
 from okd_ray.terminal import console
 
-
 OVERRIDE = re.compile(r"[A-Za-z_][\w.-]*=")  # a dotted key, then =: a path may hold '=' too (Tune's trial folders)
 
 
@@ -56,11 +55,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     path, overrides = split_config_and_overrides(args.items)
     raw_config, raw_space = load_sweep_files(path, overrides, args.space)
     options = SweepOptions(
-        num_samples=args.num_samples, max_concurrent=args.max_concurrent, scheduler=args.scheduler,
-        metrics=args.metric.split(","), modes=args.mode.split(","), select_on_test=args.select_on_test,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        scheduler=args.scheduler,
+        metrics=args.metric.split(","),
+        modes=args.mode.split(","),
+        select_on_test=args.select_on_test,
         storage_path=args.storage_path,
-        name=args.name, cpus_per_trial=args.cpus_per_trial, resume=args.resume, overwrite=args.overwrite,
-        quiet=args.quiet, resume_command=resume_command(args.argv),
+        name=args.name,
+        cpus_per_trial=args.cpus_per_trial,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        resume_command=resume_command(args.argv),
     )
     run_sweep(prepare(raw_config, raw_space, options), address=args.address)  # raises unless a trial finished
     return 0
@@ -90,8 +97,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     meta = export_model(args.run_dir, args.part, args.format, args.out, args.checkpoint)
     if not args.quiet:
-        console().print(f"{meta['part']} as {args.format}: {args.out}/{meta['file']} (largest difference to "
-                        f"okd_ray.load_model on a check batch: {meta['max_abs_difference']:.3g}), with MODEL_CARD.md")
+        console().print(
+            f"{meta['part']} as {args.format}: {args.out}/{meta['file']} (largest difference to "
+            f"okd_ray.load_model on a check batch: {meta['max_abs_difference']:.3g}), with MODEL_CARD.md"
+        )
     return 0
 
 
@@ -104,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"okd-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
-        "train", help="train a population",
+        "train",
+        help="train a population",
         description="Train a population. With no CONFIG: the embedded default (digits, two members, AFD).",
     )
     train.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help="a YAML config and dotted overrides")
@@ -116,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     tune = sub.add_parser(
-        "tune", help="search a population run's weights with Ray Tune and Optuna",
+        "tune",
+        help="search a population run's weights with Ray Tune and Optuna",
         description="Each trial is one population run. The config's top-level 'search:' mapping (or --space FILE) "
         "maps dotted keys to {uniform|loguniform|int: [low, high]} or {choice: [...]}.",
     )
@@ -125,17 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--num-samples", type=int, default=8, help="trials to run (default 8)")
     tune.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
     tune.add_argument("--scheduler", default="asha", choices=["asha", "pbt", "none"])
-    tune.add_argument("--metric", default="mean_val_top1",
-                      help="mean_val_top1 (the default), m0_val_top1, best_val_top1, fused_val_top1, ...: accuracies "
-                      "on the validation split held out of the training images (data.validation, 10%% unless the "
-                      "config sets it); comma-separated for a multi-objective search (with --scheduler none)")
-    tune.add_argument("--select-on-test", action="store_true",
-                      help="allow a test metric (m0_test_top1, ...) as --metric; the results are then optimistic, "
-                      "and the table, best_config.yaml and the report say so first")
+    tune.add_argument(
+        "--metric",
+        default="mean_val_top1",
+        help="mean_val_top1 (the default), m0_val_top1, best_val_top1, fused_val_top1, ...: accuracies "
+        "on the validation split held out of the training images (data.validation, 10%% unless the "
+        "config sets it); comma-separated for a multi-objective search (with --scheduler none)",
+    )
+    tune.add_argument(
+        "--select-on-test",
+        action="store_true",
+        help="allow a test metric (m0_test_top1, ...) as --metric; the results are then optimistic, "
+        "and the table, best_config.yaml and the report say so first",
+    )
     tune.add_argument("--mode", default="max", help="max or min (comma-separated, one per metric)")
     tune.add_argument("--storage-path", default="runs/tune", help="local folder or s3:// / gs:// URI")
-    tune.add_argument("--name", default=None,
-                      help="the sweep's folder under --storage-path (default: the config's name, or DATA-METHOD)")
+    tune.add_argument(
+        "--name",
+        default=None,
+        help="the sweep's folder under --storage-path (default: the config's name, or DATA-METHOD)",
+    )
     tune.add_argument("--address", help="the Ray cluster to join; default: start a local one")
     tune.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs of a trial with engine=local")
     tune.add_argument("--resume", action="store_true", help="continue the interrupted sweep --storage-path/--name")
@@ -147,20 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("folder", help="the folder okd-ray train or okd-ray tune wrote (local or URI)")
     report.set_defaults(func=cmd_report)
 
-    evaluate = sub.add_parser("eval", help="every part of a run's checkpoint on its test split (or other data)",
-                              description="Print every part's accuracies and write eval.parquet; on the run's own "
-                              "data they equal its metrics.parquet row of that epoch.")
+    evaluate = sub.add_parser(
+        "eval",
+        help="every part of a run's checkpoint on its test split (or other data)",
+        description="Print every part's accuracies and write eval.parquet; on the run's own "
+        "data they equal its metrics.parquet row of that epoch.",
+    )
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (local or URI)")
-    evaluate.add_argument("items", nargs="*", metavar="[key=value]",
-                          help="other data (data.name=..., data.root=..., data.test_limit=...), threads, device")
+    evaluate.add_argument(
+        "items",
+        nargs="*",
+        metavar="[key=value]",
+        help="other data (data.name=..., data.root=..., data.test_limit=...), threads, device",
+    )
     export = sub.add_parser("export", help="a run's member, ensemble or fused classifier as a file, with a model card")
     export.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (local or URI)")
     export.add_argument("--part", default="m0", help="m0 (or m0:ARCH), m1, ..., ensemble, fused, teacher (default m0)")
     export.add_argument("--format", default="safetensors", help="safetensors (default), pt2, onnx, torchscript")
     export.add_argument("--out", required=True, help="the folder to write (local or URI)")
     for command in (evaluate, export):
-        command.add_argument("--checkpoint", type=checkpoint_epoch, default="last", metavar="EPOCH",
-                             help="the checkpoint of this epoch (default: the last)")
+        command.add_argument(
+            "--checkpoint",
+            type=checkpoint_epoch,
+            default="last",
+            metavar="EPOCH",
+            help="the checkpoint of this epoch (default: the last)",
+        )
         command.add_argument("--quiet", action="store_true", help="print nothing but errors")
     evaluate.add_argument("--out", help="where to write the table (default: RUN_DIR/eval.parquet)")
     evaluate.set_defaults(func=cmd_eval)

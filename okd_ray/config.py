@@ -85,8 +85,10 @@ class MethodConfig(Strict):
         errors = []
         for name, values in terms.items():
             if name not in TERMS:
-                errors.append(f"method.terms.{name}: unknown term; {did_you_mean(name, TERMS)}"
-                              f"the terms of {method.name}: {', '.join(s.name for s in method.terms)}")
+                errors.append(
+                    f"method.terms.{name}: unknown term; {did_you_mean(name, TERMS)}"
+                    f"the terms of {method.name}: {', '.join(s.name for s in method.terms)}"
+                )
             elif not isinstance(values, dict):
                 errors.append(f"method.terms.{name}: give a mapping of settings, e.g. {{weight: 1.0}}")
         resolved = {}
@@ -217,26 +219,36 @@ class TrainConfig(Strict):
             )
         if Need.GATE in method.needs and not self.trunk_stages:
             raise PydanticCustomError(
-                "population", f"trunk_stages: method {method.name!r} gates branches on a shared trunk; set "
-                "trunk_stages (e.g. trunk_stages=2 for CIFAR ResNets, as in ONE's code)")
+                "population",
+                f"trunk_stages: method {method.name!r} gates branches on a shared trunk; set "
+                "trunk_stages (e.g. trunk_stages=2 for CIFAR ResNets, as in ONE's code)",
+            )
         if self.trunk_stages and len({m.arch for m in self.members}) != 1:
             raise PydanticCustomError(
-                "population", f"trunk_stages: members sharing a trunk must have one architecture, got "
-                f"{[m.arch for m in self.members]}; give every member the same arch, or set trunk_stages=0")
+                "population",
+                f"trunk_stages: members sharing a trunk must have one architecture, got "
+                f"{[m.arch for m in self.members]}; give every member the same arch, or set trunk_stages=0",
+            )
         replicas = [m.replicas for m in self.members]
         if len(set(replicas)) > 1 and (method.needs or self.trunk_stages):
             raise PydanticCustomError(
-                "population", f"members.N.replicas: replica r of a member exchanges with replica r of every part it "
+                "population",
+                f"members.N.replicas: replica r of a member exchanges with replica r of every part it "
                 f"meets, so method {method.name!r} needs one replica count for every member, got {replicas}; give "
-                "every member the same replicas (members exchanging nothing, as in vanilla, may differ)")
+                "every member the same replicas (members exchanging nothing, as in vanilla, may differ)",
+            )
         if self.sync_batchnorm and max(replicas) == 1:
             raise PydanticCustomError(
-                "population", "sync_batchnorm: it synchronises batch norm over a member's replicas, and every member "
-                "has one; set members.N.replicas (e.g. 2) or sync_batchnorm=false")
+                "population",
+                "sync_batchnorm: it synchronises batch norm over a member's replicas, and every member "
+                "has one; set members.N.replicas (e.g. 2) or sync_batchnorm=false",
+            )
         if self.data.augment_per_member and not self.data.augment:
             raise PydanticCustomError(
-                "population", "data.augment_per_member: with data.augment=false there is no augmentation to draw per "
-                "member, so it would change nothing; set data.augment=true (KDCL's recipe) or leave it false")
+                "population",
+                "data.augment_per_member: with data.augment=false there is no augmentation to draw per "
+                "member, so it would change nothing; set data.augment=true (KDCL's recipe) or leave it false",
+            )
         return self
 
 
@@ -270,9 +282,15 @@ def check_file(path: Path, what: str, fix: str) -> None:
     """Raise unless ``path`` is a file: ``what`` is not found, or is a folder (a run folder: how to continue it)."""
     if path.is_dir():
         run = (path / "config.yaml").is_file()
-        raise ConfigError(f"{what} is a folder; " + (
-            f"to continue the run it holds: okd-ray train --resume {path}; to train its config as a new run, give "
-            f"{path / 'config.yaml'}" if run else f"{fix}"))
+        raise ConfigError(
+            f"{what} is a folder; "
+            + (
+                f"to continue the run it holds: okd-ray train --resume {path}; to train its config as a new run, give "
+                f"{path / 'config.yaml'}"
+                if run
+                else f"{fix}"
+            )
+        )
     if not path.is_file():
         raise ConfigError(f"{what} not found; {fix}")
 
@@ -293,8 +311,11 @@ def load_yaml(text: str, source: str, fix: str = "fix the YAML there") -> Any:
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
         context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
-        context = f" ({context}" + (f" from line {start.line + 1}, column {start.column + 1}" if start else "") \
-            + ")" if context else ""
+        context = (
+            f" ({context}" + (f" from line {start.line + 1}, column {start.column + 1}" if start else "") + ")"
+            if context
+            else ""
+        )
         raise ConfigError(f"{source}{where}: YAML syntax error: {problem}{context}; {fix}") from None
 
 
@@ -306,8 +327,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value, e.g. method.name=dml")
         if key.split(".")[0] == "search":
-            raise ConfigError(f"override {item!r}: the search space is no override; put it in the config's "
-                              "search: mapping, or give okd-ray tune --space FILE")
+            raise ConfigError(
+                f"override {item!r}: the search space is no override; put it in the config's "
+                "search: mapping, or give okd-ray tune --space FILE"
+            )
         set_dotted(raw, key, load_yaml(text, f"the value of override {item!r}", "quote it, or close its brackets"))
     return raw
 
@@ -325,9 +348,12 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
         last = i == len(parts) - 1
         if not isinstance(node, (dict, list)):  # members.0 given as "cnn16", then members.0.optimizer.lr=...
             held = ".".join(parts[:i])
-            raise ConfigError(f"{key}: {held} is {node!r}, which has no keys; write it as a mapping first, e.g. "
-                              f"{held}={{arch: {node}}}" if held.startswith("members.") else
-                              f"{key}: {held} is {node!r}, which has no keys; set {held} as a mapping first")
+            raise ConfigError(
+                f"{key}: {held} is {node!r}, which has no keys; write it as a mapping first, e.g. "
+                f"{held}={{arch: {node}}}"
+                if held.startswith("members.")
+                else f"{key}: {held} is {node!r}, which has no keys; set {held} as a mapping first"
+            )
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(f"{key}: {'.'.join(parts[:i])} has {len(node)} items; {part!r} is no index of it")
@@ -355,8 +381,9 @@ def validate(raw: dict[str, Any]) -> TrainConfig:
 
 
 def describe(error: ValidationError) -> str:
-    lines = [err["msg"] if err["type"] in ("terms", "population") else _line(err, TrainConfig)
-             for err in error.errors()]
+    lines = [
+        err["msg"] if err["type"] in ("terms", "population") else _line(err, TrainConfig) for err in error.errors()
+    ]
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -373,8 +400,10 @@ def _line(err: dict, root: type[BaseModel]) -> str:
             parent = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else _list_item(ann)
     if parent is None:
         return f"{key}: unknown key"
-    return (f"{key}: unknown key; {did_you_mean(str(err['loc'][-1]), parent.model_fields)}"
-            f"valid keys here: {', '.join(parent.model_fields)}")
+    return (
+        f"{key}: unknown key; {did_you_mean(str(err['loc'][-1]), parent.model_fields)}"
+        f"valid keys here: {', '.join(parent.model_fields)}"
+    )
 
 
 def _list_item(annotation: Any) -> type[BaseModel] | None:

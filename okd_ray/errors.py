@@ -32,15 +32,18 @@ class TrainingDiverged(OkdRayError, RuntimeError):
     """A value (a loss term) of a part became NaN or infinite at an epoch and step (both from 1); lowering one of
     ``keys`` (config keys) is the fix; ``kept`` says where the last good checkpoint is, once the run knows."""
 
-    def __init__(self, part: str, value_name: str, value: float, epoch: int, step: int, keys: tuple[str, ...],
-                 kept: str = ""):
+    def __init__(
+        self, part: str, value_name: str, value: float, epoch: int, step: int, keys: tuple[str, ...], kept: str = ""
+    ):
         super().__init__(part, value_name, value, epoch, step, tuple(keys), kept)
         self.part, self.value_name, self.value, self.epoch, self.step = part, value_name, value, epoch, step
         self.keys, self.kept = tuple(keys), kept
 
     def __str__(self) -> str:
-        return (f"{self.part}: {self.value_name!r} is {self.value} at epoch {self.epoch}, step {self.step}; "
-                f"lower {' or '.join(self.keys)}" + (f"; {self.kept}" if self.kept else ""))
+        return (
+            f"{self.part}: {self.value_name!r} is {self.value} at epoch {self.epoch}, step {self.step}; "
+            f"lower {' or '.join(self.keys)}" + (f"; {self.kept}" if self.kept else "")
+        )
 
     def keeping(self, kept: str) -> "TrainingDiverged":
         """This error, saying where the last good checkpoint is."""
@@ -60,8 +63,10 @@ class TermFailed(OkdRayError):
         self.part, self.term, self.epoch, self.step, self.problem, self.where = part, term, epoch, step, problem, where
 
     def __str__(self) -> str:
-        return (f"{self.part}: the loss of term {self.term!r} {self.problem} at epoch {self.epoch}, step {self.step}; "
-                f"fix it in {self.where}")
+        return (
+            f"{self.part}: the loss of term {self.term!r} {self.problem} at epoch {self.epoch}, step {self.step}; "
+            f"fix it in {self.where}"
+        )
 
 
 class Terminated(KeyboardInterrupt):
@@ -129,8 +134,10 @@ class FolderNotWritable(OkdRayError):
         self.path, self.folder, self.reason = path, folder, reason
 
     def __str__(self) -> str:
-        return (f"cannot write {self.path} ({self.reason}): make {self.folder} writable, or copy it to a folder you "
-                "may write and give the copy")
+        return (
+            f"cannot write {self.path} ({self.reason}): make {self.folder} writable, or copy it to a folder you "
+            "may write and give the copy"
+        )
 
 
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # an OSError's errno where a folder may not be written
@@ -145,8 +152,10 @@ class FolderLocked(OkdRayError):
         self.fix = fix or f"wait for it to end, or stop it (kill -INT {pid} on {host})"
 
     def __str__(self) -> str:
-        return (f"{self.folder} is in use by okd-ray pid {self.pid} on host {self.host} (since {self.since}): one "
-                f"process writes a folder at a time; {self.fix}")
+        return (
+            f"{self.folder} is in use by okd-ray pid {self.pid} on host {self.host} (since {self.since}): one "
+            f"process writes a folder at a time; {self.fix}"
+        )
 
 
 class ClusterUnreachable(OkdRayError):
@@ -157,8 +166,10 @@ class ClusterUnreachable(OkdRayError):
         self.address, self.reason = address, reason
 
     def __str__(self) -> str:
-        return (f"cannot reach a Ray cluster at {self.address} ({self.reason}); check --address (ray.address) and "
-                "that the cluster runs: `ray status` on its head node lists its nodes")
+        return (
+            f"cannot reach a Ray cluster at {self.address} ({self.reason}); check --address (ray.address) and "
+            "that the cluster runs: `ray status` on its head node lists its nodes"
+        )
 
 
 class PopulationLost(OkdRayError, RuntimeError):

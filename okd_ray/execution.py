@@ -45,8 +45,9 @@ def compile_modules(modules: Iterable[nn.Module], config: CompileConfig | None) 
     if config is None:
         return
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
-                                                           RECOMPILE_LIMIT)
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT
+    )
     torch._dynamo.config.fail_on_recompile_limit_hit = True
     for module in modules:
         if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
@@ -76,6 +77,8 @@ def compile_error(error: BaseException) -> bool:
 def compile_failed(part: str, error: BaseException) -> CompileFailed:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     why = "; ".join(lines[:1] + [line for line in lines[1:] if line.startswith("Explanation:")][:1])[:400]
-    return CompileFailed(f"{part}: torch.compile could not compile its networks ({type(error).__name__}: {why}); "
-                         "run eagerly with compile=false, or make the module compilable (torch.compile's "
-                         "troubleshooting: https://pytorch.org/docs/stable/torch.compiler_troubleshooting.html)")
+    return CompileFailed(
+        f"{part}: torch.compile could not compile its networks ({type(error).__name__}: {why}); "
+        "run eagerly with compile=false, or make the module compilable (torch.compile's "
+        "troubleshooting: https://pytorch.org/docs/stable/torch.compiler_troubleshooting.html)"
+    )

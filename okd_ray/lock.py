@@ -36,8 +36,10 @@ def folder_lock(store: RunStore, on_takeover: Callable[[str], None]) -> Iterator
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"cannot create the folder {folder} ({e.strerror}); give a folder you may write: "
-                          "output_dir=... or --run-dir for okd-ray train, --storage-path for okd-ray tune") from None
+        raise ConfigError(
+            f"cannot create the folder {folder} ({e.strerror}); give a folder you may write: "
+            "output_dir=... or --run-dir for okd-ray train, --storage-path for okd-ray tune"
+        ) from None
     fd = acquire(folder / LOCK, on_takeover)
     try:
         yield
@@ -69,11 +71,18 @@ def acquire(path: Path, on_takeover: Callable[[str], None]) -> int:
         held = read_holder(fd)
         if held and held.get("host") != socket.gethostname():
             os.close(fd)
-            raise FolderLocked(str(path.parent), held.get("pid"), held.get("host"), held.get("since"),
-                               f"okd-ray cannot tell from here whether it still runs; if it does not, delete {path}")
+            raise FolderLocked(
+                str(path.parent),
+                held.get("pid"),
+                held.get("host"),
+                held.get("since"),
+                f"okd-ray cannot tell from here whether it still runs; if it does not, delete {path}",
+            )
         if held:
-            on_takeover(f"{path.parent}: took over the lock of okd-ray pid {held.get('pid')} on "
-                        f"{held.get('host')}, which is no longer running")
+            on_takeover(
+                f"{path.parent}: took over the lock of okd-ray pid {held.get('pid')} on "
+                f"{held.get('host')}, which is no longer running"
+            )
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now().isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)

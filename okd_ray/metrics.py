@@ -93,8 +93,10 @@ def accuracy(batches: list[tuple], names: list[str], split: str) -> dict[str, di
             top1, top5 = topk_correct(z, labels)
             counts[name][0] += top1
             counts[name][1] += top5
-    return {name: {f"{split}_top1": 100.0 * c1 / total, f"{split}_top5": 100.0 * c5 / total}
-            for name, (c1, c5) in counts.items()}
+    return {
+        name: {f"{split}_top1": 100.0 * c1 / total, f"{split}_top5": 100.0 * c5 / total}
+        for name, (c1, c5) in counts.items()
+    }
 
 
 def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
@@ -104,7 +106,7 @@ def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
 
 def teacher_logits(gate: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
     """ONE's gated teacher row's logits: Σ g_k·z_k, with the gate's N×K weights."""
-    return sum(gate[:, k:k + 1] * z for k, z in enumerate(logits))
+    return sum(gate[:, k : k + 1] * z for k, z in enumerate(logits))
 
 
 def union_table(rows: list[dict]) -> pa.Table:
@@ -117,8 +119,16 @@ def union_table(rows: list[dict]) -> pa.Table:
 def to_table(rows: list[dict]) -> pa.Table:
     """Rows as a table with every column (None where a part lacks a term): strings, the epoch, floats."""
     names = columns(rows)
-    schema = pa.schema([(c, pa.string()) if c in IDENTITY and c != "epoch" else (c, pa.int64()) if c == "epoch"
-                        else (c, pa.float64()) for c in names])
+    schema = pa.schema(
+        [
+            (c, pa.string())
+            if c in IDENTITY and c != "epoch"
+            else (c, pa.int64())
+            if c == "epoch"
+            else (c, pa.float64())
+            for c in names
+        ]
+    )
     return pa.Table.from_pylist([{c: row.get(c) for c in names} for row in rows], schema=schema)
 
 

@@ -12,17 +12,18 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from okd_ray.errors import did_you_mean
-
 from okd_ray.precision import Precision
 from okd_ray.settings import Strict
-
 
 # Every torch.optim optimizer by its lower-case name, but those that cannot drive a whole network alone: L-BFGS steps
 # with a closure that re-evaluates the loss, SparseAdam takes sparse gradients only, Muon 2-d parameters only.
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    name.lower(): cls for name, cls in vars(torch.optim).items()
-    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and name not in ("Optimizer", "LBFGS",
-                                                                                          "SparseAdam", "Muon")}
+    name.lower(): cls
+    for name, cls in vars(torch.optim).items()
+    if isinstance(cls, type)
+    and issubclass(cls, torch.optim.Optimizer)
+    and name not in ("Optimizer", "LBFGS", "SparseAdam", "Muon")
+}
 
 
 class OptimizerConfig(Strict):
@@ -45,8 +46,10 @@ class OptimizerConfig(Strict):
     @classmethod
     def _known(cls, name: str) -> str:
         if name not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {name!r}; {did_you_mean(name, OPTIMIZERS)}choose one of "
-                             f"{', '.join(OPTIMIZERS)} (torch.optim's, by lower-case name)")
+            raise ValueError(
+                f"unknown optimizer {name!r}; {did_you_mean(name, OPTIMIZERS)}choose one of "
+                f"{', '.join(OPTIMIZERS)} (torch.optim's, by lower-case name)"
+            )
         return name
 
     @model_validator(mode="after")
@@ -54,13 +57,17 @@ class OptimizerConfig(Strict):
         takes = keywords(self.name)
         unknown = [k for k in self.options if k not in takes or k in ("params", *OWN_KEYWORDS)]
         if unknown:
-            raise ValueError(f"options: torch.optim.{OPTIMIZERS[self.name].__name__} has no keyword "
-                             f"{', '.join(unknown)} that options may set (lr, momentum, nesterov, weight_decay, betas "
-                             f"and implementation are keys of their own); it takes: "
-                             f"{', '.join(k for k in takes if k not in ('params', *OWN_KEYWORDS))}")
+            raise ValueError(
+                f"options: torch.optim.{OPTIMIZERS[self.name].__name__} has no keyword "
+                f"{', '.join(unknown)} that options may set (lr, momentum, nesterov, weight_decay, betas "
+                f"and implementation are keys of their own); it takes: "
+                f"{', '.join(k for k in takes if k not in ('params', *OWN_KEYWORDS))}"
+            )
         if self.implementation in ("foreach", "fused") and self.implementation not in takes:
-            raise ValueError(f"implementation: torch.optim.{OPTIMIZERS[self.name].__name__} has no {self.implementation} "
-                             "implementation; use auto or for-loop")
+            raise ValueError(
+                f"implementation: torch.optim.{OPTIMIZERS[self.name].__name__} has no {self.implementation} "
+                "implementation; use auto or for-loop"
+            )
         return self
 
     def keywords(self) -> dict[str, Any]:
@@ -71,9 +78,14 @@ class OptimizerConfig(Strict):
             chosen["momentum"] = self.momentum
         if self.name == "sgd" or "nesterov" in self.model_fields_set:
             chosen["nesterov"] = self.nesterov and self.momentum > 0
-        implementation = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True},
-                          "auto": {"fused": True} if "fused" in takes else {}}[self.implementation]
+        implementation = {
+            "for-loop": {"foreach": False},
+            "foreach": {"foreach": True},
+            "fused": {"fused": True},
+            "auto": {"fused": True} if "fused" in takes else {},
+        }[self.implementation]
         return {**{k: v for k, v in chosen.items() if k in takes}, **implementation, **self.options}
+
     # Multistep milestones of this optimizer, as a fraction of the schedule's (AFD's adversarial optimizers: 0.5).
     milestone_scale: float = Field(1.0, gt=0)
 
@@ -107,8 +119,9 @@ def lr_factor(schedule: ScheduleConfig, epoch: int, epochs: int, milestone_scale
     return 1.0
 
 
-def set_epoch_lr(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, schedule: ScheduleConfig, epoch: int,
-                 epochs: int) -> float:
+def set_epoch_lr(
+    optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, schedule: ScheduleConfig, epoch: int, epochs: int
+) -> float:
     """Set ``optimizer``'s learning rate for ``epoch`` from its settings and the schedule; return it."""
     lr = cfg.lr * lr_factor(schedule, epoch, epochs, cfg.milestone_scale)
     for group in optimizer.param_groups:

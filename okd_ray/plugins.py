@@ -25,8 +25,9 @@ def _load(plugin: str) -> str:
         try:
             importlib.import_module(plugin)
         except ImportError as e:
-            raise ConfigError(f"plugins: cannot import module {plugin!r} ({e}); give an importable module "
-                              "or a path to a .py file") from None
+            raise ConfigError(
+                f"plugins: cannot import module {plugin!r} ({e}); give an importable module or a path to a .py file"
+            ) from None
         return plugin
     path = Path(plugin).expanduser().resolve()
     if not path.is_file():
@@ -38,9 +39,10 @@ def _load(plugin: str) -> str:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a plugin's code: any error it raises is one message naming it
             del sys.modules[name]
-            line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == str(path)),
-                        None)
+            line = next(
+                (f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == str(path)), None
+            )
             raise ConfigError(f"plugins: {path}{f', line {line}' if line else ''}: {type(e).__name__}: {e}") from None
     return str(path)

@@ -10,8 +10,13 @@ from okd_ray.metrics import ACCURACY, loss_columns
 from okd_ray.metrics import columns as columns_of
 from okd_ray.terminal import console as plain_console
 
-HEADERS = {"train_top1": "train@1", "val_top1": "val@1", "val_top5": "val@5", "test_top1": "test@1",
-           "test_top5": "test@5"}
+HEADERS = {
+    "train_top1": "train@1",
+    "val_top1": "val@1",
+    "val_top5": "val@5",
+    "test_top1": "test@1",
+    "test_top5": "test@5",
+}
 
 
 class RunDisplay:
@@ -27,8 +32,12 @@ class RunDisplay:
         if self.quiet or not self.console.is_terminal:
             return
         self.progress = Progress(
-            TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=self.console, transient=True,
+            TextColumn(f"epoch {epoch + 1}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=steps)
@@ -87,6 +96,8 @@ def epoch_table(rows: list[dict], title: str) -> Table:
     for row in rows:
         table.add_column(row["part"], justify="right", overflow="fold")
     for c in metrics:
-        table.add_row(HEADERS.get(c, c), *("" if r.get(c) is None else f"{r[c]:.3f}" if "top" not in c
-                                           else f"{r[c]:.2f}" for r in rows))
+        table.add_row(
+            HEADERS.get(c, c),
+            *("" if r.get(c) is None else f"{r[c]:.3f}" if "top" not in c else f"{r[c]:.2f}" for r in rows),
+        )
     return table

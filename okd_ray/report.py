@@ -57,8 +57,10 @@ def make_report(folder: str, console: Console | None = None) -> Report:
         report = sweep_report(store.read_table("trials.parquet").to_pylist(), search)
         title = f"sweep {folder}"
     else:
-        raise ConfigError(f"{folder}: neither metrics.parquet (a run) nor trials.parquet (a sweep) is there; "
-                          "give the folder okd-ray train or okd-ray tune printed at its end")
+        raise ConfigError(
+            f"{folder}: neither metrics.parquet (a run) nor trials.parquet (a sweep) is there; "
+            "give the folder okd-ray train or okd-ray tune printed at its end"
+        )
     store.delete(REPORT)
     store.write_text(f"{REPORT}/report.md", report.markdown(title))
     for name, figure in report.images.items():
@@ -126,15 +128,31 @@ def sweep_report(trials: list[dict], search: dict) -> Report:
     one category per choice), early-stopped trials hollow, the best trial a star."""
     space = search.get("search", {})
     keys = sorted({k for t in trials for k in t if k.startswith("config/")})
-    metric = (search.get("metric") or [next(m for m in ("mean_val_top1", "mean_test_top1", "fused_test_top1",
-                                                        "best_test_top1") if any(m in t for t in trials))])[0]
+    metric = (
+        search.get("metric")
+        or [
+            next(
+                m
+                for m in ("mean_val_top1", "mean_test_top1", "fused_test_top1", "best_test_top1")
+                if any(m in t for t in trials)
+            )
+        ]
+    )[0]
     trials = rank_trials(trials, metric, (search.get("mode") or ["max"])[0])
     first = TEST_SELECTION_WARNING if "test_top" in metric else ""
     best = next((t for t in trials if t.get("best")), None)
     notes = [note for note in [chosen_test_result(best, metric)] if note] if best is not None else []
     header = ["trial", *[k.removeprefix("config/") for k in keys], "epochs", "status", metric]
-    table = [[t["trial_id"] + (" *" if t.get("best") else ""), *[t.get(k) for k in keys], t["epochs"],
-              t.get("status"), t.get(metric)] for t in trials]
+    table = [
+        [
+            t["trial_id"] + (" *" if t.get("best") else ""),
+            *[t.get(k) for k in keys],
+            t["epochs"],
+            t.get("status"),
+            t.get(metric),
+        ]
+        for t in trials
+    ]
     images = {}
     for key in keys:
         name = key.removeprefix("config/")
@@ -145,16 +163,26 @@ def sweep_report(trials: list[dict], search: dict) -> Report:
         figure = _figure()
         ax = figure.subplots()
         categories = list(dict.fromkeys([*(args if kind == "choice" else []), *(t[key] for t in scored)]))
-        x = (lambda t: categories.index(t[key])) if kind == "choice" else (lambda t: t[key])
-        for label, status, style in (("finished", "done", {}), ("stopped early", "stopped", {"facecolors": "none"}),
-                                     ("unfinished", "unfinished", {"marker": "x"})):
-            points = [(x(t), t[metric]) for t in scored if t.get("status") == status]
+        position = {id(t): categories.index(t[key]) if kind == "choice" else t[key] for t in scored}
+        for label, status, style in (
+            ("finished", "done", {}),
+            ("stopped early", "stopped", {"facecolors": "none"}),
+            ("unfinished", "unfinished", {"marker": "x"}),
+        ):
+            points = [(position[id(t)], t[metric]) for t in scored if t.get("status") == status]
             if points:
                 ax.scatter(*zip(*points), label=label, **{"marker": "o", "edgecolors": "C0", "color": "C0", **style})
         best = [t for t in scored if t.get("best")]
         if best:
-            ax.scatter([x(best[0])], [best[0][metric]], marker="*", s=250, color="C3", zorder=3,
-                       label=f"best: {best[0]['trial_id']}")
+            ax.scatter(
+                [position[id(best[0])]],
+                [best[0][metric]],
+                marker="*",
+                s=250,
+                color="C3",
+                zorder=3,
+                label=f"best: {best[0]['trial_id']}",
+            )
         if kind == "loguniform":
             ax.set_xscale("log")
         elif kind == "choice":
@@ -165,8 +193,9 @@ def sweep_report(trials: list[dict], search: dict) -> Report:
     return Report(header, table, images, first=first, notes=notes)
 
 
-TEST_SELECTION_WARNING = ("Selection was on the test set (--select-on-test): the best trial's accuracy is "
-                          "optimistic, not a result to report.")
+TEST_SELECTION_WARNING = (
+    "Selection was on the test set (--select-on-test): the best trial's accuracy is optimistic, not a result to report."
+)
 
 
 def chosen_test_result(best: dict, metric: str) -> str:
@@ -175,12 +204,15 @@ def chosen_test_result(best: dict, metric: str) -> str:
     test = metric.replace("val_top", "test_top")
     if test == metric or test not in best:
         return ""
-    return (f"Test result of the configuration chosen on validation (trial {best['trial_id']}, last epoch): "
-            f"{test} {fmt(best.get(test))}.")
+    return (
+        f"Test result of the configuration chosen on validation (trial {best['trial_id']}, last epoch): "
+        f"{test} {fmt(best.get(test))}."
+    )
 
 
 def rank_trials(trials: list[dict], metric: str, mode: str) -> list[dict]:
     """Best first by ``metric`` (``mode`` max or min); trials with no number for it (diverged, failed) last."""
+
     def key(trial: dict) -> tuple[bool, float]:
         value = number(trial.get(metric))
         return math.isnan(value), -value if mode == "max" else value
@@ -192,8 +224,9 @@ def number(value) -> float:
     return value if isinstance(value, (int, float)) and not math.isnan(value) else float("nan")
 
 
-def _axes(ax, title: str, ylabel: str, xlabel: str = "epoch", fontsize: str | None = None,
-          integer_x: bool = True) -> None:
+def _axes(
+    ax, title: str, ylabel: str, xlabel: str = "epoch", fontsize: str | None = None, integer_x: bool = True
+) -> None:
     ax.set_title(title, fontsize=fontsize)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

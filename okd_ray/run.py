@@ -8,12 +8,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from okd_ray.checkpoint import MANIFEST, Checkpoint, commit, read_manifest, shard_folder
 from okd_ray.config import TrainConfig, parse_config
 from okd_ray.data.inputs import RECORD, ModelInputs
 from okd_ray.engines import Engine, PartMetrics, make_engine, watching
-from okd_ray.errors import (CheckpointDamaged, ConfigError, Interrupted, PopulationLost, TrainingDiverged,
-                            signal_of)
-from okd_ray.checkpoint import MANIFEST, Checkpoint, commit, read_manifest, shard_folder
+from okd_ray.errors import CheckpointDamaged, ConfigError, Interrupted, PopulationLost, TrainingDiverged, signal_of
 from okd_ray.lock import folder_lock
 from okd_ray.metrics import digest, epoch_means, to_table
 from okd_ray.population import PartId, PopulationPlan, parts_of, plan_population
@@ -45,8 +44,9 @@ def new_run_dir(config: TrainConfig) -> str:
 EpochCallback = Callable[[int, list[dict], bool], None]  # (epoch from 1, its rows, whether a checkpoint was saved)
 
 
-def train(config: TrainConfig, run_dir: str | None = None, quiet: bool = False,
-          on_epoch: EpochCallback | None = None) -> RunResult:
+def train(
+    config: TrainConfig, run_dir: str | None = None, quiet: bool = False, on_epoch: EpochCallback | None = None
+) -> RunResult:
     """Run ``config`` into ``run_dir`` (a new folder under ``output_dir`` by default), resuming if it holds a
     checkpoint. If an actor dies, the population is rebuilt from the last checkpoint, ``ray.max_restarts`` times.
     ``on_epoch`` sees every finished epoch (a Tune trial reports through it)."""
@@ -70,9 +70,11 @@ def finished_run(config: TrainConfig, store: RunStore, display: RunDisplay) -> R
     latest = manifest.latest if manifest is not None else None
     if latest is None or latest.epoch < config.epochs:
         return None
-    display.message(f"{store.uri} has finished: its last checkpoint holds all {latest.epoch} epochs "
-                    f"(epochs={config.epochs}), so there is nothing to train. To train it longer: okd-ray train "
-                    f"--resume {store.uri} epochs=N, with N > {latest.epoch}")
+    display.message(
+        f"{store.uri} has finished: its last checkpoint holds all {latest.epoch} epochs "
+        f"(epochs={config.epochs}), so there is nothing to train. To train it longer: okd-ray train "
+        f"--resume {store.uri} epochs=N, with N > {latest.epoch}"
+    )
     return RunResult(store.uri, [r for r in held_rows(store) if r["epoch"] <= latest.epoch], latest.elapsed)
 
 
@@ -81,8 +83,9 @@ def held_rows(store: RunStore) -> list[dict]:
     return store.read_table(METRICS).to_pylist() if store.exists(METRICS) else []
 
 
-def run_with_restarts(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay,
-                      on_epoch: EpochCallback | None) -> RunResult:
+def run_with_restarts(
+    config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay, on_epoch: EpochCallback | None
+) -> RunResult:
     """``run_epochs``, again from the last checkpoint each time an actor dies (``ray.max_restarts`` times)."""
     restarts = 0
     while True:
@@ -100,22 +103,30 @@ def run_with_restarts(config: TrainConfig, plan: PopulationPlan, store: RunStore
         except ConfigError as e:
             if not restarts:
                 raise
-            raise ConfigError(f"{e}. Finished epochs are kept in {store.uri}: continue with "
-                              f"okd-ray train --resume {store.uri}") from None
+            raise ConfigError(
+                f"{e}. Finished epochs are kept in {store.uri}: continue with okd-ray train --resume {store.uri}"
+            ) from None
         result.restarts = restarts
         return result
 
 
-def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, display: RunDisplay,
-               on_epoch: EpochCallback | None = None) -> RunResult:
+def run_epochs(
+    config: TrainConfig,
+    plan: PopulationPlan,
+    store: RunStore,
+    display: RunDisplay,
+    on_epoch: EpochCallback | None = None,
+) -> RunResult:
     """Train from the last checkpoint in ``store`` (or from scratch) to ``config.epochs``. The config is written
     with this call's first results, so a run that fails to start leaves no folder behind."""
     start_epoch, rows, elapsed = 0, [], 0.0
     engine = trackers = None
     status = "failed"  # how the trackers see this attempt end
     try:
-        display.message(f"training {config.run_name} into {store.uri}: epochs={config.epochs}, "
-                        f"{plan.num_train_batches} steps each, engine={config.engine}")
+        display.message(
+            f"training {config.run_name} into {store.uri}: epochs={config.epochs}, "
+            f"{plan.num_train_batches} steps each, engine={config.engine}"
+        )
         engine = make_engine(config, plan)
         resumed = load_checkpoint(engine, store)
         held = held_rows(store)
@@ -124,8 +135,11 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             rows = [r for r in held if r["epoch"] <= start_epoch]
             last = max((r["epoch"] for r in held), default=0)
             again = f" (epochs {start_epoch + 1} to {last} in {METRICS} are trained again)" * (last > start_epoch)
-            where = (f"after epoch {start_epoch}" if start_epoch else
-                     "from epoch 1, as it stopped before its first checkpoint")
+            where = (
+                f"after epoch {start_epoch}"
+                if start_epoch
+                else "from epoch 1, as it stopped before its first checkpoint"
+            )
             display.message(f"resuming {store.uri} {where}{again}")
         trackers = Trackers(config, store, start_epoch, plan.num_train_batches)
         for epoch in range(start_epoch, config.epochs):  # 0-based here; from 1 in metrics and on screen
@@ -154,7 +168,7 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             table = to_table(rows + epoch_rows)
             store.write_table(METRICS, table)
             rows = table.to_pylist()  # as the file holds them: every column in every row
-            epoch_rows = rows[-len(epoch_rows):]
+            epoch_rows = rows[-len(epoch_rows) :]
             trackers.log_epoch(done, epoch_rows)
             saved_now = done % config.checkpoint_every == 0 or done == config.epochs
             if saved_now:
@@ -170,8 +184,10 @@ def run_epochs(config: TrainConfig, plan: PopulationPlan, store: RunStore, displ
             if trackers is not None:
                 trackers.discard()  # step values of an epoch that never ended
             raise Interrupted("interrupted before the first epoch ended; nothing was written", signal_of(e)) from None
-        raise Interrupted(f"interrupted; {kept(store, 'last checkpoint')}; continue with: "
-                          f"okd-ray train --resume {store.uri}", signal_of(e)) from None
+        raise Interrupted(
+            f"interrupted; {kept(store, 'last checkpoint')}; continue with: okd-ray train --resume {store.uri}",
+            signal_of(e),
+        ) from None
     finally:
         display.stop()
         if trackers is not None:
@@ -196,19 +212,24 @@ def load_checkpoint(engine: Engine, store: RunStore) -> Checkpoint | None:
             damaged.append((checkpoint, e))
             continue
         for bad, e in damaged:
-            warn(f"{e}, so the checkpoint of epoch {bad.epoch} is unusable; resuming from the one of "
-                         f"epoch {checkpoint.epoch}: epochs {checkpoint.epoch + 1} to {bad.epoch} are trained again")
+            warn(
+                f"{e}, so the checkpoint of epoch {bad.epoch} is unusable; resuming from the one of "
+                f"epoch {checkpoint.epoch}: epochs {checkpoint.epoch + 1} to {bad.epoch} are trained again"
+            )
         return checkpoint
     (_, first), earlier = damaged[0], damaged[1:]
     also = "".join(f"; the checkpoint of epoch {c.epoch} is unusable too ({e})" for c, e in earlier)
-    raise CheckpointDamaged(first.path, first.problem,
-                            f"{also}; no intact checkpoint is left to resume from: {start_over(store)}")
+    raise CheckpointDamaged(
+        first.path, first.problem, f"{also}; no intact checkpoint is left to resume from: {start_over(store)}"
+    )
 
 
 def cluster_lost(store: RunStore, address: str, seconds: float) -> str:
-    return (f"the Ray cluster at {address} is gone: nothing has listened at its head's GCS port for {seconds:.0f} s "
-            f"(ray stop, a head node that crashed); {kept(store, 'last checkpoint')}. Once a cluster runs again, "
-            f"continue with: okd-ray train --resume {store.uri} (with --address where it is elsewhere)")
+    return (
+        f"the Ray cluster at {address} is gone: nothing has listened at its head's GCS port for {seconds:.0f} s "
+        f"(ray stop, a head node that crashed); {kept(store, 'last checkpoint')}. Once a cluster runs again, "
+        f"continue with: okd-ray train --resume {store.uri} (with --address where it is elsewhere)"
+    )
 
 
 def kept(store: RunStore, what: str) -> str:
@@ -237,14 +258,22 @@ def merged(stats: Iterable[PartMetrics]) -> PartMetrics:
     return out
 
 
-def make_rows(config: TrainConfig, epoch: int, lrs, train_stats, eval_stats, seconds: float, elapsed: float) -> list[dict]:
+def make_rows(
+    config: TrainConfig, epoch: int, lrs, train_stats, eval_stats, seconds: float, elapsed: float
+) -> list[dict]:
     """One row per part, plus the ensemble's (and ONE's gated teacher's): every loss term, accuracy and learning
     rate it reported."""
     rows = []
     combined = [PartId(kind) for kind in ("ensemble", "teacher") if kind in eval_stats]
     for pid in [*parts_of(config), *combined]:
-        row = {"run": config.run_name, "method": config.method.name, "epoch": epoch, "part": pid.name,
-               "kind": pid.kind, "arch": pid.arch}
+        row = {
+            "run": config.run_name,
+            "method": config.method.name,
+            "epoch": epoch,
+            "part": pid.name,
+            "kind": pid.kind,
+            "arch": pid.arch,
+        }
         for stats in (train_stats, eval_stats, lrs):
             row.update(stats.get(pid.name, {}))
         rows.append({**row, "epoch_seconds": seconds, "elapsed_seconds": elapsed})

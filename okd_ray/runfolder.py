@@ -17,10 +17,25 @@ METRICS = "metrics.parquet"
 
 # The keys a continued run may change: its length, its engine and resources, where its data and outputs lie,
 # what it logs.
-MAY_CHANGE = ("epochs", "engine", "device", "threads", "checkpoint_every", "silent_part_s", "compile",
-              "memory_format", "output_dir", "logging",
-              "log_every_steps", "ray", "search",
-              "data.root", "data.download", "data.num_workers", "data.test_batch_size")
+MAY_CHANGE = (
+    "epochs",
+    "engine",
+    "device",
+    "threads",
+    "checkpoint_every",
+    "silent_part_s",
+    "compile",
+    "memory_format",
+    "output_dir",
+    "logging",
+    "log_every_steps",
+    "ray",
+    "search",
+    "data.root",
+    "data.download",
+    "data.num_workers",
+    "data.test_batch_size",
+)
 
 
 def check_same_run(store: RunStore, config: TrainConfig) -> None:
@@ -39,8 +54,11 @@ def check_same_run(store: RunStore, config: TrainConfig) -> None:
         return
     direct = [k for k in changed if k in old and k in new]
     exact = direct and all(k in direct or k.startswith("method.terms.") for k in changed)  # terms follow the method
-    new_run = (f"okd-ray train {store.uri}/{CONFIG} {' '.join(override(k, new[k]) for k in direct)}"
-               if exact else "okd-ray train CONFIG KEY=VALUE ...")
+    new_run = (
+        f"okd-ray train {store.uri}/{CONFIG} {' '.join(override(k, new[k]) for k in direct)}"
+        if exact
+        else "okd-ray train CONFIG KEY=VALUE ..."
+    )
     raise ConfigError(
         f"{store.uri} holds another run ({differences(changed, old, new, 'there', 'here')}). A run folder holds one "
         f"run: continuing it may change only {', '.join(MAY_CHANGE)}. To train the changed config, start a new run: "
@@ -57,7 +75,8 @@ def check_unedited(store: RunStore, recorded: TrainConfig, held: TrainConfig) ->
         raise ConfigError(
             f"{store.path(CONFIG)} was edited after its run began ({differences(changed, old, new, trained, 'now')}). "
             f"A run folder holds one run: put the values back to continue it, or train the edited config as a new "
-            f"run: okd-ray train {store.uri}/{CONFIG}")
+            f"run: okd-ray train {store.uri}/{CONFIG}"
+        )
 
 
 def check_resumable(store: RunStore) -> None:
@@ -69,22 +88,30 @@ def check_resumable(store: RunStore) -> None:
             raise ConfigError(
                 f"{store.uri} holds {METRICS} with {epochs} finished epochs but no checkpoint ({MANIFEST} is "
                 f"missing), so the run cannot be continued and its epochs are not overwritten. Start it over in a "
-                f"new folder: okd-ray train {config_path(store)} (or delete {store.uri} first)")
+                f"new folder: okd-ray train {config_path(store)} (or delete {store.uri} first)"
+            )
         return
     latest = held_manifest(store).latest
     if latest is None or latest.metrics is None:  # no checkpoint yet, or one that recorded no metrics
         return
     fix = f"; put it back as it was, or {start_over(store)}"
     if not store.exists(METRICS):
-        raise FileDamaged(store.path(METRICS), f"is missing: the checkpoint of epoch {latest.epoch} continues the "
-                          f"history of epochs 1 to {latest.epoch} it held", fix)
+        raise FileDamaged(
+            store.path(METRICS),
+            f"is missing: the checkpoint of epoch {latest.epoch} continues the "
+            f"history of epochs 1 to {latest.epoch} it held",
+            fix,
+        )
     try:
         rows = store.read_table(METRICS).to_pylist()
     except FileDamaged as e:
         raise FileDamaged(e.path, e.problem, fix) from None
     if digest([r for r in rows if r.get("epoch", 0) <= latest.epoch]) != latest.metrics:
-        raise FileDamaged(store.path(METRICS), f"was changed: its rows of epochs 1 to {latest.epoch} are not those "
-                          f"{MANIFEST} records (their sha256)", fix)
+        raise FileDamaged(
+            store.path(METRICS),
+            f"was changed: its rows of epochs 1 to {latest.epoch} are not those {MANIFEST} records (their sha256)",
+            fix,
+        )
 
 
 def held_manifest(store: RunStore) -> Manifest | None:
@@ -117,16 +144,20 @@ def may_change(key: str, kept: tuple[str, ...] = MAY_CHANGE) -> bool:
 def changed_keys(old: dict[str, Any], new: dict[str, Any], kept: tuple[str, ...] = MAY_CHANGE) -> list[str]:
     """The dotted keys whose values differ between ``old`` and ``new``, but for those under ``kept``: those both hold
     first, then a key only one holds (a term of another method, a member more)."""
-    changed = [key for key in dict.fromkeys([*old, *new])
-               if old.get(key, ABSENT) != new.get(key, ABSENT) and not may_change(key, kept)]
+    changed = [
+        key
+        for key in dict.fromkeys([*old, *new])
+        if old.get(key, ABSENT) != new.get(key, ABSENT) and not may_change(key, kept)
+    ]
     direct = [k for k in changed if k in old and k in new]
     return direct + [k for k in changed if k not in direct]
 
 
 def differences(keys: list[str], old: dict[str, Any], new: dict[str, Any], there: str, here: str) -> str:
     """``key is 0.05 there, 0.5 here; ...`` for the first four ``keys``."""
-    return "; ".join(f"{key} is {show(old.get(key, ABSENT))} {there}, {show(new.get(key, ABSENT))} {here}"
-                     for key in keys[:4]) + ("; ..." if len(keys) > 4 else "")
+    return "; ".join(
+        f"{key} is {show(old.get(key, ABSENT))} {there}, {show(new.get(key, ABSENT))} {here}" for key in keys[:4]
+    ) + ("; ..." if len(keys) > 4 else "")
 
 
 ABSENT = object()

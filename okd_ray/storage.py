@@ -25,8 +25,10 @@ class RunStore:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(uri)
             except (OSError, pa.ArrowException) as e:  # no such scheme, no network, no credentials
-                raise ConfigError(f"cannot open {uri}: {str(e).splitlines()[0]}; check the URI, your credentials "
-                                  "and the network, or give a local folder") from None
+                raise ConfigError(
+                    f"cannot open {uri}: {str(e).splitlines()[0]}; check the URI, your credentials "
+                    "and the network, or give a local folder"
+                ) from None
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(uri).resolve())
         self.uri = uri

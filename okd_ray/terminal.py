@@ -21,7 +21,8 @@ def warn(text: str) -> None:
 
 def short_names(keys: list[str]) -> list[str]:
     """Table headers for dotted keys: each key's shortest dotted suffix that no other key ends with
-    (``method.terms.adversarial.weight`` -> ``adversarial.weight`` beside ``ring_kl.weight``; ``members.0.optimizer.lr`` keeps ``0.optimizer.lr``)."""
+    (``method.terms.adversarial.weight`` -> ``adversarial.weight`` beside ``ring_kl.weight``;
+    ``members.0.optimizer.lr`` keeps ``0.optimizer.lr``)."""
     names = []
     for key in keys:
         parts = key.split(".")
@@ -33,8 +34,9 @@ def short_names(keys: list[str]) -> list[str]:
     return names
 
 
-def fitted_table(title: str, headers: list[str], rows: list[list[str]], left: tuple[str, ...] = (),
-                 width: int = 80) -> Table:
+def fitted_table(
+    title: str, headers: list[str], rows: list[list[str]], left: tuple[str, ...] = (), width: int = 80
+) -> Table:
     """A table of ``rows`` (strings) no wider than ``width``, without vertical borders: long headers wrap (the one
     with the most room over its values first) so that values need not, and nothing is cut. A header wraps at a
     ``.`` or ``_``, never inside a word: the columns are at least as wide as a header's longest word with its
@@ -44,14 +46,22 @@ def fitted_table(title: str, headers: list[str], rows: list[list[str]], left: tu
     widths = [max(n, len(h)) for n, h in zip(need, headers)]
     floors = [[max(n, *map(len, re.findall(words, h))) for n, h in zip(need, headers)] for words in (UNITS, WORDS)]
     fallback = [max(n, min(len(h), 6)) for n, h in zip(need, headers)]
-    floor, gap = next(((f, gap) for f in floors for gap in (2, 1) if sum(f) + gap * (len(headers) - 1) <= width),
-                      (fallback, 1))
+    floor, gap = next(
+        ((f, gap) for f in floors for gap in (2, 1) if sum(f) + gap * (len(headers) - 1) <= width), (fallback, 1)
+    )
     room = width - gap * (len(headers) - 1)  # spaces between columns, no borders
     while sum(widths) > room and any(w > f for w, f in zip(widths, floor)):
         i = max(range(len(widths)), key=lambda i: widths[i] - floor[i])
         widths[i] -= 1
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                  collapse_padding=True, padding=(0, gap - 1))
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+        padding=(0, gap - 1),
+    )
     for header, w in zip(headers, widths):
         table.add_column(wrapped(header, w), width=w, overflow="fold", justify="left" if header in left else "right")
     for row in rows:

@@ -20,7 +20,10 @@ def tiny_config(tmp_path):
 
     def make(*overrides: str):
         base = [
-            "epochs=2", "data.train_limit=256", "data.test_limit=128", "data.batch_size=32",
+            "epochs=2",
+            "data.train_limit=256",
+            "data.test_limit=128",
+            "data.batch_size=32",
             f"output_dir={tmp_path / 'runs'}",
         ]
         return load_config(None, base + list(overrides))

@@ -17,8 +17,16 @@ import time
 import traceback
 from pathlib import Path
 
-PRELOAD = ["okd_ray.cli", "okd_ray.run", "okd_ray.tune.sweep", "okd_ray.engines.ray.engine", "okd_ray.trained.load",
-           "okd_ray.trained.export", "okd_ray.report", "sklearn.datasets"]
+PRELOAD = [
+    "okd_ray.cli",
+    "okd_ray.run",
+    "okd_ray.tune.sweep",
+    "okd_ray.engines.ray.engine",
+    "okd_ray.trained.load",
+    "okd_ray.trained.export",
+    "okd_ray.report",
+    "sklearn.datasets",
+]
 _context = None
 
 
@@ -48,7 +56,7 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out: str, err: s
         code = main(argv)
     except SystemExit as e:  # argparse's errors and --help
         code = e.code if isinstance(e.code, int) else 1
-    except BaseException:  # what would reach the interpreter: its traceback, exit code 1
+    except BaseException:  # noqa: BLE001 - what would reach the interpreter: its traceback, exit code 1
         traceback.print_exc()
         code = 1
     atexit._run_exitfuncs()
@@ -66,15 +74,15 @@ class Output:
     def readline(self, timeout: float = 300) -> str:
         deadline = time.monotonic() + timeout
         while True:
-            text = self.path.read_text()[self.read:]
-            line = text[:text.index("\n") + 1] if "\n" in text else ""
+            text = self.path.read_text()[self.read :]
+            line = text[: text.index("\n") + 1] if "\n" in text else ""
             if line or (self.process.poll() is not None and not text) or time.monotonic() > deadline:
                 self.read += len(line)
                 return line
             time.sleep(0.02)
 
     def rest(self) -> str:
-        text = self.path.read_text()[self.read:]
+        text = self.path.read_text()[self.read :]
         self.read += len(text)
         return text
 
@@ -85,8 +93,9 @@ class Forked:
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]):
         folder = Path(tempfile.mkdtemp(prefix="okd-ray-command-"))
         self.args = ["okd-ray", *argv]
-        self.process = context().Process(target=run_command,
-                                         args=(argv, str(cwd), env, str(folder / "out"), str(folder / "err")))
+        self.process = context().Process(
+            target=run_command, args=(argv, str(cwd), env, str(folder / "out"), str(folder / "err"))
+        )
         self.process.start()
         self.pid = self.process.pid
         (folder / "out").touch(), (folder / "err").touch()

@@ -69,8 +69,10 @@ def strings(obj) -> list[str]:
 
 def ray_starts(prepared: dict) -> dict[str, list[str]]:
     """The `ray start` commands of the head's and the workers' start commands."""
-    return {key: [c for c in strings(prepared[key]) if "ray start" in c]
-            for key in ("head_start_ray_commands", "worker_start_ray_commands")}
+    return {
+        key: [c for c in strings(prepared[key]) if "ray start" in c]
+        for key in ("head_start_ray_commands", "worker_start_ray_commands")
+    }
 
 
 def test_the_variants_are_there():
@@ -122,8 +124,10 @@ BROKEN = {
     "unknown top-level key": (lambda c: c.update(dashboard_host="0.0.0.0"), jsonschema.ValidationError),
     "node type without node_config": (_no_node_config, jsonschema.ValidationError),
     "node type without resources": (_no_resources, jsonschema.ValidationError),
-    "misspelt provider key": (lambda c: c["provider"].update(security_group={"IpPermission": []}),
-                              jsonschema.ValidationError),
+    "misspelt provider key": (
+        lambda c: c["provider"].update(security_group={"IpPermission": []}),
+        jsonschema.ValidationError,
+    ),
     "head type not among the types": (_unknown_head, ValueError),
     "min_workers above max_workers": (_min_over_max, ValueError),
 }
@@ -168,8 +172,10 @@ def test_every_node_s_workers_preload_torch(name):
 def test_a_ray_that_okd_ray_starts_has_workers_that_preload_torch():
     """A task that imports nothing finds torch already imported in its worker (without the preload it is not:
     Ray's worker itself never imports torch)."""
-    probe = ("import sys, ray; from okd_ray.engines import connect; connect('local', log_to_driver=False); "
-             "print(ray.get(ray.remote(lambda: 'torch' in sys.modules).remote()))")
+    probe = (
+        "import sys, ray; from okd_ray.engines import connect; connect('local', log_to_driver=False); "
+        "print(ray.get(ray.remote(lambda: 'torch' in sys.modules).remote()))"
+    )
     env = {k: v for k, v in os.environ.items() if k != PRELOAD}
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr

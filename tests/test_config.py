@@ -37,19 +37,26 @@ def test_dumped_config_round_trips():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("method.terms.adversarial.wieght=1",
-         "method.terms.adversarial.wieght: unknown key; did you mean weight? valid keys here: weight, "
-         "discriminator_optimizer"),
+        (
+            "method.terms.adversarial.wieght=1",
+            "method.terms.adversarial.wieght: unknown key; did you mean weight? valid keys here: weight, "
+            "discriminator_optimizer",
+        ),
         ("method.terms.ring_kl.temperature=0", "method.terms.ring_kl.temperature: Input should be greater than 0"),
-        ("method.terms.ring_kll.weight=2", "method.terms.ring_kll: unknown term; did you mean ring_kl? the terms of afd"),
+        (
+            "method.terms.ring_kll.weight=2",
+            "method.terms.ring_kll: unknown term; did you mean ring_kl? the terms of afd",
+        ),
         ("method.terms.peer_kl.weight=-1", "method.terms.peer_kl.weight: Input should be greater than or equal to 0"),
         ("epoch=3", "epoch: unknown key; did you mean epochs? valid keys here: name, seed, epochs"),
         ("epochs=0", "epochs: Input should be greater than or equal to 1"),
         ("method.name=kd", "method.name: unknown method 'kd'; did you mean kdcl? valid: vanilla, dml"),
         ("members.5.arch=x", "members has 2 items"),
         ("nonsense", "is not key=value"),
-        ("members=[{arch: cnn16}]", "members: method 'afd' needs at least 2 members, got 1; add members or use "
-         "method.name=vanilla"),
+        (
+            "members=[{arch: cnn16}]",
+            "members: method 'afd' needs at least 2 members, got 1; add members or use method.name=vanilla",
+        ),
         ("method.name=one", "trunk_stages: method 'one' gates branches on a shared trunk; set trunk_stages"),
         ("trunk_stages=2", "trunk_stages: members sharing a trunk must have one architecture"),
         ("search={method.kl_weight: {uniform: [0, 1]}}", "the search space is no override; put it in the config's"),
@@ -91,7 +98,9 @@ SHIPPED = sorted(set(CONFIGS.rglob("*.yaml")) - set(SPACES))
 
 def test_an_unknown_data_set_is_named_with_the_closest_ones():
     # "digits" first; a plugin's data set registered earlier in the same process may follow it
-    with pytest.raises(ConfigError, match=r"data.name: unknown data set 'digit'; did you mean digits[,?].*choose one of"):
+    with pytest.raises(
+        ConfigError, match=r"data.name: unknown data set 'digit'; did you mean digits[,?].*choose one of"
+    ):
         load_config(None, ["data.name=digit"])
 
 
@@ -134,14 +143,23 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
 def test_a_key_below_a_member_given_by_its_arch_alone_says_how_to_write_it():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["members=[cnn16, cnn32]", "members.0.optimizer.lr=0.05"])
-    assert str(err.value) == ("members.0.optimizer.lr: members.0 is 'cnn16', which has no keys; write it as a mapping "
-                              "first, e.g. members.0={arch: cnn16}")
-    assert load_config(None, ["members=[cnn16, cnn32]", "members.0={arch: cnn16}",
-                              "members.0.optimizer.lr=0.05"]).members[0].optimizer.lr == 0.05
+    assert str(err.value) == (
+        "members.0.optimizer.lr: members.0 is 'cnn16', which has no keys; write it as a mapping "
+        "first, e.g. members.0={arch: cnn16}"
+    )
+    assert (
+        load_config(None, ["members=[cnn16, cnn32]", "members.0={arch: cnn16}", "members.0.optimizer.lr=0.05"])
+        .members[0]
+        .optimizer.lr
+        == 0.05
+    )
 
 
-SHIPPED = sorted(p for p in (Path(__file__).parents[1] / "experiments" / "configs").rglob("*.yaml")
-                 if p.parent.name != "fashion-mnist-search")  # those are search spaces, read by the study
+SHIPPED = sorted(
+    p
+    for p in (Path(__file__).parents[1] / "experiments" / "configs").rglob("*.yaml")
+    if p.parent.name != "fashion-mnist-search"
+)  # those are search spaces, read by the study
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(p.parents[1])))

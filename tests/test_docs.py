@@ -1,8 +1,9 @@
 """What the README and the embedded default say about installing and running, checked against the project."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
@@ -29,9 +30,15 @@ def test_the_readme_gives_afds_adam_rates_as_the_code_and_the_embedded_default_s
     from okd_ray.methods.adversarial import Adversarial
 
     code = load_config(None, ["method.feature_update={}", "method.terms.adversarial={}"])
-    for config, rate, said in ((code, 2e-5, "(by default Adam 2e-5,"),
-                               (load_config(), 2e-4, "The embedded default (`okd_ray/configs/default.yaml`), the "
-                                                     "Fashion-MNIST\n  configs and `tune-digits.yaml` set 2e-4")):
+    for config, rate, said in (
+        (code, 2e-5, "(by default Adam 2e-5,"),
+        (
+            load_config(),
+            2e-4,
+            "The embedded default (`okd_ray/configs/default.yaml`), the "
+            "Fashion-MNIST\n  configs and `tune-digits.yaml` set 2e-4",
+        ),
+    ):
         assert config.method.feature_update.optimizer.lr == rate
         assert config.method.settings(Adversarial.name).discriminator_optimizer.lr == rate
         assert said in README, said

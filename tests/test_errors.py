@@ -6,8 +6,18 @@ import signal
 
 import pytest
 
-from okd_ray.errors import (CheckpointDamaged, ClusterUnreachable, FileDamaged, FolderLocked, FolderNotWritable,
-                            Interrupted, TermFailed, TrainingDiverged, Terminated, signal_of)
+from okd_ray.errors import (
+    CheckpointDamaged,
+    ClusterUnreachable,
+    FileDamaged,
+    FolderLocked,
+    FolderNotWritable,
+    Interrupted,
+    TermFailed,
+    Terminated,
+    TrainingDiverged,
+    signal_of,
+)
 
 ERRORS = [
     TrainingDiverged("m0:cnn16", "ring_kl", float("nan"), 2, 7, ("members.0.optimizer.lr", "method.ring_kl.weight")),
@@ -40,7 +50,8 @@ def test_the_divergence_message_is_built_from_its_fields():
     assert str(error) == "m1:resnet8: 'adversarial' is nan at epoch 3, step 12; lower a.lr or b.weight"
     assert str(error.keeping("the last good checkpoint (epoch 2) is kept in m.json")) == (
         "m1:resnet8: 'adversarial' is nan at epoch 3, step 12; lower a.lr or b.weight; "
-        "the last good checkpoint (epoch 2) is kept in m.json")
+        "the last good checkpoint (epoch 2) is kept in m.json"
+    )
 
 
 def test_sigterm_and_ctrl_c_exit_as_the_shell_counts_them():

@@ -7,10 +7,10 @@ import re
 import pytest
 import torch
 
+from okd_ray import load_model
 from okd_ray.config import load_config
 from okd_ray.errors import CompileFailed, ConfigError
 from okd_ray.run import train
-from okd_ray import load_model
 
 UNCOMPILABLE = """
 import torch
@@ -38,16 +38,27 @@ register_model("shapeless", partial(Shapeless, width=8))
 """
 
 
-@pytest.mark.parametrize("value, expected", [(True, {"mode": "default", "dynamic": False}), (False, None),
-                                             ({"mode": "max-autotune"}, {"mode": "max-autotune", "dynamic": False})])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (True, {"mode": "default", "dynamic": False}),
+        (False, None),
+        ({"mode": "max-autotune"}, {"mode": "max-autotune", "dynamic": False}),
+    ],
+)
 def test_compile_is_a_switch_or_torch_compiles_settings(value, expected):
     config = load_config(None, [f"compile={str(value).lower() if isinstance(value, bool) else value}"])
     assert (config.compile.model_dump() if config.compile else None) == expected
 
 
-@pytest.mark.parametrize("override, says", [("compile=fast", "compile: give true, false or {mode: default"),
-                                            ("compile={mod: default}", "compile.mod: unknown key; did you mean mode?"),
-                                            ("memory_format=nhwc", "memory_format: Input should be 'contiguous' or")])
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("compile=fast", "compile: give true, false or {mode: default"),
+        ("compile={mod: default}", "compile.mod: unknown key; did you mean mode?"),
+        ("memory_format=nhwc", "memory_format: Input should be 'contiguous' or"),
+    ],
+)
 def test_a_wrong_compile_or_memory_format_names_the_key(override, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
         load_config(None, [override])
@@ -58,18 +69,31 @@ def uncompilable(plugin_file):
     return plugin_file("uncompilable.py", UNCOMPILABLE)
 
 
-def test_a_model_torch_compile_cannot_compile_is_one_message_naming_the_part_and_the_fix(uncompilable, okd_ray,
-                                                                                          tmp_path):
-    result = okd_ray.run("train", f"plugins=[{uncompilable}]", "members=[shapeless, cnn16]", "compile=true",
-                         "epochs=1", "data.train_limit=64", "data.batch_size=32", f"output_dir={tmp_path / 'runs'}",
-                         "--quiet")
-    okd_ray.assert_error(result, 2, "m0:shapeless: torch.compile could not compile its networks (TorchRuntimeError",
-                         "no shape rule", "run eagerly with compile=false")
+def test_a_model_torch_compile_cannot_compile_is_one_message_naming_the_part_and_the_fix(
+    uncompilable, okd_ray, tmp_path
+):
+    result = okd_ray.run(
+        "train",
+        f"plugins=[{uncompilable}]",
+        "members=[shapeless, cnn16]",
+        "compile=true",
+        "epochs=1",
+        "data.train_limit=64",
+        "data.batch_size=32",
+        f"output_dir={tmp_path / 'runs'}",
+        "--quiet",
+    )
+    okd_ray.assert_error(
+        result,
+        2,
+        "m0:shapeless: torch.compile could not compile its networks (TorchRuntimeError",
+        "no shape rule",
+        "run eagerly with compile=false",
+    )
 
 
 def test_on_ray_the_part_that_cannot_be_compiled_is_named_too(uncompilable, tiny_config, on_ray, tmp_path):
-    config = tiny_config(f"plugins=[{uncompilable}]", "members=[cnn16, shapeless]", "compile=true", "epochs=1",
-                         *on_ray)
+    config = tiny_config(f"plugins=[{uncompilable}]", "members=[cnn16, shapeless]", "compile=true", "epochs=1", *on_ray)
     with pytest.raises(CompileFailed, match="m1:shapeless: torch.compile could not compile its networks"):
         train(config, run_dir=str(tmp_path / "run"), quiet=True)
 
@@ -77,8 +101,11 @@ def test_on_ray_the_part_that_cannot_be_compiled_is_named_too(uncompilable, tiny
 def test_a_channels_last_run_loads_as_the_plain_model_it_trained(tiny_config, tmp_path):
     """The deployed model is contiguous, whatever the run computed in. (A compiled run's checkpoint holds the plain
     modules' keys: test_ray's tolerance test compares it with eager's key by key.)"""
-    run = train(tiny_config("memory_format=channels_last", "epochs=1", "data.validation=0"),
-                run_dir=str(tmp_path / "run"), quiet=True)
+    run = train(
+        tiny_config("memory_format=channels_last", "epochs=1", "data.validation=0"),
+        run_dir=str(tmp_path / "run"),
+        quiet=True,
+    )
     model = load_model(run.run_dir, "m0")
     assert all(p.is_contiguous() for p in model.parameters())
     assert any(p.dim() == 4 for p in model.parameters())
@@ -114,11 +141,13 @@ def modules_and_inputs():
     g = torch.Generator().manual_seed(0)
     images, maps = torch.randn(32, 1, 8, 8, generator=g), [torch.randn(32, 64, 2, 2, generator=g) for _ in range(2)]
     torch.manual_seed(0)
-    return [(build_model("cnn16", in_channels=1, num_classes=10), lambda: [images.clone()]),
-            (build_model("resnet8", in_channels=1, num_classes=10), lambda: [images.clone()]),
-            (Discriminator(64, 2), lambda: [maps[0].clone()]),
-            (FusionModule([(64, 2, 2), (64, 2, 2)], 10), lambda: [[m.clone() for m in maps]]),
-            (transfer_layer((64, 2, 2), (128, 2, 2)), lambda: [maps[1].clone()])]
+    return [
+        (build_model("cnn16", in_channels=1, num_classes=10), lambda: [images.clone()]),
+        (build_model("resnet8", in_channels=1, num_classes=10), lambda: [images.clone()]),
+        (Discriminator(64, 2), lambda: [maps[0].clone()]),
+        (FusionModule([(64, 2, 2), (64, 2, 2)], 10), lambda: [[m.clone() for m in maps]]),
+        (transfer_layer((64, 2, 2), (128, 2, 2)), lambda: [maps[1].clone()]),
+    ]
 
 
 def outputs_and_gradients(module, inputs) -> list[torch.Tensor]:
@@ -128,8 +157,11 @@ def outputs_and_gradients(module, inputs) -> list[torch.Tensor]:
     return [o.detach() for o in out] + [t.grad for t in leaves] + [p.grad for p in module.parameters()]
 
 
-@pytest.mark.parametrize("memory_format, compiled", [("channels_last", False), ("channels_last", True)],
-                         ids=["channels_last", "compiled-channels_last"])
+@pytest.mark.parametrize(
+    "memory_format, compiled",
+    [("channels_last", False), ("channels_last", True)],
+    ids=["channels_last", "compiled-channels_last"],
+)
 def test_every_module_computes_as_eager_contiguous_up_to_rounding(memory_format, compiled):
     """Outputs, input gradients and parameter gradients of each module, against eager contiguous: measured here at
     most 4.6e-6 (relative, by norm; resnet8 compiled); the bound 5e-5 is far under what a wrong layout or a misread

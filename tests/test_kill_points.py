@@ -55,11 +55,18 @@ TINY = ["data.train_limit=64", "data.test_limit=32", "data.batch_size=32", "thre
 
 
 @pytest.mark.parametrize("engine", ["local"])
-def test_a_kill_at_any_file_event_loses_at_most_the_epoch_in_progress(tmp_path, okd_ray, population_state,
-                                                                       same_state, engine):
+def test_a_kill_at_any_file_event_loses_at_most_the_epoch_in_progress(
+    tmp_path, okd_ray, population_state, same_state, engine
+):
     args = ["epochs=3", f"engine={engine}", *TINY]
-    done = subprocess.run([sys.executable, "-c", RUNNER, json.dumps([args, str(tmp_path), KILL_AFTER])],
-                          cwd=tmp_path, env=okd_ray.env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, json.dumps([args, str(tmp_path), KILL_AFTER])],
+        cwd=tmp_path,
+        env=okd_ray.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     reference, *points = json.loads(done.stdout.splitlines()[-1])
     assert reference == {"reference": 0}

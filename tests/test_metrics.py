@@ -16,5 +16,6 @@ def test_ensemble_fused_and_gated_teacher_rows():
     assert {part: row["val_top1"] for part, row in got.items()} == pytest.approx(
         # ensemble (z0 + z1)/2: [1.5, .5, 0] right, [0, 1.5, .5] right, [0, 1, 1.5] right
         # teacher: [2.7, .1, 0] right, [0, 2.7, .1] right, [0, 1.8, .3] wrong
-        {"m0": 100 / 3, "m1": 200 / 3, "ensemble": 100, "fused": 100 / 3, "teacher": 200 / 3})
+        {"m0": 100 / 3, "m1": 200 / 3, "ensemble": 100, "fused": 100 / 3, "teacher": 200 / 3}
+    )
     assert accuracy([(labels, [z0, z1], None, None)], ["m0", "m1"], "test").keys() == {"m0", "m1", "ensemble"}

@@ -26,23 +26,39 @@ def test_the_keywords_each_optimizer_gets():
     them, momentum beyond sgd only where set, options as given."""
     keywords = lambda **kw: OptimizerConfig(**kw).keywords()  # noqa: E731
     assert keywords() == {"lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": True, "fused": True}
-    assert keywords(name="sgd", momentum=0) == {"lr": 0.1, "weight_decay": 5e-4, "momentum": 0, "nesterov": False,
-                                                "fused": True}
-    assert keywords(name="adam", implementation="for-loop") == {"lr": 0.1, "weight_decay": 5e-4,
-                                                                "betas": (0.9, 0.999), "foreach": False}
+    assert keywords(name="sgd", momentum=0) == {
+        "lr": 0.1,
+        "weight_decay": 5e-4,
+        "momentum": 0,
+        "nesterov": False,
+        "fused": True,
+    }
+    assert keywords(name="adam", implementation="for-loop") == {
+        "lr": 0.1,
+        "weight_decay": 5e-4,
+        "betas": (0.9, 0.999),
+        "foreach": False,
+    }
     assert keywords(name="rmsprop") == {"lr": 0.1, "weight_decay": 5e-4}
     assert keywords(name="rmsprop", momentum=0.5, options={"centered": True}) == {
-        "lr": 0.1, "weight_decay": 5e-4, "momentum": 0.5, "centered": True}
+        "lr": 0.1,
+        "weight_decay": 5e-4,
+        "momentum": 0.5,
+        "centered": True,
+    }
     assert keywords(name="nadam", implementation="foreach")["foreach"] is True
 
 
-@pytest.mark.parametrize("override, says", [
-    ("members.0.optimizer.name=adamx", "members.0.optimizer.name: unknown optimizer 'adamx'; did you mean adamax"),
-    ("members.0.optimizer.name=lbfgs", "members.0.optimizer.name: unknown optimizer 'lbfgs'"),
-    ("members.0.optimizer.options={eps: 0.1}", "members.0.optimizer: options: torch.optim.SGD has no keyword eps"),
-    ("members.0.optimizer.options={lr: 0.1}", "torch.optim.SGD has no keyword lr that options may set"),
-    ("members.0.optimizer={name: nadam, implementation: fused}", "torch.optim.NAdam has no fused implementation"),
-])
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("members.0.optimizer.name=adamx", "members.0.optimizer.name: unknown optimizer 'adamx'; did you mean adamax"),
+        ("members.0.optimizer.name=lbfgs", "members.0.optimizer.name: unknown optimizer 'lbfgs'"),
+        ("members.0.optimizer.options={eps: 0.1}", "members.0.optimizer: options: torch.optim.SGD has no keyword eps"),
+        ("members.0.optimizer.options={lr: 0.1}", "torch.optim.SGD has no keyword lr that options may set"),
+        ("members.0.optimizer={name: nadam, implementation: fused}", "torch.optim.NAdam has no fused implementation"),
+    ],
+)
 def test_a_wrong_optimizer_names_the_key_and_the_choices(override, says):
     with pytest.raises(ConfigError, match=says):
         load_config(None, ["members=[{arch: cnn16}, {arch: cnn32}]", override])
@@ -56,8 +72,11 @@ def test_a_fused_step_is_the_same_whatever_the_gradients_strides(name):
     weight = torch.randn(8, 4, 3, 3)
     grad = torch.randn(8, 3, 3, 4).permute(0, 3, 1, 2)  # the values of a (8, 4, 3, 3) gradient, channels-last strides
     stepped = {}
-    for implementation, layout in (("fused", torch.preserve_format), ("fused", torch.contiguous_format),
-                                   ("for-loop", torch.preserve_format)):
+    for implementation, layout in (
+        ("fused", torch.preserve_format),
+        ("fused", torch.contiguous_format),
+        ("for-loop", torch.preserve_format),
+    ):
         p = torch.nn.Parameter(weight.clone())
         optimizer = make_optimizer([p], OptimizerConfig(name=name, implementation=implementation))
         for _ in range(2):
@@ -66,5 +85,6 @@ def test_a_fused_step_is_the_same_whatever_the_gradients_strides(name):
         stepped[implementation, layout] = p.detach()
     assert torch.equal(stepped["fused", torch.preserve_format], stepped["fused", torch.contiguous_format])
     # fused Adam rounds apart from the for-loop by an ulp or so (no gradient misread: that moved it by 0.2)
-    torch.testing.assert_close(stepped["fused", torch.preserve_format], stepped["for-loop", torch.preserve_format],
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        stepped["fused", torch.preserve_format], stepped["for-loop", torch.preserve_format], rtol=0, atol=1e-6
+    )

@@ -25,7 +25,11 @@ def check_run_report(folder):
     (folder / "report" / "stale.png").write_bytes(b"an earlier report's plot")
     assert main(["report", str(folder)]) == 0
     assert sorted(p.name for p in (folder / "report").iterdir()) == [
-        "loss_terms.png", "report.md", "test_top1.png", "train_vs_test_top1.png"], "a stale file outlived its report"
+        "loss_terms.png",
+        "report.md",
+        "test_top1.png",
+        "train_vs_test_top1.png",
+    ], "a stale file outlived its report"
     for png in (folder / "report").glob("*.png"):
         assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     rows = pq.read_table(folder / "metrics.parquet").to_pylist()
@@ -48,8 +52,11 @@ def test_run_plots_have_titles_a_panel_per_loss_term_and_train_against_test(tmp_
     assert main(["train", "method.name=afd+ffl", *TINY, "--run-dir", str(tmp_path / "run")]) == 0
     rows = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
     # a panel per loss term in the data: every float column but accuracies, learning rates and times
-    terms = [k for k in dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, float))
-             if "top" not in k and not k.startswith("lr_") and "seconds" not in k]
+    terms = [
+        k
+        for k in dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, float))
+        if "top" not in k and not k.startswith("lr_") and "seconds" not in k
+    ]
     assert {"ce", "ring_kl", "adversarial", "discriminator", "fused_kl"} <= set(terms)
     images = run_report(rows).images
     assert titles(images["test_top1.png"]) == ["digits-afd+ffl: test top-1 per epoch"]
@@ -66,23 +73,44 @@ def test_run_plots_have_titles_a_panel_per_loss_term_and_train_against_test(tmp_
 
 
 def test_sweep_plots_put_each_key_on_its_own_kind_of_axis_and_mark_stopped_and_best():
-    weight, temperature, rampup = (f"method.terms.{k}" for k in ("ring_kl.weight", "ring_kl.temperature",
-                                                                 "fused_kl.rampup_epochs"))
-    search = {"metric": ["fused_test_top1"], "mode": ["max"], "search": {
-        weight: {"loguniform": [0.1, 10.0]}, temperature: {"choice": [1.0, 3.0, 4.0]}, rampup: {"int": [0, 5]}}}
+    weight, temperature, rampup = (
+        f"method.terms.{k}" for k in ("ring_kl.weight", "ring_kl.temperature", "fused_kl.rampup_epochs")
+    )
+    search = {
+        "metric": ["fused_test_top1"],
+        "mode": ["max"],
+        "search": {
+            weight: {"loguniform": [0.1, 10.0]},
+            temperature: {"choice": [1.0, 3.0, 4.0]},
+            rampup: {"int": [0, 5]},
+        },
+    }
     trials = [
-        {"trial_id": trial, "status": status, "epochs": epochs, "best": trial == "a", "fused_test_top1": top1,
-         f"config/{weight}": w, f"config/{temperature}": t, f"config/{rampup}": r}
+        {
+            "trial_id": trial,
+            "status": status,
+            "epochs": epochs,
+            "best": trial == "a",
+            "fused_test_top1": top1,
+            f"config/{weight}": w,
+            f"config/{temperature}": t,
+            f"config/{rampup}": r,
+        }
         for trial, status, epochs, top1, w, t, r in [
-            ("a", "done", 3, 90.0, 5.0, 3.0, 2), ("b", "stopped", 1, 40.0, 0.2, 1.0, 4),
-            ("c", "done", 3, 80.0, 1.0, 4.0, 0), ("d", "diverged", 0, float("nan"), 9.0, 4.0, 1)]
+            ("a", "done", 3, 90.0, 5.0, 3.0, 2),
+            ("b", "stopped", 1, 40.0, 0.2, 1.0, 4),
+            ("c", "done", 3, 80.0, 1.0, 4.0, 0),
+            ("d", "diverged", 0, float("nan"), 9.0, 4.0, 1),
+        ]
     ]
     report = sweep_report(trials, search)
     assert [row[0] for row in report.rows] == ["a *", "c", "b", "d"], "best first, the diverged trial last"
-    figures = {name.removeprefix("fused_test_top1_vs_method_terms_").removesuffix(".png"): f
-               for name, f in report.images.items()}
+    figures = {
+        name.removeprefix("fused_test_top1_vs_method_terms_").removesuffix(".png"): f
+        for name, f in report.images.items()
+    }
     assert set(figures) == {"ring_kl_weight", "ring_kl_temperature", "fused_kl_rampup_epochs"}
-    for key, figure in figures.items():
+    for figure in figures.values():
         (ax,) = figure.axes
         assert ax.get_title().startswith("fused_test_top1 against method.")
         assert set(ax.get_legend_handles_labels()[1]) == {"finished", "stopped early", "best: a"}
@@ -96,8 +124,25 @@ def test_sweep_plots_put_each_key_on_its_own_kind_of_axis_and_mark_stopped_and_b
 
 def test_report_of_a_sweep(ray_cluster, tmp_path):
     config = str(Path(__file__).parents[1] / "experiments" / "configs" / "tune-digits.yaml")
-    assert main(["tune", config, *TINY, "epochs=1", "--num-samples", "2", "--scheduler", "none",
-                 "--storage-path", str(tmp_path), "--name", "sweep"]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                config,
+                *TINY,
+                "epochs=1",
+                "--num-samples",
+                "2",
+                "--scheduler",
+                "none",
+                "--storage-path",
+                str(tmp_path),
+                "--name",
+                "sweep",
+            ]
+        )
+        == 0
+    )
     folder = tmp_path / "sweep"
     report = make_report(str(folder))
     pngs = sorted((folder / "report").glob("mean_val_top1_vs_*.png"))
@@ -114,8 +159,10 @@ def test_report_of_a_sweep(ray_cluster, tmp_path):
         assert cell[-1] == fmt(trial["mean_val_top1"]) and cell[-2] == trial["status"] == "done"
         assert cell[column] == fmt(trial["config/method.feature_update.optimizer.lr"])
     best = next(t for t in trials.values() if t["best"])
-    assert (f"Test result of the configuration chosen on validation (trial {best['trial_id']}, last epoch): "
-            f"mean_test_top1 {fmt(best['mean_test_top1'])}.") in (folder / "report" / "report.md").read_text()
+    assert (
+        f"Test result of the configuration chosen on validation (trial {best['trial_id']}, last epoch): "
+        f"mean_test_top1 {fmt(best['mean_test_top1'])}."
+    ) in (folder / "report" / "report.md").read_text()
 
 
 def test_report_of_a_folder_without_results_names_the_fix(tmp_path, capsys):

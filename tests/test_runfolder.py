@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from okd_ray.checkpoint import MANIFEST, read_manifest
 from okd_ray.cli import main
 from okd_ray.errors import ConfigError
-from okd_ray.checkpoint import MANIFEST, read_manifest
 from okd_ray.run import resume, train
 from okd_ray.storage import RunStore
 
@@ -29,8 +29,12 @@ def test_resume_with_another_method_is_one_clean_error_and_the_run_stays_whole(t
     run = train(tiny_config("method.name=dml", "epochs=1", *TINY), run_dir=str(tmp_path / "run"), quiet=True)
     before = snapshot(tmp_path / "run")
     result = okd_ray.run("train", "--resume", run.run_dir, "method.name=ffl", "--quiet")
-    okd_ray.assert_error(result, 2, f"{run.run_dir} holds another run (method.name is 'dml' there, 'ffl' here;",
-                         f"start a new run: okd-ray train {run.run_dir}/config.yaml method.name=ffl")
+    okd_ray.assert_error(
+        result,
+        2,
+        f"{run.run_dir} holds another run (method.name is 'dml' there, 'ffl' here;",
+        f"start a new run: okd-ray train {run.run_dir}/config.yaml method.name=ffl",
+    )
     assert snapshot(tmp_path / "run") == before, "a refused override changed the run folder"
     # a plain --resume still continues it, with a change the folder allows
     assert okd_ray.run("train", "--resume", run.run_dir, "epochs=2", "--quiet").returncode == 0
@@ -66,8 +70,12 @@ def test_run_dir_on_a_run_of_another_method_is_refused(tiny_config, tmp_path):
 
 
 def test_folder_and_rows_are_named_after_what_ran(tmp_path, okd_ray):
-    assert okd_ray.run("train", "method.name=ffl", "epochs=1", *TINY, f"output_dir={tmp_path / 'runs'}",
-                       "--quiet").returncode == 0
+    assert (
+        okd_ray.run(
+            "train", "method.name=ffl", "epochs=1", *TINY, f"output_dir={tmp_path / 'runs'}", "--quiet"
+        ).returncode
+        == 0
+    )
     (folder,) = (tmp_path / "runs").iterdir()
     assert folder.name.startswith("digits-ffl-")
     rows = pq.read_table(folder / "metrics.parquet").to_pylist()
@@ -86,15 +94,24 @@ def test_epochs_count_from_one_in_metrics_and_a_resume_keeps_each_once(tiny_conf
 
 def test_a_failed_start_leaves_no_folder(ray_cluster, tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="num_gpus_per_member"):  # after the folder was locked
-        train(tiny_config("engine=ray", "ray.num_gpus_per_member=4"), run_dir=str(tmp_path / "runs" / "run"),
-              quiet=True)
+        train(
+            tiny_config("engine=ray", "ray.num_gpus_per_member=4"), run_dir=str(tmp_path / "runs" / "run"), quiet=True
+        )
     assert not (tmp_path / "runs").exists(), "the lock's folder, or a parent made for it, was left behind"
 
 
 def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, okd_ray):
     folder = tmp_path / "run"
-    process = okd_ray.start_until(folder / "checkpoints" / "epoch-0002", "train", "epochs=300", "data.train_limit=64",
-                                  "data.test_limit=32", "--run-dir", folder, "--quiet")  # epoch 1's is committed
+    process = okd_ray.start_until(
+        folder / "checkpoints" / "epoch-0002",
+        "train",
+        "epochs=300",
+        "data.train_limit=64",
+        "data.test_limit=32",
+        "--run-dir",
+        folder,
+        "--quiet",
+    )  # epoch 1's is committed
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -113,19 +130,32 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_epoch_one(tmp_pa
     """With checkpoint_every > 1 the first epochs have metrics but no checkpoint: Ctrl-C there says so, and the
     command it prints continues the folder (it was refused)."""
     folder = tmp_path / "run"
-    process = okd_ray.start_until(folder / "metrics.parquet", "train", "epochs=300", "checkpoint_every=1000",
-                                  "data.train_limit=64", "data.test_limit=32", "--run-dir", folder, "--quiet")
+    process = okd_ray.start_until(
+        folder / "metrics.parquet",
+        "train",
+        "epochs=300",
+        "checkpoint_every=1000",
+        "data.train_limit=64",
+        "data.test_limit=32",
+        "--run-dir",
+        folder,
+        "--quiet",
+    )
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in err, err
-    assert " ".join(err.split()) == (f"interrupted; no checkpoint had been written yet (a resume starts from epoch 1);"
-                                     f" continue with: okd-ray train --resume {folder}")
+    assert " ".join(err.split()) == (
+        f"interrupted; no checkpoint had been written yet (a resume starts from epoch 1);"
+        f" continue with: okd-ray train --resume {folder}"
+    )
     held = max(pq.read_table(folder / "metrics.parquet").column("epoch").to_pylist())
 
     resumed = okd_ray.run("train", "--resume", folder, "epochs=1")
     assert resumed.returncode == 0, resumed.stderr
-    assert (f"resuming {folder} from epoch 1, as it stopped before its first checkpoint (epochs 1 to {held} in "
-            "metrics.parquet are trained again)") in " ".join(resumed.stdout.split())
+    assert (
+        f"resuming {folder} from epoch 1, as it stopped before its first checkpoint (epochs 1 to {held} in "
+        "metrics.parquet are trained again)"
+    ) in " ".join(resumed.stdout.split())
     assert read_manifest(RunStore(str(folder))).latest.epoch == 1
     assert {r["epoch"] for r in pq.read_table(folder / "metrics.parquet").to_pylist()} == {1}
 
@@ -138,10 +168,12 @@ def test_an_edited_config_yaml_is_refused_naming_the_key_and_both_values(tiny_co
     config.write_text(config.read_text().replace("lr: 0.05", "lr: 0.5", 1))
     before = snapshot(tmp_path / "run")
     okd_ray.assert_error(
-        okd_ray.run("train", "--resume", run.run_dir, "epochs=2", "--quiet"), 2,
+        okd_ray.run("train", "--resume", run.run_dir, "epochs=2", "--quiet"),
+        2,
         f"error: {config} was edited after its run began (members.0.optimizer.lr is 0.05 in the config the "
         "checkpoints were trained with (checkpoints/manifest.json), 0.5 now). A run folder holds one run: put the "
-        f"values back to continue it, or train the edited config as a new run: okd-ray train {config}")
+        f"values back to continue it, or train the edited config as a new run: okd-ray train {config}",
+    )
     assert snapshot(tmp_path / "run") == before
     # what a run may change as it goes on (its length) may be edited there too
     config.write_text(config.read_text().replace("lr: 0.5", "lr: 0.05", 1).replace("epochs: 1", "epochs: 2"))
@@ -152,9 +184,10 @@ def test_resuming_a_finished_run_says_so_and_starts_nothing(tiny_config, tmp_pat
     run = train(tiny_config("epochs=1", *TINY), run_dir=str(tmp_path / "run"), quiet=True)
     before = snapshot(tmp_path / "run")
     assert main(["train", "--resume", run.run_dir]) == 0
-    assert (f"{run.run_dir} has finished: its last checkpoint holds all 1 epochs (epochs=1), so there is nothing "
-            f"to train. To train it longer: okd-ray train --resume {run.run_dir} epochs=N, with N > 1"
-            ) in " ".join(capsys.readouterr().out.split())
+    assert (
+        f"{run.run_dir} has finished: its last checkpoint holds all 1 epochs (epochs=1), so there is nothing "
+        f"to train. To train it longer: okd-ray train --resume {run.run_dir} epochs=N, with N > 1"
+    ) in " ".join(capsys.readouterr().out.split())
     assert snapshot(tmp_path / "run") == before
 
 
@@ -194,9 +227,18 @@ def test_a_read_only_folder_is_one_error_naming_it_for_resume_and_report(tiny_co
 def test_sigterm_stops_a_ray_run_like_ctrl_c_with_exit_code_143(tmp_path, okd_ray):
     """engine=ray: ray.init replaces the SIGTERM handler with a plain exit; okd-ray's must survive it."""
     folder = tmp_path / "run"
-    process = okd_ray.start_until(folder / "checkpoints" / "epoch-0002", "train", "engine=ray", "epochs=300",
-                                  "data.train_limit=64", "data.test_limit=32", "--run-dir", folder, "--quiet",
-                                  timeout=180)  # epoch 1's checkpoint is committed
+    process = okd_ray.start_until(
+        folder / "checkpoints" / "epoch-0002",
+        "train",
+        "engine=ray",
+        "epochs=300",
+        "data.train_limit=64",
+        "data.test_limit=32",
+        "--run-dir",
+        folder,
+        "--quiet",
+        timeout=180,
+    )  # epoch 1's checkpoint is committed
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
@@ -237,10 +279,22 @@ def test_a_part_that_hangs_is_reported_by_name_and_sigterm_then_exits_143(tmp_pa
     KeyboardInterrupt: that had made its exit code Ctrl-C's (130)."""
     plugin = tmp_path / "hangs.py"
     plugin.write_text(HANGS)
-    process = okd_ray.start_until(plugin.with_suffix(".hanging"), "train", f"plugins=[{plugin}]", "method.name=hangs",
-                                  f"engine={engine}", "epochs=1", "data.train_limit=64", "data.test_limit=32",
-                                  "data.batch_size=16", "silent_part_s=1", "--run-dir", tmp_path / "run", "--quiet",
-                                  timeout=180)
+    process = okd_ray.start_until(
+        plugin.with_suffix(".hanging"),
+        "train",
+        f"plugins=[{plugin}]",
+        "method.name=hangs",
+        f"engine={engine}",
+        "epochs=1",
+        "data.train_limit=64",
+        "data.test_limit=32",
+        "data.batch_size=16",
+        "silent_part_s=1",
+        "--run-dir",
+        tmp_path / "run",
+        "--quiet",
+        timeout=180,
+    )
     reported = re.compile(r"okd-ray: m0:cnn16 has run update\(\) for [0-9]+ s without returning \(silent_part_s=1\)")
     deadline = time.monotonic() + 30
     while not reported.search(process.stderr.path.read_text()):

@@ -1,6 +1,6 @@
 """A method of your own, without editing okd-ray: align each member's map to its ring predecessor's by angle.
 
-    okd-ray train plugins=[experiments/plugins/cosine_alignment.py] method.name=cosine
+okd-ray train plugins=[experiments/plugins/cosine_alignment.py] method.name=cosine
 """
 
 import torch.nn.functional as F

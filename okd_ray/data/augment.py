@@ -27,7 +27,11 @@ class PadCropFlip:
         dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(device)
         rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
-        crops = padded[torch.arange(n, device=device)[:, None, None, None],
-                       torch.arange(c, device=device)[None, :, None, None], rows, cols]
+        crops = padded[
+            torch.arange(n, device=device)[:, None, None, None],
+            torch.arange(c, device=device)[None, :, None, None],
+            rows,
+            cols,
+        ]
         flip = (torch.rand(n, generator=g) < 0.5).to(device)[:, None, None, None]
         return torch.where(flip, crops.flip(-1), crops)

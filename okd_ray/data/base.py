@@ -60,8 +60,9 @@ class Dataset(Protocol):
 
     info: DataInfo
 
-    def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor,
-                                                                                     torch.Tensor]]:
+    def train_batches(
+        self, epoch: int, stream: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The epoch's batches (images, labels, ids); a ``stream`` draws its own augmentation of the same images
         (KDCL). A sample's id (int64) is its index among the data set's training images, the same every epoch,
         for terms that follow a sample from epoch to epoch."""

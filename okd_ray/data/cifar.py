@@ -37,19 +37,40 @@ class Layout:
     std: tuple[float, ...]
 
 
-CIFAR10 = Layout("cifar10", 10, "cifar-10-batches-py",
-                 tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "labels",
-                 mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
-CIFAR100 = Layout("cifar100", 100, "cifar-100-python", ("train",), ("test",), "fine_labels",
-                  mean=(129.3 / 255, 124.1 / 255, 112.4 / 255), std=(68.2 / 255, 65.4 / 255, 70.4 / 255))
+CIFAR10 = Layout(
+    "cifar10",
+    10,
+    "cifar-10-batches-py",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    ("test_batch",),
+    "labels",
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+)
+CIFAR100 = Layout(
+    "cifar100",
+    100,
+    "cifar-100-python",
+    ("train",),
+    ("test",),
+    "fine_labels",
+    mean=(129.3 / 255, 124.1 / 255, 112.4 / 255),
+    std=(68.2 / 255, 65.4 / 255, 70.4 / 255),
+)
 
 
 class _ArraysOnly(pickle.Unpickler):
     """Unpickles dicts of numpy arrays and nothing else: a pickle from disk could otherwise run code."""
 
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
@@ -94,21 +115,29 @@ def load(layout: Layout, root: str | None = None, download: bool = False) -> InM
     if missing:
         raise DataError(
             f"{layout.name}: looked in {folder} and did not find {', '.join(missing)}. "
-            f"Set data.download=true to fetch it, or data.root=... to the folder that holds {layout.folder}/.")
+            f"Set data.download=true to fetch it, or data.root=... to the folder that holds {layout.folder}/."
+        )
 
     def split(files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [read_batch(folder / f, layout.label_key) for f in files]
-        return (torch.from_numpy(np.concatenate([images for images, _ in parts])),
-                torch.from_numpy(np.concatenate([labels for _, labels in parts])))
+        return (
+            torch.from_numpy(np.concatenate([images for images, _ in parts])),
+            torch.from_numpy(np.concatenate([labels for _, labels in parts])),
+        )
 
     train_images, train_labels = split(layout.train_files)
     test_images, test_labels = split(layout.test_files)
     return InMemory(
         info=DataInfo(layout.name, in_channels=3, num_classes=layout.num_classes, image_size=32),
-        train_images=train_images, train_labels=train_labels,
-        test_images=test_images, test_labels=test_labels,
-        max_value=255, mean=layout.mean, std=layout.std,
-        augmentation=PadCropFlip(pad=4, mode="reflect"))
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        max_value=255,
+        mean=layout.mean,
+        std=layout.std,
+        augmentation=PadCropFlip(pad=4, mode="reflect"),
+    )
 
 
 def build_cifar10(config: DataConfig, seed: int) -> TensorDataset:

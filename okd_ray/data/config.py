@@ -33,14 +33,20 @@ class DataConfig(Strict):
         from .registry import DATASETS  # the builders import this module
 
         if name not in DATASETS:
-            raise ValueError(f"unknown data set {name!r}; {did_you_mean(name, DATASETS)}"
-                             f"choose one of: {', '.join(DATASETS)}, or register yours (plugins:)")
+            raise ValueError(
+                f"unknown data set {name!r}; {did_you_mean(name, DATASETS)}"
+                f"choose one of: {', '.join(DATASETS)}, or register yours (plugins:)"
+            )
         return name
 
     @field_validator("validation", mode="before")
     @classmethod
     def _share_or_count(cls, value: Any) -> int | float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
-                isinstance(value, float) and value >= 1):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < 0
+            or (isinstance(value, float) and value >= 1)
+        ):
             raise ValueError(f"give a share 0 < f < 1, a whole count of training images, or 0; got {value!r}")
         return value

@@ -22,14 +22,20 @@ def load() -> InMemory:
     digits = load_digits()
     images = digits.images.astype(np.uint8)[:, None]  # N x 1 x 8 x 8
     x_train, x_test, y_train, y_test = train_test_split(
-        images, digits.target, test_size=0.2, random_state=0, stratify=digits.target)
+        images, digits.target, test_size=0.2, random_state=0, stratify=digits.target
+    )
     train = torch.from_numpy(x_train)
     pixels = train.double() / 16
     return InMemory(
         info=DataInfo("digits", in_channels=1, num_classes=10, image_size=8),
-        train_images=train, train_labels=torch.from_numpy(y_train).long(),
-        test_images=torch.from_numpy(x_test), test_labels=torch.from_numpy(y_test).long(),
-        max_value=16, mean=(pixels.mean().item(),), std=(pixels.std().item(),))
+        train_images=train,
+        train_labels=torch.from_numpy(y_train).long(),
+        test_images=torch.from_numpy(x_test),
+        test_labels=torch.from_numpy(y_test).long(),
+        max_value=16,
+        mean=(pixels.mean().item(),),
+        std=(pixels.std().item(),),
+    )
 
 
 def build(config: DataConfig, seed: int) -> TensorDataset:

@@ -18,8 +18,7 @@ from okd_ray.data.tensor_dataset import InMemory, TensorDataset
 from okd_ray.errors import DataError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
-FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def search_dirs(root: str | None) -> list[Path]:
@@ -43,7 +42,7 @@ def find(folder: Path) -> list[Path] | None:
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file of unsigned bytes as an array of the shape its header gives."""
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from e
@@ -79,12 +78,15 @@ def load(root: str | None = None, download: bool = False) -> InMemory:
         raise DataError(
             f"fashion-mnist: no folder holds {', '.join(FILES)} (each plain or .gz). Looked in:\n  {looked}\n"
             "Get it with `apt-get install dataset-fashion-mnist`, or set data.download=true, "
-            "or point data.root=... at a folder holding the files.")
+            "or point data.root=... at a folder holding the files."
+        )
     train_x, train_y, test_x, test_y = (read_idx(p) for p in files)
     for images, labels, split in [(train_x, train_y, "train"), (test_x, test_y, "t10k")]:
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(f"fashion-mnist {split} files in {files[0].parent} disagree: "
-                            f"images {images.shape}, labels {labels.shape}")
+            raise DataError(
+                f"fashion-mnist {split} files in {files[0].parent} disagree: "
+                f"images {images.shape}, labels {labels.shape}"
+            )
     size = train_x.shape[-1]
     return InMemory(
         info=DataInfo("fashion-mnist", in_channels=1, num_classes=10, image_size=size),
@@ -92,8 +94,11 @@ def load(root: str | None = None, download: bool = False) -> InMemory:
         train_labels=torch.from_numpy(train_y.astype(np.int64)),
         test_images=torch.from_numpy(test_x.copy())[:, None],
         test_labels=torch.from_numpy(test_y.astype(np.int64)),
-        max_value=255, mean=(0.2860,), std=(0.3530,),
-        augmentation=PadCropFlip(pad=2))
+        max_value=255,
+        mean=(0.2860,),
+        std=(0.3530,),
+        augmentation=PadCropFlip(pad=2),
+    )
 
 
 def build(config: DataConfig, seed: int) -> TensorDataset:

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 from okd_ray.data.base import DataInfo, Normalisation, Split
 from okd_ray.data.config import DataConfig
 from okd_ray.data.split import hold_out
-from okd_ray.seeding import derive_seed, generator
 from okd_ray.errors import DataError
+from okd_ray.seeding import derive_seed, generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,8 +29,16 @@ LAYOUT = "<root>/train/<class>/<image> and <root>/val/<class>/<image>"
 class _SeededView(torch.utils.data.Dataset):
     """The samples ``indices`` of a folder, each transformed with its own seed (keyed by its folder index)."""
 
-    def __init__(self, folder: Any, indices: list[int], transform: Callable, seed: int, epoch: int,
-                 stream: int | None = None, ids: bool = False):
+    def __init__(
+        self,
+        folder: Any,
+        indices: list[int],
+        transform: Callable,
+        seed: int,
+        epoch: int,
+        stream: int | None = None,
+        ids: bool = False,
+    ):
         self.folder, self.indices, self.transform, self.ids = folder, indices, transform, ids
         self.keys = (seed, epoch) + (() if stream is None else (stream,))
 
@@ -71,23 +79,30 @@ class ImageFolderDataset:
                 raise DataError(f"imagefolder: {base / split} is not a folder. Expected {LAYOUT}")
         self._train, test = _open(base / "train"), _open(base / "val")
         if test.class_to_idx != self._train.class_to_idx:
-            raise DataError(f"imagefolder: {base / 'val'} and {base / 'train'} must hold the same class "
-                            f"folders, found {test.classes} and {self._train.classes}")
+            raise DataError(
+                f"imagefolder: {base / 'val'} and {base / 'train'} must hold the same class "
+                f"folders, found {test.classes} and {self._train.classes}"
+            )
         size = config.image_size or 224
         self.info = DataInfo("imagefolder", in_channels=3, num_classes=len(self._train.classes), image_size=size)
         self.batch_size, self.test_batch_size = config.batch_size, config.test_batch_size
         self.seed, self.num_workers = seed, config.num_workers
         # The validation split is held out of train/ (by its labels, no image decoded); val/ is the test set.
-        labels = torch.tensor(self._train.targets[:config.train_limit or len(self._train)])
+        labels = torch.tensor(self._train.targets[: config.train_limit or len(self._train)])
         train, held = hold_out(labels, config.validation, seed)
         self._train_indices = train.tolist()
-        self._eval = {"val": (self._train, held.tolist()),
-                      "test": (test, list(range(min(len(test), config.test_limit or len(test)))))}
+        self._eval = {
+            "val": (self._train, held.tolist()),
+            "test": (test, list(range(min(len(test), config.test_limit or len(test))))),
+        }
         self.normalisation = Normalisation(IMAGENET_MEAN, IMAGENET_STD, 255, resize=round(size * 256 / 224))
         normalise = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
         self._test_transform = T.Compose([T.Resize(self.normalisation.resize), T.CenterCrop(size), *normalise])
-        self._train_transform = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *normalise])
-                                 if config.augment else self._test_transform)
+        self._train_transform = (
+            T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *normalise])
+            if config.augment
+            else self._test_transform
+        )
 
     def num_train_batches(self) -> int:
         return math.ceil(self.num_train_images() / self.batch_size)
@@ -98,12 +113,12 @@ class ImageFolderDataset:
     def num_eval_batches(self, split: Split) -> int:
         return math.ceil(len(self._eval[split][1]) / self.test_batch_size)
 
-    def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor,
-                                                                                     torch.Tensor]]:
+    def train_batches(
+        self, epoch: int, stream: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         count = len(self._train_indices)
         order = torch.randperm(count, generator=generator("order", self.seed, epoch)).tolist()
-        view = _SeededView(self._train, self._train_indices, self._train_transform, self.seed, epoch, stream,
-                           ids=True)
+        view = _SeededView(self._train, self._train_indices, self._train_transform, self.seed, epoch, stream, ids=True)
         yield from self._loader(view, self.batch_size, order)
 
     def eval_batches(self, split: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -113,8 +128,13 @@ class ImageFolderDataset:
 
     def _loader(self, view: _SeededView, batch_size: int, order: Any) -> DataLoader:
         # An explicit generator: otherwise DataLoader draws its workers' base seed from the global RNG.
-        return DataLoader(view, batch_size=batch_size, sampler=order, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(
+            view,
+            batch_size=batch_size,
+            sampler=order,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
 
 def build(config: DataConfig, seed: int) -> ImageFolderDataset:

@@ -40,9 +40,11 @@ class ModelInputs:
     @classmethod
     def from_dict(cls, raw: dict) -> ModelInputs:
         norm = raw["normalisation"]
-        return cls(DataInfo(**raw["info"]), Normalisation(**{**norm, "mean": tuple(norm["mean"]),
-                                                               "std": tuple(norm["std"])}) if norm else None,
-                   raw["trained_with"])
+        return cls(
+            DataInfo(**raw["info"]),
+            Normalisation(**{**norm, "mean": tuple(norm["mean"]), "std": tuple(norm["std"])}) if norm else None,
+            raw["trained_with"],
+        )
 
     def __call__(self, pixels) -> torch.Tensor:
         pixels = torch.as_tensor(pixels)
@@ -50,6 +52,8 @@ class ModelInputs:
         if pixels.dim() not in (3, 4) or tuple(pixels.shape[-3:]) != (c, size, size):
             resize = self.normalisation.resize if self.normalisation else None
             how = f" (resize the shorter side to {resize}, then centre-crop)" if resize else ""
-            raise DataError(f"the run's networks take {c}×{size}×{size} images (N×{c}×{size}×{size} batches), got "
-                            f"shape {tuple(pixels.shape)}{how}")
+            raise DataError(
+                f"the run's networks take {c}×{size}×{size} images (N×{c}×{size}×{size} batches), got "
+                f"shape {tuple(pixels.shape)}{how}"
+            )
         return self.normalisation(pixels)

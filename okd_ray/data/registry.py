@@ -41,6 +41,10 @@ def build_dataset(name: str, *, seed: int = 0, **settings) -> Dataset:
     try:
         config = DataConfig(name=name, **settings)
     except ValidationError as e:
-        raise DataError("; ".join(f"data.{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
-                                  for err in e.errors())) from None
+        raise DataError(
+            "; ".join(
+                f"data.{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+                for err in e.errors()
+            )
+        ) from None
     return DATASETS[config.name](config, seed)

@@ -19,10 +19,16 @@ def hold_out(labels: torch.Tensor, validation: float | int, seed: int) -> tuple[
     from sklearn.model_selection import train_test_split
 
     try:
-        train, held = train_test_split(np.arange(n), test_size=validation, stratify=labels.numpy(),
-                                       random_state=derive_seed("validation", seed) % 2**32)
+        train, held = train_test_split(
+            np.arange(n),
+            test_size=validation,
+            stratify=labels.numpy(),
+            random_state=derive_seed("validation", seed) % 2**32,
+        )
     except ValueError as e:  # too few images for the share, or a class too small to stratify
-        raise DataError(f"data.validation={validation!r} cannot be held out of {n} training images: {e}. "
-                        "Give a share between 0 and 1 or a count that leaves every class images on both "
-                        "sides, or data.validation=0") from None
+        raise DataError(
+            f"data.validation={validation!r} cannot be held out of {n} training images: {e}. "
+            "Give a share between 0 and 1 or a count that leaves every class images on both "
+            "sides, or data.validation=0"
+        ) from None
     return torch.from_numpy(np.sort(train)), torch.from_numpy(np.sort(held))

@@ -23,9 +23,13 @@ def load() -> InMemory:
     labels = torch.randint(0, 100, (TRAIN + TEST,), generator=g)
     return InMemory(
         info=DataInfo("synthetic-cifar100", in_channels=3, num_classes=100, image_size=32),
-        train_images=images[:TRAIN], train_labels=labels[:TRAIN],
-        test_images=images[TRAIN:], test_labels=labels[TRAIN:],
-        max_value=255, mean=(0.5, 0.5, 0.5), std=(0.29, 0.29, 0.29),
+        train_images=images[:TRAIN],
+        train_labels=labels[:TRAIN],
+        test_images=images[TRAIN:],
+        test_labels=labels[TRAIN:],
+        max_value=255,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.29, 0.29, 0.29),
         augmentation=PadCropFlip(4, mode="reflect"),
     )
 

@@ -7,8 +7,8 @@ tensors there (``on``) and makes its batches there, from the same draws of the s
 
 from __future__ import annotations
 
-import math
 import copy
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,8 +18,8 @@ from okd_ray.data.augment import PadCropFlip
 from okd_ray.data.base import DataInfo, Normalisation, Split
 from okd_ray.data.config import DataConfig
 from okd_ray.data.split import hold_out
-from okd_ray.seeding import generator
 from okd_ray.errors import DataError
+from okd_ray.seeding import generator
 
 
 @dataclass(frozen=True)
@@ -44,26 +44,34 @@ class TensorDataset:
         # data.num_workers is not used: slicing a tensor needs no workers.
         if config.image_size is not None and config.image_size != data.info.image_size:
             size = data.info.image_size
-            raise DataError(f"{data.info.name} images are {size}x{size}; data.image_size={config.image_size} "
-                            "can only be changed for imagefolder (leave it unset)")
+            raise DataError(
+                f"{data.info.name} images are {size}x{size}; data.image_size={config.image_size} "
+                "can only be changed for imagefolder (leave it unset)"
+            )
         for labels in (data.train_labels, data.test_labels):
             if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < data.info.num_classes:
-                raise DataError(f"{data.info.name} labels must lie in 0..{data.info.num_classes - 1}, "
-                                f"found {int(labels.min())}..{int(labels.max())}")
+                raise DataError(
+                    f"{data.info.name} labels must lie in 0..{data.info.num_classes - 1}, "
+                    f"found {int(labels.min())}..{int(labels.max())}"
+                )
         self.info = data.info
         self.batch_size, self.test_batch_size = config.batch_size, config.test_batch_size
         self.seed = seed
         if config.augment_per_member and data.augmentation is None:
-            raise DataError(f"data.augment_per_member: {data.info.name} has no augmentation to draw per member, so "
-                            "every member would see the same images; leave it false, or use a data set with one "
-                            "(fashion-mnist, cifar10, cifar100, imagefolder)")
+            raise DataError(
+                f"data.augment_per_member: {data.info.name} has no augmentation to draw per member, so "
+                "every member would see the same images; leave it false, or use a data set with one "
+                "(fashion-mnist, cifar10, cifar100, imagefolder)"
+            )
         self.augmentation = data.augmentation if config.augment else None
-        images, labels = data.train_images[:config.train_limit], data.train_labels[:config.train_limit]
+        images, labels = data.train_images[: config.train_limit], data.train_labels[: config.train_limit]
         train, held = hold_out(labels, config.validation, seed)  # of the training images in use
         self._train = (images[train], labels[train])
         self._train_ids = train  # each training image's index among the images in use
-        self._eval = {"val": (images[held], labels[held]),
-                      "test": (data.test_images[:config.test_limit], data.test_labels[:config.test_limit])}
+        self._eval = {
+            "val": (images[held], labels[held]),
+            "test": (data.test_images[: config.test_limit], data.test_labels[: config.test_limit]),
+        }
         self.normalisation = Normalisation(data.mean, data.std, data.max_value)
         self._placed: dict[torch.device, TensorDataset] = {}
 
@@ -90,12 +98,13 @@ class TensorDataset:
     def num_eval_batches(self, split: Split) -> int:
         return math.ceil(len(self._eval[split][1]) / self.test_batch_size)
 
-    def train_batches(self, epoch: int, stream: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor,
-                                                                                     torch.Tensor]]:
+    def train_batches(
+        self, epoch: int, stream: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         images, labels = self._train
         order = torch.randperm(len(labels), generator=generator("order", self.seed, epoch)).to(labels.device)
         for batch, start in enumerate(range(0, len(labels), self.batch_size)):
-            index = order[start:start + self.batch_size]
+            index = order[start : start + self.batch_size]
             x = self.normalisation.unit(images[index])
             if self.augmentation is not None:
                 # One generator per batch: batch b is the same whatever was drawn before it.

@@ -10,8 +10,15 @@ from okd_ray.checkpoint import Checkpoint, Shard
 from okd_ray.config import TrainConfig
 from okd_ray.data.base import Split
 from okd_ray.metrics import accuracy
-from okd_ray.population import (Population, PopulationPlan, build_part, epoch_metrics, parts_of, population_eval,
-                                population_step)
+from okd_ray.population import (
+    Population,
+    PopulationPlan,
+    build_part,
+    epoch_metrics,
+    parts_of,
+    population_eval,
+    population_step,
+)
 from okd_ray.population.protocol import Metrics
 from okd_ray.population.replicas import Baton, merge_replicas
 from okd_ray.population.spec import replica_specs
@@ -37,8 +44,10 @@ class LocalEngine:
         self.config, self.plan = config, plan
         self.ids = parts_of(config)
         try:
-            self.shards = [[Watched(build_part(spec, device, plan.dataset), config.silent_part_s) for spec in specs]
-                           for specs in replica_specs(plan.specs)]
+            self.shards = [
+                [Watched(build_part(spec, device, plan.dataset), config.silent_part_s) for spec in specs]
+                for specs in replica_specs(plan.specs)
+            ]
         except BaseException:  # the process's thread count goes back as it was
             self.close()
             raise
@@ -87,8 +96,12 @@ class LocalEngine:
         return {}  # one process
 
     def save(self, store: RunStore, folder: str) -> dict[str, Shard]:
-        return {key: shard for parts in self.shards for part in parts for key, shard in
-                part.save(store.address, folder).items()}
+        return {
+            key: shard
+            for parts in self.shards
+            for part in parts
+            for key, shard in part.save(store.address, folder).items()
+        }
 
     def load(self, store: RunStore, checkpoint: Checkpoint) -> None:
         for parts in self.shards:

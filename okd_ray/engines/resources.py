@@ -23,7 +23,6 @@ from okd_ray.errors import ClusterUnreachable, ConfigError
 from okd_ray.population import parts_of
 from okd_ray.population.protocol import replicas_of
 
-
 CONNECT_TIMEOUT_S = 5.0  # to reach a given address; Ray's own retries would take minutes to give up
 PRELOAD = "RAY_preload_python_modules"  # read by a raylet as it starts: what its workers import once registered
 AUTH_MODE = "RAY_AUTH_MODE"  # token: this process sends the cluster's token (Ray's token authentication)
@@ -84,12 +83,16 @@ def check_reachable(address: str) -> None:
     except grpc.RpcError as e:
         if e.code() != grpc.StatusCode.UNAUTHENTICATED:
             return  # whatever else it is, Ray's own connection says it
-        sent = ("the token it sends was refused" if is_token_auth_enabled() else
-                f"this process sends none: {AUTH_MODE} is {os.environ.get(AUTH_MODE, 'unset')}")
+        sent = (
+            "the token it sends was refused"
+            if is_token_auth_enabled()
+            else f"this process sends none: {AUTH_MODE} is {os.environ.get(AUTH_MODE, 'unset')}"
+        )
         raise ConfigError(
             f"the Ray cluster at {address} requires its authentication token (it runs with {AUTH_MODE}=token) and "
             f"{sent}. Set {AUTH_MODE}=token and give the cluster's token: in ~/.ray/auth_token, RAY_AUTH_TOKEN or "
-            "RAY_AUTH_TOKEN_PATH (`ray get-auth-token` on its head node prints it)") from None
+            "RAY_AUTH_TOKEN_PATH (`ray get-auth-token` on its head node prints it)"
+        ) from None
     finally:
         channel.close()
 
@@ -108,8 +111,10 @@ def part_bundles(config: TrainConfig, spare_cpus: float = 0.0) -> list[dict[str,
     if gpus is None:  # auto: a GPU per member where there are enough, else an equal share; none without GPUs
         gpus = _share(totals.get("GPU", 0), sum(p.kind != "fused" for p in parts))
     member = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-    fusion = {"CPU": r.num_cpus_fusion if r.num_cpus_fusion is not None else cpus,
-              **({"GPU": r.num_gpus_fusion} if r.num_gpus_fusion else {})}
+    fusion = {
+        "CPU": r.num_cpus_fusion if r.num_cpus_fusion is not None else cpus,
+        **({"GPU": r.num_gpus_fusion} if r.num_gpus_fusion else {}),
+    }
     return [dict(fusion if p.kind == "fused" else member) for p in parts]
 
 

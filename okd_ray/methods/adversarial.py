@@ -62,7 +62,8 @@ class Adversarial(Term):
     class Settings(TermSettings):
         # The one public re-implementation's values (Adam 2e-5, milestones at half the logit ones).
         discriminator_optimizer: OptimizerConfig = OptimizerConfig(
-            name="adam", lr=2e-5, weight_decay=0.0, milestone_scale=0.5)
+            name="adam", lr=2e-5, weight_decay=0.0, milestone_scale=0.5
+        )
         output: Literal["score", "sigmoid"] = "score"  # D's output: an unbounded score, or in [0, 1]
 
     def __init__(self, settings: Settings, member: MemberInfo):

@@ -26,7 +26,10 @@ class FeatureFusion(Fuser):
     def loss(self, maps, logits, labels, weight) -> FuserStep:
         fused = self.module(maps)
         ensemble = torch.stack(logits).mean(0)  # detached below: the ensemble teaches, it is not taught
-        losses = {"ce": F.cross_entropy(fused, labels), "ensemble_kl": distill_kl(fused, ensemble, self.settings.temperature)}
+        losses = {
+            "ce": F.cross_entropy(fused, labels),
+            "ensemble_kl": distill_kl(fused, ensemble, self.settings.temperature),
+        }
         return FuserStep(losses, losses["ce"] + weight * losses["ensemble_kl"], [fused] * len(maps), fused)
 
     def eval(self, maps):

@@ -17,7 +17,7 @@ from .term import Batch, Need, Term, TermSettings
 
 def ensemble_teacher(logits: list[torch.Tensor], labels: torch.Tensor, variant: str) -> torch.Tensor:
     """The teacher's logits from every member's (N × C each), detached."""
-    z = torch.stack([l.detach() for l in logits])  # K × N × C
+    z = torch.stack([member.detach() for member in logits])  # K × N × C
     if variant == "mean":
         return z.mean(0)
     if variant == "minlogit":

@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 
 
-def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
-               detach_teacher: bool = True) -> torch.Tensor:
+def distill_kl(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, detach_teacher: bool = True
+) -> torch.Tensor:
     """T² · KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the batch.
 
     The teacher is detached unless ``detach_teacher=False`` says it learns from this loss too (OKDDip's

@@ -16,9 +16,9 @@ not (the same 1e-7 difference the FFL audit measured).
 """
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-import torch.nn.functional as F
 
 from okd_ray.errors import ConfigError
 
@@ -26,8 +26,9 @@ from .kl import distill_kl
 from .term import Batch, Fuser, FuserStep, FusionOptimizerConfig, Need, RampedSettings, Term
 
 
-def peer_targets(pooled: list[torch.Tensor], logits: list[torch.Tensor], query: nn.Module,
-                 key: nn.Module) -> torch.Tensor:
+def peer_targets(
+    pooled: list[torch.Tensor], logits: list[torch.Tensor], query: nn.Module, key: nn.Module
+) -> torch.Tensor:
     """B × C × P: each peer's attention-weighted sum of every peer's logits (the official ``x_m``)."""
     q = torch.stack([query(x) for x in pooled], 1)  # B × P × d
     k = torch.stack([key(x) for x in pooled], 1)
@@ -76,12 +77,16 @@ class AttentionKL(Term):
     @classmethod
     def check(cls, config) -> None:
         if len(config.members) < 3:
-            raise ConfigError(f"members: okddip needs at least 3 members (2 peers and the group leader, the last), "
-                              f"got {len(config.members)}; add members")
+            raise ConfigError(
+                f"members: okddip needs at least 3 members (2 peers and the group leader, the last), "
+                f"got {len(config.members)}; add members"
+            )
         if len({m.arch for m in config.members[:-1]}) != 1:
-            raise ConfigError("members: okddip's peers (every member but the last, the leader) share their "
-                              f"attention projections, so they need one architecture; got "
-                              f"{[m.arch for m in config.members[:-1]]}")
+            raise ConfigError(
+                "members: okddip's peers (every member but the last, the leader) share their "
+                f"attention projections, so they need one architecture; got "
+                f"{[m.arch for m in config.members[:-1]]}"
+            )
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return distill_kl(batch.logits, batch.fused_logits, self.settings.temperature).detach()

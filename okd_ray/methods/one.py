@@ -34,7 +34,7 @@ def gated_teacher(batch: Batch) -> torch.Tensor:
     """Σ_k g_k·z_k with this branch's gate column and logits live, the others' detached."""
     logits = [batch.logits if k == batch.index else z for k, z in enumerate(batch.all_logits())]
     gate = batch.gate
-    weights = [gate[:, k:k + 1] if k == batch.index else gate[:, k:k + 1].detach() for k in range(len(logits))]
+    weights = [gate[:, k : k + 1] if k == batch.index else gate[:, k : k + 1].detach() for k in range(len(logits))]
     return sum(w * z for w, z in zip(weights, logits))
 
 

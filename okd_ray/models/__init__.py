@@ -10,12 +10,12 @@ from collections.abc import Callable
 from functools import partial
 
 from okd_ray.errors import ConfigError, ModelError, did_you_mean
-from okd_ray.registry import register
 from okd_ray.models.base import FeatureNet, feature_shape
 from okd_ray.models.cnn import SmallCNN
 from okd_ray.models.convstack import ConvStack
 from okd_ray.models.resnet import CifarResNet
 from okd_ray.models.wrn import WideResNet
+from okd_ray.registry import register
 
 __all__ = ["MODELS", "FeatureNet", "build_model", "feature_shape", "register_model", "unknown_model"]
 
@@ -58,8 +58,9 @@ def register_model(name: str, builder: Callable[..., FeatureNet]) -> Callable[..
     ``num_classes`` as keywords and returns a FeatureNet. A name stands for one builder only; registering the
     same one again (a plugin imported twice) is harmless."""
     if name.startswith(TORCHVISION_PREFIX):
-        raise ConfigError(f"model {name!r}: the prefix {TORCHVISION_PREFIX} names torchvision's models; choose "
-                          "another name")
+        raise ConfigError(
+            f"model {name!r}: the prefix {TORCHVISION_PREFIX} names torchvision's models; choose another name"
+        )
     return register(MODELS, "model", name, builder)
 
 

@@ -38,8 +38,10 @@ class PooledHeadNet(FeatureNet):
     def split(self, stages: int) -> tuple[nn.Module, FeatureNet]:
         """(trunk: the stem and the first ``stages`` stages, branch: the rest with the head)."""
         if not 0 < stages < len(self.stages):
-            raise ModelError(f"{type(self).__name__} has {len(self.stages)} stages; a trunk takes 1 to "
-                             f"{len(self.stages) - 1} of them (trunk_stages), not {stages}")
+            raise ModelError(
+                f"{type(self).__name__} has {len(self.stages)} stages; a trunk takes 1 to "
+                f"{len(self.stages) - 1} of them (trunk_stages), not {stages}"
+            )
         return nn.Sequential(self.stem, *self.stages[:stages]), Branch(self, stages)
 
     def head(self, f: Tensor) -> Tensor:
@@ -88,8 +90,7 @@ def feature_shape(model: FeatureNet, in_channels: int, image_size: int) -> tuple
             f, _ = model(x)
     except RuntimeError as err:
         raise ModelError(
-            f"{type(model).__name__} does not accept {in_channels}-channel "
-            f"{image_size}x{image_size} images: {err}"
+            f"{type(model).__name__} does not accept {in_channels}-channel {image_size}x{image_size} images: {err}"
         ) from err
     finally:
         for m, training in modes:

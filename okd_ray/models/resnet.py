@@ -62,11 +62,13 @@ class CifarResNet(PooledHeadNet):
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
-        self.stages = nn.ModuleList([
-            _stage(widths[0], widths[1], n, stride=1),
-            _stage(widths[1], widths[2], n, stride=2),
-            _stage(widths[2], widths[3], n, stride=2),
-        ])
+        self.stages = nn.ModuleList(
+            [
+                _stage(widths[0], widths[1], n, stride=1),
+                _stage(widths[1], widths[2], n, stride=2),
+                _stage(widths[2], widths[3], n, stride=2),
+            ]
+        )
         self.finish = nn.Identity()
         self.fc = nn.Linear(widths[3], num_classes)
 

@@ -102,7 +102,7 @@ def replace_input_conv(model: nn.Module, in_channels: int) -> None:
     scaled by 3 / in_channels (timm's `adapt_input_conv` rule), which keeps the output's scale
     and uses no random numbers.
     """
-    for name, conv in model.named_modules():
+    for name, conv in model.named_modules():  # noqa: B007 - the one found is read after the loop
         if isinstance(conv, nn.Conv2d) and conv.in_channels == 3 and conv.groups == 1:
             break
     else:

@@ -60,11 +60,13 @@ class WideResNet(PooledHeadNet):
         n = (depth - 4) // 6
         widths = (16, 16 * width, 32 * width, 64 * width)
         self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        self.stages = nn.ModuleList([
-            _stage(widths[0], widths[1], n, 1, dropout),
-            _stage(widths[1], widths[2], n, 2, dropout),
-            _stage(widths[2], widths[3], n, 2, dropout),
-        ])
+        self.stages = nn.ModuleList(
+            [
+                _stage(widths[0], widths[1], n, 1, dropout),
+                _stage(widths[1], widths[2], n, 2, dropout),
+                _stage(widths[2], widths[3], n, 2, dropout),
+            ]
+        )
         self.finish = nn.Sequential(nn.BatchNorm2d(widths[3]), nn.ReLU())
         self.fc = nn.Linear(widths[3], num_classes)
 

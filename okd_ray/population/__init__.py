@@ -16,10 +16,28 @@ from .spec import FusionSpec, MemberSpec, PartSpec, TrunkSpec
 from .step import Population, StepDone, epoch_metrics, population_eval, population_step
 from .trunk import Trunk
 
-__all__ = ["Fusion", "FusionSpec", "Member", "MemberSpec", "Part", "PartId", "PartSpec", "Population", "PopulationPlan",
-           "StepDone", "Trunk", "TrunkSpec",
-           "build_part", "epoch_metrics", "load_dataset", "part_class", "parts_of", "plan_population", "population_eval",
-           "population_step"]
+__all__ = [
+    "Fusion",
+    "FusionSpec",
+    "Member",
+    "MemberSpec",
+    "Part",
+    "PartId",
+    "PartSpec",
+    "Population",
+    "PopulationPlan",
+    "StepDone",
+    "Trunk",
+    "TrunkSpec",
+    "build_part",
+    "epoch_metrics",
+    "load_dataset",
+    "part_class",
+    "parts_of",
+    "plan_population",
+    "population_eval",
+    "population_step",
+]
 
 
 def part_class(pid: PartId) -> type[Part]:

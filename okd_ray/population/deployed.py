@@ -74,6 +74,10 @@ class TeacherLogits(nn.Module):
 def deploy(kind: str, members: list[Member], trunk: Trunk | None = None, fusion: Fusion | None = None) -> Deployed:
     """The ``kind`` (``member``: the one member given, ``ensemble``, ``fused``, ``teacher``) of loaded parts, in
     eval mode; it shares their modules."""
-    head = {"member": MemberLogits, "ensemble": EnsembleLogits,
-            "fused": lambda: FusedLogits(fusion), "teacher": lambda: TeacherLogits(trunk.gate)}[kind]()
+    head = {
+        "member": MemberLogits,
+        "ensemble": EnsembleLogits,
+        "fused": lambda: FusedLogits(fusion),
+        "teacher": lambda: TeacherLogits(trunk.gate),
+    }[kind]()
     return Deployed([m.deployed for m in members], head, trunk.deployed if trunk is not None else None).eval()

@@ -54,8 +54,9 @@ class Fusion(Part):
         if out.fused is not None:
             self.log({"train_correct": out.fused.detach().argmax(1) == labels})
         unscaled = self.precision.unscaled  # before end_step: fp16's next scale is not the one this backward used
-        to_members = outgoing(tuple(FusedMessage(z, unscaled(f.grad), unscaled(l.grad))
-                                    for z, f, l in zip(out.to_members, maps, logits)))
+        to_members = outgoing(
+            tuple(FusedMessage(z, unscaled(f.grad), unscaled(g.grad)) for z, f, g in zip(out.to_members, maps, logits))
+        )
         self.end_step(len(labels))
         done, self.step_index = self.step_index, self.step_index + 1
         return FusionStep(done, to_members)

@@ -11,8 +11,17 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 # The Tensor methods that hand a value to Python, and so wait for the device.
-READS = frozenset({torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
-                   torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.numpy})
+READS = frozenset(
+    {
+        torch.Tensor.item,
+        torch.Tensor.tolist,
+        torch.Tensor.__bool__,
+        torch.Tensor.__int__,
+        torch.Tensor.__float__,
+        torch.Tensor.__index__,
+        torch.Tensor.numpy,
+    }
+)
 
 
 def to_host(values: torch.Tensor) -> list:

@@ -23,8 +23,17 @@ from okd_ray.optim import make_optimizer
 from .outgoing import map_tensors, outgoing
 from .part import Part
 from .plan import build_terms, member_network
-from .protocol import (FusedMessage, FusionInput, MemberEval, MemberForward, MemberUpdate, PeerMessage, RingMessage,
-                       SharedMessage, TrunkGrad)
+from .protocol import (
+    FusedMessage,
+    FusionInput,
+    MemberEval,
+    MemberForward,
+    MemberUpdate,
+    PeerMessage,
+    RingMessage,
+    SharedMessage,
+    TrunkGrad,
+)
 from .replicas import shard
 from .spec import MemberSpec
 
@@ -55,7 +64,8 @@ class Member(Part):
         if self.feature_mode != "joint":
             feature = spec.feature_update.optimizer
             self.optimizers["feature"] = OwnedOptimizer(
-                make_optimizer(network + transfer + learned["feature"], feature), feature)
+                make_optimizer(network + transfer + learned["feature"], feature), feature
+            )
         for term in self.terms:
             self.optimizers.update(term.optimizers())
         # What every evaluation runs: the member's network, or the one a term deploys instead (PCL's mean).
@@ -87,19 +97,37 @@ class Member(Part):
             trunk_messages = map_tensors(shared.messages or {}, lambda t: t.to(self.device))
         with self.rng.active(self.device), self.precision.autocast():
             feature, logits, public = self._run(x)
-            self._own = own = Batch(labels=y.to(self.device, non_blocking=True), logits=logits, feature=feature,
-                                    public=public, index=self.index, input=x, trunk_messages=trunk_messages, ids=ids,
-                                    epoch=self.epoch, step=self.step_index, weights=self.weights, gate=gate)
+            self._own = own = Batch(
+                labels=y.to(self.device, non_blocking=True),
+                logits=logits,
+                feature=feature,
+                public=public,
+                index=self.index,
+                input=x,
+                trunk_messages=trunk_messages,
+                ids=ids,
+                epoch=self.epoch,
+                step=self.step_index,
+                weights=self.weights,
+                gate=gate,
+            )
             self.log({"logits": logits}, f"members.{self.index}.optimizer.lr", metric=False)
             messages = {t.name: t.to_peers(own) for t in self.terms if Need.PEER_MESSAGES in t.needs}
-        return outgoing(MemberForward(
-            ring=RingMessage(public if Need.RING_MAP in self.needs else None,
-                             logits if Need.RING_LOGITS in self.needs else None),
-            to_fusion=FusionInput(feature, logits, own.labels) if Need.FUSION in self.needs else None,
-            to_peers=PeerMessage(logits if Need.PEER_LOGITS in self.needs else None,
-                                 public if Need.PEER_MAPS in self.needs else None,
-                                 messages or None) if PEER_NEEDS & self.needs else None,
-        ))
+        return outgoing(
+            MemberForward(
+                ring=RingMessage(
+                    public if Need.RING_MAP in self.needs else None, logits if Need.RING_LOGITS in self.needs else None
+                ),
+                to_fusion=FusionInput(feature, logits, own.labels) if Need.FUSION in self.needs else None,
+                to_peers=PeerMessage(
+                    logits if Need.PEER_LOGITS in self.needs else None,
+                    public if Need.PEER_MAPS in self.needs else None,
+                    messages or None,
+                )
+                if PEER_NEEDS & self.needs
+                else None,
+            )
+        )
 
     def _run(self, x: torch.Tensor):
         feature, logits = self.net(x)
@@ -119,7 +147,9 @@ class Member(Part):
         others = [k for k in range(self.spec.members) if k != self.index]
         own, received = self._own, dict(zip(others, peers))
         batch = replace(
-            own, ring_map=to_device(ring.map) if ring else None, ring_logits=to_device(ring.logits) if ring else None,
+            own,
+            ring_map=to_device(ring.map) if ring else None,
+            ring_logits=to_device(ring.logits) if ring else None,
             peer_logits={k: to_device(m.logits) for k, m in received.items() if m.logits is not None},
             peer_maps={k: to_device(m.map) for k, m in received.items() if m.map is not None},
             peer_messages={k: map_tensors(m.messages, to_device) for k, m in received.items() if m.messages},
@@ -128,8 +158,12 @@ class Member(Part):
         with self.rng.active(self.device):
             with self.precision.autocast():
                 losses = {term.name: self._loss(term, batch) for term in self.terms}
-            self.log(losses, self._term_keys, f"members.{self.index}.optimizer.lr",
-                     *(["method.feature_update.optimizer.lr"] if "feature" in self.optimizers else []))
+            self.log(
+                losses,
+                self._term_keys,
+                f"members.{self.index}.optimizer.lr",
+                *(["method.feature_update.optimizer.lr"] if "feature" in self.optimizers else []),
+            )
             after = self._step_network(batch, losses, fused)
             for term in self.terms:
                 with self.precision.autocast():  # a term's forward on the member's maps (AFD's D step)
@@ -137,8 +171,12 @@ class Member(Part):
         self.log({"train_correct": own.logits.detach().argmax(1) == own.labels})
         to_trunk = None  # unscaled before end_step: fp16's next scale is not the one this backward used
         if self._shared is not None:
-            to_trunk = outgoing(TrunkGrad(self.precision.unscaled(self._shared.grad),
-                                          self.precision.unscaled(own.gate.grad if own.gate is not None else None)))
+            to_trunk = outgoing(
+                TrunkGrad(
+                    self.precision.unscaled(self._shared.grad),
+                    self.precision.unscaled(own.gate.grad if own.gate is not None else None),
+                )
+            )
         self.end_step(len(own.labels))
         done, self.step_index = self.step_index, self.step_index + 1
         self._own = self._shared = None
@@ -159,7 +197,10 @@ class Member(Part):
             owned.optimizer.zero_grad(set_to_none=True)
         scale = self.precision.scale  # fp16: this member's loss scale on its losses and on what the fusion sent
         outputs, grads = [scale(self._weighted(losses, "logit"))], [None]
-        for output, grad in ((batch.feature, fused and fused.feature_grad), (batch.logits, fused and fused.logits_grad)):
+        for output, grad in (
+            (batch.feature, fused and fused.feature_grad),
+            (batch.logits, fused and fused.logits_grad),
+        ):
             if grad is not None:  # the fusion loss's gradient, computed where the fusion lives
                 outputs.append(output)
                 grads.append(scale(grad.to(self.device)).to(output.dtype))
@@ -176,13 +217,24 @@ class Member(Part):
         except Exception as e:  # noqa: BLE001 - a plugin's code: any error
             if isinstance(e, OkdRayError) or compile_error(e):  # a term's module that torch.compile failed on: the
                 raise  # part's, named where its call is watched
-            raise TermFailed(self.name, term.name, self.epoch + 1, self.step_index + 1,
-                             f"raised {type(e).__name__}: {e}", code_line(type(term), e.__traceback__)) from None
+            raise TermFailed(
+                self.name,
+                term.name,
+                self.epoch + 1,
+                self.step_index + 1,
+                f"raised {type(e).__name__}: {e}",
+                code_line(type(term), e.__traceback__),
+            ) from None
         if not isinstance(loss, torch.Tensor) or loss.ndim:  # shape only: no host sync
             got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-            raise TermFailed(self.name, term.name, self.epoch + 1, self.step_index + 1,
-                             f"returned {got}, not one number (a 0-d tensor: reduce it, e.g. with .mean())",
-                             inspect.getsourcefile(type(term)) or type(term).__qualname__)
+            raise TermFailed(
+                self.name,
+                term.name,
+                self.epoch + 1,
+                self.step_index + 1,
+                f"returned {got}, not one number (a 0-d tensor: reduce it, e.g. with .mean())",
+                inspect.getsourcefile(type(term)) or type(term).__qualname__,
+            )
         return loss
 
     def step_features(self, feature_grads: tuple[torch.Tensor | None, ...]) -> None:
@@ -227,8 +279,9 @@ def learned_with_member(terms: list, update: str) -> list[torch.nn.Parameter]:
         if term.update != update:
             continue
         own = {id(p) for owned in term.optimizers().values() for g in owned.optimizer.param_groups for p in g["params"]}
-        out += [p for module in term.modules().values() for p in module.parameters()
-                if p.requires_grad and id(p) not in own]
+        out += [
+            p for module in term.modules().values() for p in module.parameters() if p.requires_grad and id(p) not in own
+        ]
     return out
 
 
@@ -236,6 +289,7 @@ def learned_with_member(terms: list, update: str) -> list[torch.nn.Parameter]:
 # Each gets the member, the batch, the logit update's outputs and gradients (the logit loss, and the member's map
 # with the fusion's gradient on it) and the weighted feature loss; it steps the optimizers and returns the batch
 # the terms' after_update sees.
+
 
 def joint(member: Member, batch: Batch, outputs: list, grads: list, feature_loss) -> Batch:
     """The member's optimizer steps once on the sum of the logit and feature losses."""

@@ -75,15 +75,19 @@ class Part:
         self.epoch, self.step_index = epoch, 0
         for module in self.modules.values():
             module.train()
-        return {f"lr_{key}": set_epoch_lr(owned.optimizer, owned.config, self.spec.schedule, epoch, self.spec.epochs)
-                for key, owned in self.optimizers.items()}
+        return {
+            f"lr_{key}": set_epoch_lr(owned.optimizer, owned.config, self.spec.schedule, epoch, self.spec.epochs)
+            for key, owned in self.optimizers.items()
+        }
 
     def begin_eval(self, split: Split) -> None:
         """Eval mode, before the batches of ``split`` (``val`` or ``test``) go through the population."""
         for module in self.modules.values():
             module.eval()
 
-    def log(self, values: dict[str, torch.Tensor], *keys: str | Callable[[str], list[str]], metric: bool = True) -> None:
+    def log(
+        self, values: dict[str, torch.Tensor], *keys: str | Callable[[str], list[str]], metric: bool = True
+    ) -> None:
         """Keep this step's ``values`` (on the device: nothing waits for them) for ``end_epoch``. With ``keys``, a
         value that is not finite there names the part, the value, the epoch and the step, and the config keys to
         lower: each a key or a function of the value's name that gives keys. ``metric``: a column of the row."""
@@ -106,7 +110,9 @@ class Part:
         logged = [e.value for entries, _ in steps for e in entries]
         values = iter(to_host(torch.stack(logged)) if logged else [])
         metrics, diverged = [], None
-        for step, (entries, n) in enumerate(steps, self.step_index - len(steps)):  # the epoch's steps since the last read
+        for step, (entries, n) in enumerate(
+            steps, self.step_index - len(steps)
+        ):  # the epoch's steps since the last read
             row = {}
             for entry, value in zip(entries, values):
                 if entry.keys and not math.isfinite(value) and diverged is None:
@@ -139,7 +145,9 @@ class Part:
         self.load_state_dict(load_shard(store, shard_path(checkpoint.folder, key), checkpoint.shards[key]))
         if self.spec.replica:
             own = self.spec.key
-            self.rng.load_state_dict(load_shard(store, shard_path(checkpoint.folder, own), checkpoint.shards[own])["rng"])
+            self.rng.load_state_dict(
+                load_shard(store, shard_path(checkpoint.folder, own), checkpoint.shards[own])["rng"]
+            )
 
     def load_state_dict(self, state: dict) -> None:
         for k, m in self.modules.items():

@@ -54,8 +54,9 @@ def parts_of(config: TrainConfig) -> list[PartId]:
 def replicas_of(config: TrainConfig) -> list[int]:
     """Each part's replica count, in ``parts_of`` order: a member's own; the fusion's and the trunk's the members'
     (one count for all, where parts exchange anything)."""
-    return [config.members[p.index].replicas if p.kind == "member" else config.members[0].replicas
-            for p in parts_of(config)]
+    return [
+        config.members[p.index].replicas if p.kind == "member" else config.members[0].replicas for p in parts_of(config)
+    ]
 
 
 class RingMessage(NamedTuple):
@@ -179,7 +180,11 @@ def outputs(method: Callable) -> type[tuple] | None:
 @functools.cache  # read on every remote call; annotations are fixed once a class is defined
 def _outputs(function: Callable) -> type[tuple] | None:
     returned = typing.get_type_hints(function).get("return")
-    return returned if isinstance(returned, type) and issubclass(returned, tuple) and hasattr(returned, "_fields") else None
+    return (
+        returned
+        if isinstance(returned, type) and issubclass(returned, tuple) and hasattr(returned, "_fields")
+        else None
+    )
 
 
 @functools.cache
@@ -220,7 +225,7 @@ def nest(flat: Sequence[Any] | Any, method: Callable, members: int) -> Any:
     values, i = [], 0
     for field in shape._fields:
         if _per_member(shape, field):
-            values.append(tuple(flat[i:i + members]))
+            values.append(tuple(flat[i : i + members]))
             i += members
         else:
             values.append(flat[i])

@@ -42,7 +42,7 @@ def average(tensors: list[torch.Tensor], gather: Gather) -> None:
         mean = total / len(gathered)
         offset = 0
         for t in group:
-            t.copy_(mean[offset:offset + t.numel()].view_as(t))
+            t.copy_(mean[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
 
 
@@ -57,8 +57,9 @@ def merge_replicas(logs: Sequence[EpochLog]) -> EpochLog:
             steps.append({})
             continue
         n = sum(r["n"] for r in replicas)
-        merged: dict[str, Any] = {k: sum(r[k] * r["n"] for r in replicas) / n for k in replicas[0]
-                                  if k not in ("n", "train_correct")}
+        merged: dict[str, Any] = {
+            k: sum(r[k] * r["n"] for r in replicas) / n for k in replicas[0] if k not in ("n", "train_correct")
+        }
         if "train_correct" in replicas[0]:
             merged["train_correct"] = sum(r["train_correct"] for r in replicas)
         steps.append({**merged, "n": n})
@@ -93,8 +94,10 @@ class Baton:
             t.start()
         for t in threads:
             t.join()
-        first = next((e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)),
-                     next((e for e in errors if e is not None), None))
+        first = next(
+            (e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)),
+            next((e for e in errors if e is not None), None),
+        )
         if first is not None:
             for r in self.rendezvous:
                 r.barrier.reset()

@@ -60,8 +60,10 @@ def population_step(population: Population) -> StepDone:
         fusion_done, fused = fusion.step(*(s.to_fusion for s in sent))
     # 4. Each member learns from its ring predecessor k-1, its peers and the fusion.
     peers = bool(PEER_NEEDS & population.needs)
-    updates = [member.update(sent[k - 1].ring, fused[k], *(sent[j].to_peers for j in range(count) if peers and j != k))
-               for k, member in enumerate(members)]
+    updates = [
+        member.update(sent[k - 1].ring, fused[k], *(sent[j].to_peers for j in range(count) if peers and j != k))
+        for k, member in enumerate(members)
+    ]
     # 5. The trunk steps on the sum of the gradients the members send back.
     trunk_done = trunk.update(*(u.to_trunk for u in updates)) if trunk is not None else None
     return StepDone([u.done for u in updates], fusion_done, trunk_done)

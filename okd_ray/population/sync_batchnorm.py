@@ -39,8 +39,14 @@ class SyncBatchNorm(_BatchNorm):
     """A batch-norm layer (of any dimension) whose training statistics are the replicas' together."""
 
     def __init__(self, layer: _BatchNorm, gather: Gather, replica: int):
-        super().__init__(layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats,
-                         device=layer.weight.device if layer.affine else None)
+        super().__init__(
+            layer.num_features,
+            layer.eps,
+            layer.momentum,
+            layer.affine,
+            layer.track_running_stats,
+            device=layer.weight.device if layer.affine else None,
+        )
         self.gather, self.replica = gather, replica
         self.weight, self.bias = layer.weight, layer.bias  # the same parameters: the optimizer keeps stepping them
         self.running_mean, self.running_var = layer.running_mean, layer.running_var
@@ -62,7 +68,7 @@ class SyncBatchNorm(_BatchNorm):
         m2 = (xf - mean.view(shape)).square().sum(dims)
         local = torch.cat([mean.new_full((1,), count), mean, m2])
         stats = GatheredStats.apply(local, self.gather, self.replica)  # D x (1 + 2C)
-        counts, means, m2s = stats[:, 0], stats[:, 1:1 + x.size(1)], stats[:, 1 + x.size(1):]
+        counts, means, m2s = stats[:, 0], stats[:, 1 : 1 + x.size(1)], stats[:, 1 + x.size(1) :]
         n, total_mean, total_m2 = counts[0], means[0], m2s[0]
         for n_r, mean_r, m2_r in zip(counts[1:], means[1:], m2s[1:]):  # Chan et al.: replica r into 0..r-1
             merged = n + n_r

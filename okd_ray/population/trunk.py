@@ -30,8 +30,7 @@ class Trunk(Part):
             net = build_model(spec.arch, in_channels=spec.info.in_channels, num_classes=spec.info.num_classes)
             self.net = net.split(spec.trunk_stages)[0].to(self.device)
             self.gate = Gate(spec.shape[0], spec.members).to(self.device) if spec.gate else None
-            self.hooks = {name: hook(settings, self.net, spec.steps_per_epoch)
-                          for name, hook, settings in spec.hooks}
+            self.hooks = {name: hook(settings, self.net, spec.steps_per_epoch) for name, hook, settings in spec.hooks}
         self.modules = {"net": self.net, **({"gate": self.gate} if self.gate is not None else {})}
         params = [p for m in self.modules.values() for p in m.parameters()]
         for hook in self.hooks.values():
@@ -60,8 +59,9 @@ class Trunk(Part):
                 messages = {name: hook.to_members(x) for name, hook in self.hooks.items()}
                 self._features.append(features)
                 self._gates.append(gate)
-                sent.append(SharedMessage(features, gate, y, ids, {k: v for k, v in messages.items() if v is not None}
-                                          or None))
+                sent.append(
+                    SharedMessage(features, gate, y, ids, {k: v for k, v in messages.items() if v is not None} or None)
+                )
         return TrunkForward(outgoing(tuple(sent[k % len(sent)] for k in range(self.spec.members))))
 
     def update(self, *grads: TrunkGrad) -> int:

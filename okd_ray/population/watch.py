@@ -59,9 +59,13 @@ class Watch:
             for call in list(self.calls.values()):
                 if self.limit > 0 and not call.reported and now - call.since > self.limit:
                     call.reported = True
-                    print(f"okd-ray: {call.part} has run {call.method}() for {now - call.since:.0f} s without "
-                          f"returning (silent_part_s={self.limit:g}); the run goes on waiting for it. To see where "
-                          f"it is: py-spy dump --pid {os.getpid()}", file=sys.stderr, flush=True)
+                    print(
+                        f"okd-ray: {call.part} has run {call.method}() for {now - call.since:.0f} s without "
+                        f"returning (silent_part_s={self.limit:g}); the run goes on waiting for it. To see where "
+                        f"it is: py-spy dump --pid {os.getpid()}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
 
 WATCH = Watch()

@@ -73,15 +73,22 @@ class Trackers:
             every = self.config.log_every_steps
             if not self.trackers or not every or self.step % every:
                 continue
-            values = {f"{pid.key}/{name}": value for pid, part in zip(self.parts, metrics)
-                      for name, value in (step_values(part) if part else {}).items()}
+            values = {
+                f"{pid.key}/{name}": value
+                for pid, part in zip(self.parts, metrics)
+                for name, value in (step_values(part) if part else {}).items()
+            }
             for tracker in self.trackers:
                 tracker.log("steps", values, self.step)
 
     def log_epoch(self, epoch: int, rows: list[dict]) -> None:
         """Epoch ``epoch``'s rows (from 1), as ``metrics.parquet`` holds them."""
-        values = {f"{self.keys.get(row['part'], row['part'])}/{name}": value
-                  for row in rows for name, value in row.items() if isinstance(value, float)}
+        values = {
+            f"{self.keys.get(row['part'], row['part'])}/{name}": value
+            for row in rows
+            for name, value in row.items()
+            if isinstance(value, float)
+        }
         for tracker in self.trackers:
             tracker.log("epochs", values, epoch)
             tracker.flush()

@@ -3,9 +3,9 @@
 The tracking store is ``MLFLOW_TRACKING_URI`` where it is set (a server, a database), else a SQLite database in
 the run folder, ``mlflow.db`` (MLflow 3 keeps its file store for old data only; SQLite is what it recommends
 locally). Epoch values go under their tags (``m0/test_top1``), step values under ``steps/`` (``steps/m0/ce``), so
-the two never share a metric's history. The experiment is ``MLFLOW_EXPERIMENT_NAME``, else ``okd-ray``. A resumed run logs on into the same
-MLflow run (found by its folder's tag); MLflow keeps every value it was sent, so an epoch trained again after
-a damaged checkpoint appears twice at its step, the later value being the run's.
+the two never share a metric's history. The experiment is ``MLFLOW_EXPERIMENT_NAME``, else ``okd-ray``. A resumed
+run logs on into the same MLflow run (found by its folder's tag); MLflow keeps every value it was sent, so an epoch
+trained again after a damaged checkpoint appears twice at its step, the later value being the run's.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ def tracking_uri(folder: RunStore) -> str:
     if uri:
         return uri
     if "://" in folder.uri:
-        raise ConfigError(f"logging: mlflow: {folder.uri} is no local folder to keep an MLflow database in; set "
-                          "MLFLOW_TRACKING_URI to your tracking server (or a sqlite:/// path), or drop mlflow")
+        raise ConfigError(
+            f"logging: mlflow: {folder.uri} is no local folder to keep an MLflow database in; set "
+            "MLFLOW_TRACKING_URI to your tracking server (or a sqlite:/// path), or drop mlflow"
+        )
     return f"sqlite:///{folder.path(DATABASE)}"
 
 
@@ -47,16 +49,21 @@ def sweep_callback(folder: RunStore, name: str):
     named after the sweep (or MLFLOW_EXPERIMENT_NAME). The trials' runs then log no MLflow run of their own."""
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    return MLflowLoggerCallback(tracking_uri(folder), experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or name,
-                                tags={"okd_ray.sweep_folder": folder.address})
+    return MLflowLoggerCallback(
+        tracking_uri(folder),
+        experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or name,
+        tags={"okd_ray.sweep_folder": folder.address},
+    )
 
 
 def check_installed() -> None:
     try:
         import mlflow  # noqa: F401
     except ImportError:
-        raise ConfigError("logging: mlflow needs the mlflow package: pip install 'okd-ray[mlflow]' "
-                          "(or mlflow-skinny), or drop mlflow from logging") from None
+        raise ConfigError(
+            "logging: mlflow needs the mlflow package: pip install 'okd-ray[mlflow]' "
+            "(or mlflow-skinny), or drop mlflow from logging"
+        ) from None
 
 
 class MLflowTracker:
@@ -78,20 +85,20 @@ class MLflowTracker:
         self.client = MlflowClient(tracking_uri(self.store))
         experiment = self.client.get_experiment_by_name(experiment_name())
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(experiment_name())
-        found = self.client.search_runs([experiment_id], f"tags.`{FOLDER_TAG}` = '{self.store.address}'",
-                                        max_results=1)
+        found = self.client.search_runs([experiment_id], f"tags.`{FOLDER_TAG}` = '{self.store.address}'", max_results=1)
         if found:
             self.run_id = found[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
             return
-        run = self.client.create_run(experiment_id, run_name=self.config.run_name,
-                                     tags={FOLDER_TAG: self.store.address})
+        run = self.client.create_run(
+            experiment_id, run_name=self.config.run_name, tags={FOLDER_TAG: self.store.address}
+        )
         self.run_id = run.info.run_id
         from mlflow.entities import Param
 
         params = [Param(k, str(v)) for k, v in dotted(self.config.model_dump(mode="json")).items()]
         for i in range(0, len(params), 100):  # MLflow's limit of params in one call
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def log(self, kind: str, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -102,7 +109,7 @@ class MLflowTracker:
         prefix = "steps/" if kind == "steps" else ""
         metrics = [Metric(prefix + tag, value, now, step) for tag, value in values.items()]
         for i in range(0, len(metrics), BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + BATCH])
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + BATCH])
 
     def flush(self) -> None:
         pass  # every log_batch is written when it returns

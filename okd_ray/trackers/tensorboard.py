@@ -24,8 +24,7 @@ class TensorBoardTracker:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only for runs that use it
 
             with signals_deferred():
-                self.writers[kind] = SummaryWriter(f"{self.store.address}/{FOLDER}/{kind}",
-                                                   purge_step=self.first[kind])
+                self.writers[kind] = SummaryWriter(f"{self.store.address}/{FOLDER}/{kind}", purge_step=self.first[kind])
         for tag, value in values.items():
             self.writers[kind].add_scalar(tag, value, step)
 
@@ -52,8 +51,10 @@ def signals_deferred():
         yield
         return
     caught: list[int] = []
-    previous = {number: signal.signal(number, lambda number, frame: caught.append(number))
-                for number in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        number: signal.signal(number, lambda number, frame: caught.append(number))
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:

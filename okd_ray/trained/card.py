@@ -16,22 +16,29 @@ from okd_ray.trained.load import TrainedRun
 
 def describe(run: TrainedRun, pid: PartId) -> str:
     members = ", ".join(f"m{k}:{m.arch}" for k, m in enumerate(run.config.members))
-    return {"member": f"Member {pid.name} of the population {members}",
-            "ensemble": f"The ensemble: the mean of the logits of {members}",
-            "fused": f"The fused classifier: the fusion part's classifier on the feature maps of {members}",
-            "teacher": f"ONE's gated teacher: the trunk's gate weighing the logits of {members}"}[pid.kind]
+    return {
+        "member": f"Member {pid.name} of the population {members}",
+        "ensemble": f"The ensemble: the mean of the logits of {members}",
+        "fused": f"The fused classifier: the fusion part's classifier on the feature maps of {members}",
+        "teacher": f"ONE's gated teacher: the trunk's gate weighing the logits of {members}",
+    }[pid.kind]
 
 
 def accuracy_rows(run: TrainedRun, pid: PartId, epoch: int) -> list[str]:
     """The part's row of ``metrics.parquet`` at ``epoch``: validation (where held out) and test top-1 and top-5."""
     if not run.store.exists(METRICS):
         return [f"({METRICS} is missing from the run folder)"]
-    row = next((r for r in run.store.read_table(METRICS).to_pylist() if r["epoch"] == epoch
-                and r["part"] == pid.name), {})
-    cells = [f"{row[c]:.2f}" if row.get(c) is not None else "–" for c in ("val_top1", "val_top5", "test_top1",
-                                                                          "test_top5")]
-    return ["| validation top-1 | validation top-5 | test top-1 | test top-5 |", "|---|---|---|---|",
-            f"| {' | '.join(cells)} |"]
+    row = next(
+        (r for r in run.store.read_table(METRICS).to_pylist() if r["epoch"] == epoch and r["part"] == pid.name), {}
+    )
+    cells = [
+        f"{row[c]:.2f}" if row.get(c) is not None else "–" for c in ("val_top1", "val_top5", "test_top1", "test_top5")
+    ]
+    return [
+        "| validation top-1 | validation top-5 | test top-1 | test top-5 |",
+        "|---|---|---|---|",
+        f"| {' | '.join(cells)} |",
+    ]
 
 
 def model_card(run: TrainedRun, pid: PartId, checkpoint: Checkpoint, file: str, load: str, meta: dict) -> str:
@@ -39,12 +46,17 @@ def model_card(run: TrainedRun, pid: PartId, checkpoint: Checkpoint, file: str, 
     config, info, norm = run.config, run.inputs.info, run.inputs.normalisation
     data = config.data
     size = f"{info.in_channels}×{info.image_size}×{info.image_size}"
-    normalised = (f"`(pixels / {norm.max_value} − mean) / std` per channel, mean {list(norm.mean)}, std "
-                  f"{list(norm.std)}" + (f", after resizing the shorter side to {norm.resize} and centre-cropping"
-                                         if norm.resize else "")
-                  if norm else "as the data set's builder normalises (it did not say how)")
-    members = "; ".join(f"m{k}: {m.arch}" + (f" ({m.replicas} replicas, exported as one)" if m.replicas > 1 else "")
-                        for k, m in enumerate(config.members))
+    normalised = (
+        f"`(pixels / {norm.max_value} − mean) / std` per channel, mean {list(norm.mean)}, std "
+        f"{list(norm.std)}"
+        + (f", after resizing the shorter side to {norm.resize} and centre-cropping" if norm.resize else "")
+        if norm
+        else "as the data set's builder normalises (it did not say how)"
+    )
+    members = "; ".join(
+        f"m{k}: {m.arch}" + (f" ({m.replicas} replicas, exported as one)" if m.replicas > 1 else "")
+        for k, m in enumerate(config.members)
+    )
     settings = yaml.safe_dump(config.model_dump(mode="json")["method"], sort_keys=False).strip()
     lines = [
         f"# {config.run_name}: {pid.name}",
@@ -64,10 +76,15 @@ def model_card(run: TrainedRun, pid: PartId, checkpoint: Checkpoint, file: str, 
         "## Training",
         "",
         f"- Data: {data.name}, {info.num_classes} classes; "
-        + ", ".join(f"{key}: {json.dumps(value)}" for key, value in data.model_dump(mode="json").items()
-                    if value is not None and key not in ("name", "root", "download", "num_workers")) + ".",
-        f"- Population: {members}" + (f"; the first {config.trunk_stages} stages shared as a trunk"
-                                      if config.trunk_stages else "") + ".",
+        + ", ".join(
+            f"{key}: {json.dumps(value)}"
+            for key, value in data.model_dump(mode="json").items()
+            if value is not None and key not in ("name", "root", "download", "num_workers")
+        )
+        + ".",
+        f"- Population: {members}"
+        + (f"; the first {config.trunk_stages} stages shared as a trunk" if config.trunk_stages else "")
+        + ".",
         f"- Method {config.method.name}, {config.epochs} epochs, schedule {config.schedule.kind}, precision "
         f"{config.precision}, engine {config.engine}, seed {config.seed}. Its settings:",
         "",

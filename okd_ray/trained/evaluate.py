@@ -23,39 +23,51 @@ EVAL = "eval.parquet"
 MAY_OVERRIDE = ("data", "threads", "device")  # what it evaluates on and how; never what was trained
 
 
-def evaluate_run(run_dir: str, overrides: list[str] = (), checkpoint: int | str = "last", out: str | None = None,
-                 quiet: bool = False) -> list[dict]:
+def evaluate_run(
+    run_dir: str, overrides: list[str] = (), checkpoint: int | str = "last", out: str | None = None, quiet: bool = False
+) -> list[dict]:
     """Rows of every part's validation (where the run held some out) and test accuracies, written to ``out`` (by
     default ``eval.parquet`` in the run folder) and printed; on the run's own data, checked against its
     ``metrics.parquet``."""
     for item in overrides:
         key = item.partition("=")[0]
         if key.split(".")[0] not in MAY_OVERRIDE:
-            raise ConfigError(f"override {item!r}: okd-ray eval changes only what it evaluates on and how "
-                              f"({', '.join(k + '.*' if k == 'data' else k for k in MAY_OVERRIDE)}), never the "
-                              "trained population")
+            raise ConfigError(
+                f"override {item!r}: okd-ray eval changes only what it evaluates on and how "
+                f"({', '.join(k + '.*' if k == 'data' else k for k in MAY_OVERRIDE)}), never the "
+                "trained population"
+            )
     run = open_run(run_dir)
     found = find_checkpoint(run.store, checkpoint)
     config = parse_config(run.store.read_text(CONFIG), overrides, source=run.store.path(CONFIG))
     plan = plan_population(config)
     if shape(plan.data) != shape(run.inputs.info):
-        raise ConfigError(f"data.name={config.data.name}: the run's networks take {shape(run.inputs.info)}, that data "
-                          f"set has {shape(plan.data)}; give data of the run's shape")
+        raise ConfigError(
+            f"data.name={config.data.name}: the run's networks take {shape(run.inputs.info)}, that data "
+            f"set has {shape(plan.data)}; give data of the run's shape"
+        )
     engine = LocalEngine(config, plan)
     try:
         engine.load(run.store, found)
         stats = merged(engine.evaluate(split) for split in plan.eval_splits)
     finally:
         engine.close()
-    rows = [{**{k: v for k, v in row.items() if k not in TIMINGS}, "data": config.data.name}
-            for row in make_rows(config, found.epoch, {}, {}, stats, 0.0, 0.0) if "test_top1" in row]
+    rows = [
+        {**{k: v for k, v in row.items() if k not in TIMINGS}, "data": config.data.name}
+        for row in make_rows(config, found.epoch, {}, {}, stats, 0.0, 0.0)
+        if "test_top1" in row
+    ]
     if out is None:
         run.store.write_table(EVAL, union_table(rows))
     else:
         RunStore(posixpath.dirname(out) or ".").write_table(posixpath.basename(out), union_table(rows))
     if not quiet:
-        console().print(epoch_table([{k: v for k, v in r.items() if k != "data"} for r in rows],
-                                    f"{run_dir}: checkpoint of epoch {found.epoch} on {config.data.name}"))
+        console().print(
+            epoch_table(
+                [{k: v for k, v in r.items() if k != "data"} for r in rows],
+                f"{run_dir}: checkpoint of epoch {found.epoch} on {config.data.name}",
+            )
+        )
     if not any(item.startswith("data.") for item in overrides):  # the run's own data: its own numbers
         check_against_run(run.store, rows, found.epoch, config.threads)
     return rows
@@ -71,9 +83,17 @@ def check_against_run(store: RunStore, rows: list[dict], epoch: int, threads: in
     if not store.exists(METRICS):
         return
     held = {r["part"]: r for r in store.read_table(METRICS).to_pylist() if r["epoch"] == epoch}
-    differ = [f"{r['part']} {c} {r[c]} (the run: {held.get(r['part'], {}).get(c)})" for r in rows for c in ACCURACY
-              if c in r and c != "train_top1" and held.get(r["part"], {}).get(c) != r[c]]
+    differ = [
+        f"{r['part']} {c} {r[c]} (the run: {held.get(r['part'], {}).get(c)})"
+        for r in rows
+        for c in ACCURACY
+        if c in r and c != "train_top1" and held.get(r["part"], {}).get(c) != r[c]
+    ]
     if differ:
-        how = (f"threads={threads}" if threads else "threads unset (torch's default here; a run on Ray used its "
-               "parts' CPUs): give threads=N as the run computed")
+        how = (
+            f"threads={threads}"
+            if threads
+            else "threads unset (torch's default here; a run on Ray used its "
+            "parts' CPUs): give threads=N as the run computed"
+        )
         warn(f"{'; '.join(differ)} differ from {store.path(METRICS)}, epoch {epoch}; evaluated with {how}")

@@ -63,8 +63,16 @@ def read_pt2(path: Path) -> Runner:
 
 
 def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
-                      dynamic_shapes=({0: BATCH},), verbose=False)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=({0: BATCH},),
+        verbose=False,
+    )
 
 
 def read_onnx(path: Path) -> Runner:
@@ -89,13 +97,26 @@ def read_torchscript(path: Path) -> Runner:
 
 
 FORMATS = {
-    "safetensors": Format("model.safetensors", write_safetensors, read_safetensors,
-                          load="okd_ray.load_safetensors(FOLDER)  # the weights, into the architecture in model.json"),
+    "safetensors": Format(
+        "model.safetensors",
+        write_safetensors,
+        read_safetensors,
+        load="okd_ray.load_safetensors(FOLDER)  # the weights, into the architecture in model.json",
+    ),
     "pt2": Format("model.pt2", write_pt2, read_pt2, load="torch.export.load('{file}').module()"),
-    "onnx": Format("model.onnx", write_onnx, read_onnx, ("onnx", "onnxscript", "onnxruntime"),
-                   load="onnxruntime.InferenceSession('{file}').run(None, {{'images': x.numpy()}})[0]"),
-    "torchscript": Format("model.torchscript.pt", write_torchscript, read_torchscript,
-                          load="torch.jit.load('{file}')  # traced: fixed control flow"),
+    "onnx": Format(
+        "model.onnx",
+        write_onnx,
+        read_onnx,
+        ("onnx", "onnxscript", "onnxruntime"),
+        load="onnxruntime.InferenceSession('{file}').run(None, {{'images': x.numpy()}})[0]",
+    ),
+    "torchscript": Format(
+        "model.torchscript.pt",
+        write_torchscript,
+        read_torchscript,
+        load="torch.jit.load('{file}')  # traced: fixed control flow",
+    ),
 }
 
 
@@ -127,11 +148,20 @@ def export_model(run_dir: str, part: str, format: str, out: str, checkpoint: int
     model = build_deployed(run.config, run.inputs.info, pid, run.store, found)
     info = run.inputs.info
     generator = torch.Generator().manual_seed(0)
-    example, check = (torch.randn(n, info.in_channels, info.image_size, info.image_size, generator=generator)
-                      for n in (2, CHECK_BATCH))
-    meta = {"format": format, "file": chosen.file, "part": pid.name, "run": run.store.uri, "epoch": found.epoch,
-            "okd_ray": __version__, "inputs": json.loads(run.inputs.to_json()),
-            "config": run.config.model_dump(mode="json")}
+    example, check = (
+        torch.randn(n, info.in_channels, info.image_size, info.image_size, generator=generator)
+        for n in (2, CHECK_BATCH)
+    )
+    meta = {
+        "format": format,
+        "file": chosen.file,
+        "part": pid.name,
+        "run": run.store.uri,
+        "epoch": found.epoch,
+        "okd_ray": __version__,
+        "inputs": json.loads(run.inputs.to_json()),
+        "config": run.config.model_dump(mode="json"),
+    }
     instead = "safetensors exports any model" if format != "safetensors" else ""
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         folder = Path(tmp)
@@ -145,8 +175,13 @@ def export_model(run_dir: str, part: str, format: str, out: str, checkpoint: int
         logits = model(check)
         difference, largest = (exported - logits).abs().max().item(), logits.abs().max().item()
         if difference > (AGREES * largest if format != "safetensors" else 0):
-            raise ExportFailed(pid.name, format, f"its logits differ from okd_ray.load_model's by {difference:.3g} "
-                               f"(the largest is {largest:.3g}) on a check batch", instead)
+            raise ExportFailed(
+                pid.name,
+                format,
+                f"its logits differ from okd_ray.load_model's by {difference:.3g} "
+                f"(the largest is {largest:.3g}) on a check batch",
+                instead,
+            )
         # on a seeded N(0, 1) batch of CHECK_BATCH
         meta.update(max_abs_difference=difference, max_abs_logit=largest)
         (folder / META).write_text(json.dumps(meta, indent=1))

@@ -33,8 +33,10 @@ class TrainedRun:
 def open_run(run_dir: str) -> TrainedRun:
     store = RunStore(run_dir)
     if not store.exists(CONFIG):
-        raise ConfigError(f"{run_dir}: no {CONFIG} there; give the folder of an okd-ray run (okd-ray train writes "
-                          "it when the first epoch ends)")
+        raise ConfigError(
+            f"{run_dir}: no {CONFIG} there; give the folder of an okd-ray run (okd-ray train writes "
+            "it when the first epoch ends)"
+        )
     config = parse_config(store.read_text(CONFIG), source=store.path(CONFIG))
     return TrainedRun(store, config, read_inputs(store, config))
 
@@ -46,23 +48,29 @@ def read_inputs(store: RunStore, config: TrainConfig) -> ModelInputs:
     try:
         return replace(ModelInputs.of(load_dataset(config.data, config.seed)), trained_with="")  # not recorded
     except DataError as e:
-        raise DataError(f"{store.path(RECORD)} is missing (an older okd-ray's run did not record its inputs), and its "
-                        f"data set {config.data.name} does not load here to tell them ({e}); load the run where its "
-                        "data set is") from None
+        raise DataError(
+            f"{store.path(RECORD)} is missing (an older okd-ray's run did not record its inputs), and its "
+            f"data set {config.data.name} does not load here to tell them ({e}); load the run where its "
+            "data set is"
+        ) from None
 
 
 def find_checkpoint(store: RunStore, checkpoint: int | str = "last") -> Checkpoint:
     """The newest checkpoint (``last``), or the one of epoch ``checkpoint``."""
     manifest = read_manifest(store)
     if manifest is None:
-        raise ConfigError(f"{store.uri} holds no checkpoint ({MANIFEST} is missing); give a run folder whose training "
-                          "saved one (every checkpoint_every epochs, and after the last epoch)")
+        raise ConfigError(
+            f"{store.uri} holds no checkpoint ({MANIFEST} is missing); give a run folder whose training "
+            "saved one (every checkpoint_every epochs, and after the last epoch)"
+        )
     if checkpoint == "last":
         return manifest.latest
     kept = {c.epoch: c for c in manifest.checkpoints}
     if checkpoint not in kept:
-        raise ConfigError(f"checkpoint {checkpoint}: {store.uri} keeps the checkpoints of epochs "
-                          f"{', '.join(map(str, kept))}; give one of them, or last")
+        raise ConfigError(
+            f"checkpoint {checkpoint}: {store.uri} keeps the checkpoints of epochs "
+            f"{', '.join(map(str, kept))}; give one of them, or last"
+        )
     return kept[checkpoint]
 
 
@@ -72,8 +80,11 @@ def deployable(config: TrainConfig) -> dict[str, PartId]:
     members = [pid for pid in parts_of(config) if pid.kind == "member"]
     names = {name: pid for pid in members for name in (pid.key, pid.name)}
     method = config.method.method
-    combined = [("fused", Need.FUSION in method.needs and fusion_term(method).fuser.classifies),
-                ("ensemble", len(members) > 1), ("teacher", Need.GATE in method.needs)]  # as metrics.parquet's rows
+    combined = [
+        ("fused", Need.FUSION in method.needs and fusion_term(method).fuser.classifies),
+        ("ensemble", len(members) > 1),
+        ("teacher", Need.GATE in method.needs),
+    ]  # as metrics.parquet's rows
     return {**names, **{kind: PartId(kind) for kind, has in combined if has}}
 
 
@@ -86,8 +97,13 @@ def resolve_part(config: TrainConfig, part: str) -> PartId:
     return parts[part]
 
 
-def build_deployed(config: TrainConfig, info: DataInfo, pid: PartId, store: RunStore | None = None,
-                   checkpoint: Checkpoint | None = None) -> Deployed:
+def build_deployed(
+    config: TrainConfig,
+    info: DataInfo,
+    pid: PartId,
+    store: RunStore | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> Deployed:
     """The module of part ``pid``, from the parts it needs built as the run built them (replica 0 of each), with
     the shards of ``checkpoint`` in ``store`` loaded (None: as initialised, for weights loaded otherwise)."""
     _, _, specs = plan_parts(config, info, 0)  # the steps per epoch count only in training
@@ -103,8 +119,13 @@ def build_deployed(config: TrainConfig, info: DataInfo, pid: PartId, store: RunS
     return deploy(pid.kind, [parts[p] for p in members], parts.get(trunk), parts.get(fused))
 
 
-def load_model(run_dir: str, part: str = "m0", checkpoint: int | str = "last", dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu") -> Deployed:
+def load_model(
+    run_dir: str,
+    part: str = "m0",
+    checkpoint: int | str = "last",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Deployed:
     """Part ``part`` of the run in ``run_dir`` (a folder or a ``pyarrow.fs`` URI) with the weights of its last
     checkpoint (or of epoch ``checkpoint``), in eval mode: ``model(x)`` gives the logits the run's evaluation
     computes for a batch ``x`` normalised as ``load_transform(run_dir)`` does. ``part``: a member (``m0`` or
@@ -122,6 +143,8 @@ def load_transform(run_dir: str) -> ModelInputs:
     pixel values as the run's data set did; ``.info`` holds the image size, channels and classes."""
     run = open_run(run_dir)
     if run.inputs.normalisation is None:
-        raise DataError(f"data set {run.inputs.info.name} did not say how it normalises its images (a "
-                        "`normalisation` attribute of the data set); normalise them as its builder does")
+        raise DataError(
+            f"data set {run.inputs.info.name} did not say how it normalises its images (a "
+            "`normalisation` attribute of the data set); normalise them as its builder does"
+        )
     return run.inputs

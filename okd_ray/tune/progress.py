@@ -21,16 +21,19 @@ class SweepProgress(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         keys = list(trial.config)
-        values = ", ".join(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
-                           for name, value in zip(short_names(keys), (trial.config[k] for k in keys)))
+        values = ", ".join(
+            f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
+            for name, value in zip(short_names(keys), (trial.config[k] for k in keys))
+        )
         self.say(f"trial {trial.trial_id} started: {values}")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if "diverged" in result:
             self.say(f"trial {trial.trial_id} diverged: {result['diverged']}")
         elif self.metric in result:
-            self.say(f"trial {trial.trial_id} epoch {result['epoch']}/{self.epochs}: "
-                           f"{self.metric} {result[self.metric]:.4g}")
+            self.say(
+                f"trial {trial.trial_id} epoch {result['epoch']}/{self.epochs}: {self.metric} {result[self.metric]:.4g}"
+            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}

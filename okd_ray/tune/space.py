@@ -1,10 +1,10 @@
 """Search spaces: dotted config keys mapped to distributions, checked against the config before any trial.
 
-    search:
-      method.terms.ring_kl.weight: {loguniform: [0.1, 10]}
-      method.terms.adversarial.weight: {uniform: [0.0, 2.0]}
-      method.terms.ring_kl.temperature: {choice: [1, 3, 4]}
-      method.terms.fused_kl.rampup_epochs: {int: [0, 5]}       # inclusive bounds
+search:
+  method.terms.ring_kl.weight: {loguniform: [0.1, 10]}
+  method.terms.adversarial.weight: {uniform: [0.0, 2.0]}
+  method.terms.ring_kl.temperature: {choice: [1, 3, 4]}
+  method.terms.fused_kl.rampup_epochs: {int: [0, 5]}       # inclusive bounds
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ KINDS = ("uniform", "loguniform", "choice", "int")
 def parse_space(raw_space: Any, raw_config: dict[str, Any]) -> dict[str, Any]:
     """Turn ``{key: {kind: args}}`` into Tune distributions; every key and bound is checked first."""
     if not isinstance(raw_space, dict) or not raw_space:
-        raise ConfigError("search: give a mapping of dotted config keys to distributions, e.g. "
-                          "method.terms.ring_kl.weight: {loguniform: [0.1, 10]}")
+        raise ConfigError(
+            "search: give a mapping of dotted config keys to distributions, e.g. "
+            "method.terms.ring_kl.weight: {loguniform: [0.1, 10]}"
+        )
     config = validate(raw_config)
     space = {}
     for key, spec in raw_space.items():
@@ -62,7 +64,8 @@ def check_acts(key: str, config: TrainConfig) -> None:
         f"method.feature_update.optimizer ({update.optimizer.name}) steps on, and {update.optimizer.name} "
         "ignores a constant scale on its loss, so this weight barely changes training. Search "
         "method.feature_update.optimizer.lr instead (it sets how far the feature term moves the network), or set "
-        "method.feature_update.mode=joint, where the weight sets the term's share of one loss")
+        "method.feature_update.mode=joint, where the weight sets the term's share of one loss"
+    )
 
 
 def _bounds(key: str, kind: str, args: Any) -> list[Any]:

@@ -28,8 +28,8 @@ from okd_ray.errors import ConfigError, Interrupted, NoResult, OkdRayError, Term
 from okd_ray.lock import LOCK, folder_lock
 from okd_ray.metrics import union_table
 from okd_ray.population import parts_of, plan_population
-from okd_ray.runfolder import MAY_CHANGE, changed_keys, differences, dotted
 from okd_ray.report import SEARCH, TEST_SELECTION_WARNING, chosen_test_result, number, rank_trials
+from okd_ray.runfolder import MAY_CHANGE, changed_keys, differences, dotted
 from okd_ray.storage import RunStore
 from okd_ray.terminal import console, fitted_table, short_names, warn
 from okd_ray.trackers import check_trackers
@@ -108,20 +108,26 @@ def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -
         if not tune.Tuner.can_restore(_absolute(sweep.path)):
             if held is None:
                 raise ConfigError(f"--resume: no sweep to resume at {sweep.path}; check --storage-path and --name")
-            warn(f"sweep {sweep.path} stopped before Tune saved its state, before any trial could finish: it starts "
-                 f"again, as {SEARCH} there says it began")
+            warn(
+                f"sweep {sweep.path} stopped before Tune saved its state, before any trial could finish: it starts "
+                f"again, as {SEARCH} there says it began"
+            )
             options.resume, options.overwrite = False, True
     elif store.exists() and not options.overwrite:
-        raise ConfigError(f"sweep folder {sweep.path} exists: continue that sweep with --resume, replace it with "
-                          "--overwrite, or give another --name")
+        raise ConfigError(
+            f"sweep folder {sweep.path} exists: continue that sweep with --resume, replace it with "
+            "--overwrite, or give another --name"
+        )
     valid = metric_names(config)
     if len(options.modes) == 1 and len(options.metrics) > 1:
         options.modes = options.modes * len(options.metrics)
     for metric in options.metrics:
         if "_val_" in metric and not config.data.validation:
-            raise ConfigError(f"--metric {metric}: data.validation=0 holds no images out of training to select on; "
-                              f"leave data.validation unset (okd-ray tune holds out {DEFAULT_VALIDATION:.0%}) or "
-                              "give a share, e.g. data.validation=0.1")
+            raise ConfigError(
+                f"--metric {metric}: data.validation=0 holds no images out of training to select on; "
+                f"leave data.validation unset (okd-ray tune holds out {DEFAULT_VALIDATION:.0%}) or "
+                "give a share, e.g. data.validation=0.1"
+            )
         if metric not in valid:
             raise ConfigError(f"--metric {metric}: no run of this config reports it; choose from {', '.join(valid)}")
         if is_test_metric(metric) and not options.select_on_test:
@@ -129,15 +135,18 @@ def prepare(raw_config: dict[str, Any], raw_space: Any, options: SweepOptions) -
                 f"--metric {metric}: selecting on the test set makes every tuned number optimistic. Select on the "
                 f"validation split held out of the training images instead: --metric "
                 f"{metric.replace('test_top', 'val_top')} (the default is {DEFAULT_METRIC}); add --select-on-test "
-                "only if you mean it, and every report will say so")
+                "only if you mean it, and every report will say so"
+            )
     for mode in options.modes:
         if mode not in ("max", "min"):
             raise ConfigError(f"--mode {mode}: use max or min")
     if len(options.modes) != len(options.metrics):
         raise ConfigError(f"--mode: give one mode, or one per metric ({len(options.metrics)})")
     if len(options.metrics) > 1 and options.scheduler != "none":
-        raise ConfigError("several --metric values make a multi-objective search, which ASHA and PBT cannot "
-                          "rank; add --scheduler none")
+        raise ConfigError(
+            "several --metric values make a multi-objective search, which ASHA and PBT cannot "
+            "rank; add --scheduler none"
+        )
     if options.scheduler not in ("asha", "pbt", "none"):
         raise ConfigError(f"--scheduler {options.scheduler}: use asha, pbt or none")
     return sweep
@@ -153,13 +162,30 @@ def schedulers(sweep: Sweep) -> tuple[TrialScheduler, OptunaSearch | None]:
         # PBT samples its own starting points and mutates them; it takes no searcher. Synchronous: every
         # epoch all trials wait for each other, then the worse half copies a better trial's checkpoint.
         return PopulationBasedTraining(
-            time_attr="training_iteration", metric=metric, mode=mode, perturbation_interval=1,
-            hyperparam_mutations=sweep.space, quantile_fraction=0.5, resample_probability=0.25, synch=True,
+            time_attr="training_iteration",
+            metric=metric,
+            mode=mode,
+            perturbation_interval=1,
+            hyperparam_mutations=sweep.space,
+            quantile_fraction=0.5,
+            resample_probability=0.25,
+            synch=True,
         ), None
-    scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=config.epochs,
-                               grace_period=1, reduction_factor=2) if opts.scheduler == "asha" else FIFOScheduler())
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            metric=metric,
+            mode=mode,
+            max_t=config.epochs,
+            grace_period=1,
+            reduction_factor=2,
+        )
+        if opts.scheduler == "asha"
+        else FIFOScheduler()
+    )
     return scheduler, OptunaSearch(
-        metric=metric, mode=mode,
+        metric=metric,
+        mode=mode,
         sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=max(2, opts.num_samples // 3)),
     )
 
@@ -171,7 +197,8 @@ def tuner(sweep: Sweep) -> tune.Tuner:
         trial_resources(config, opts.cpus_per_trial),
     )
     run_config = tune.RunConfig(
-        name=opts.name, storage_path=_absolute(opts.storage_path),
+        name=opts.name,
+        storage_path=_absolute(opts.storage_path),
         # retries are for lost workers and nodes; a diverged trial ends without an error (see run_trial)
         failure_config=tune.FailureConfig(max_failures=2),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4),  # PBT may still need a trial's older one
@@ -185,7 +212,9 @@ def tuner(sweep: Sweep) -> tune.Tuner:
         trainable,
         param_space=sweep.space,
         tune_config=tune.TuneConfig(
-            search_alg=search_alg, scheduler=scheduler, num_samples=opts.num_samples,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=opts.num_samples,
             max_concurrent_trials=opts.max_concurrent,
             # a trial's process (with torch and okd_ray imported) runs the next trial of its resources; with
             # engine=ray it keeps its placement group, and so its population's warm hosts, too
@@ -200,7 +229,8 @@ def sweep_callbacks(sweep: Sweep) -> list[tune.Callback]:
     callback."""
     opts = sweep.options
     return ([] if opts.quiet else [SweepProgress(opts.metrics[0], sweep.config.epochs)]) + (
-        [sweep_callback(RunStore(sweep.path), opts.name)] if "mlflow" in sweep.config.logging else [])
+        [sweep_callback(RunStore(sweep.path), opts.name)] if "mlflow" in sweep.config.logging else []
+    )
 
 
 def run_sweep(sweep: Sweep, address: str | None = None) -> list[dict]:
@@ -229,10 +259,13 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
                 store.write_text(SEARCH, began)
             _resolve_auto_resources(sweep)
             if not sweep.options.quiet:
-                console().print(f"sweep {sweep.options.name}: {sweep.options.num_samples} trials of "
-                                f"{sweep.config.epochs} epochs into {sweep.path}, selecting on "
-                                f"{sweep.options.metrics[0]}; every trial's curves: tensorboard --logdir "
-                                f"{_absolute(sweep.path)}", soft_wrap=True)
+                console().print(
+                    f"sweep {sweep.options.name}: {sweep.options.num_samples} trials of "
+                    f"{sweep.config.epochs} epochs into {sweep.path}, selecting on "
+                    f"{sweep.options.metrics[0]}; every trial's curves: tensorboard --logdir "
+                    f"{_absolute(sweep.path)}",
+                    soft_wrap=True,
+                )
             with sigterm_as_ctrl_c() as stopped:
                 results = tuner(sweep).fit()  # the first Ctrl-C or SIGTERM stops the trials and saves the sweep
     except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM, or one before Tune took over
@@ -250,22 +283,33 @@ def run_locked_sweep(sweep: Sweep, store: RunStore, address: str | None) -> list
     show(rows, sweep)
     unfinished = sweep.options.num_samples - len(finished) - sum(r["status"] in ENDED for r in rows)
     if unfinished > 0:
-        raise Interrupted(f"sweep interrupted: {len(finished)} of {sweep.options.num_samples} trials finished; "
-                          f"continue with: {sweep.options.resume_command}", stopped.get("signal", signal.SIGINT))
+        raise Interrupted(
+            f"sweep interrupted: {len(finished)} of {sweep.options.num_samples} trials finished; "
+            f"continue with: {sweep.options.resume_command}",
+            stopped.get("signal", signal.SIGINT),
+        )
     if best is None:
         failures = "; ".join(f"{r['trial_id']} {r['status']}: {r['message']}" for r in rows if r["message"])
         retry = any(r["status"] == "error" for r in rows)
-        raise NoResult(f"no trial of sweep {sweep.path} finished ({failures})"
-                       + (f"; retry the failed trials with: {sweep.options.resume_command}" if retry else
-                          "; make the diverging values less extreme in the search space"))
+        raise NoResult(
+            f"no trial of sweep {sweep.path} finished ({failures})"
+            + (
+                f"; retry the failed trials with: {sweep.options.resume_command}"
+                if retry
+                else "; make the diverging values less extreme in the search space"
+            )
+        )
     overrides = params_to_overrides({k.removeprefix("config/"): v for k, v in best.items() if k.startswith("config/")})
     best_config = validate(apply_overrides(sweep.raw_config, overrides))
     store.write_text("best_config.yaml", best_config_header(best, sweep) + dump_config(best_config))
     if not sweep.options.quiet:
         metric = sweep.options.metrics[0]
         result = TEST_SELECTION_WARNING if is_test_metric(metric) else chosen_test_result(best, metric)
-        console().print(f"sweep folder: {sweep.path}; best_config.yaml is the config of trial {best['trial_id']} "
-                        f"({metric} {best[metric]:.4g} after {best['epochs']} epochs). {result}", soft_wrap=True)
+        console().print(
+            f"sweep folder: {sweep.path}; best_config.yaml is the config of trial {best['trial_id']} "
+            f"({metric} {best[metric]:.4g} after {best['epochs']} epochs). {result}",
+            soft_wrap=True,
+        )
     return rows
 
 
@@ -274,9 +318,16 @@ def sweep_record(sweep: Sweep) -> dict[str, Any]:
     what the report draws each key's axis from), how many trials, the space, the trials' config, and the command
     that continues it."""
     opts = sweep.options
-    return {"metric": opts.metrics, "mode": opts.modes, "selected_on": selected_on(opts.metrics),
-            "num_samples": opts.num_samples, "scheduler": opts.scheduler, "search": sweep.raw_space,
-            "config": sweep.raw_config, "command": opts.resume_command}
+    return {
+        "metric": opts.metrics,
+        "mode": opts.modes,
+        "selected_on": selected_on(opts.metrics),
+        "num_samples": opts.num_samples,
+        "scheduler": opts.scheduler,
+        "search": sweep.raw_space,
+        "config": sweep.raw_config,
+        "command": opts.resume_command,
+    }
 
 
 OPTIONS = {"metric": "--metric", "mode": "--mode", "num_samples": "--num-samples", "scheduler": "--scheduler"}
@@ -288,19 +339,24 @@ def check_same_sweep(sweep: Sweep, held: dict[str, Any]) -> None:
     ``search.yaml``); any other is an error naming them, before any trial: trials run with other values would
     mix two sweeps in one."""
     now = sweep_record(sweep)
-    changed = [f"{flag} is {held[key]!r} there, {now[key]!r} here" for key, flag in OPTIONS.items()
-               if key in held and held[key] != now[key]]
+    changed = [
+        f"{flag} is {held[key]!r} there, {now[key]!r} here"
+        for key, flag in OPTIONS.items()
+        if key in held and held[key] != now[key]
+    ]
     for section, kept in (("search", ()), ("config", SWEEP_MAY_CHANGE)):  # the space's keys, the config's
         if section in held:
-            old, new = (held[section], now[section]) if section == "search" else (dotted(held[section]),
-                                                                                  dotted(now[section]))
+            old, new = (
+                (held[section], now[section]) if section == "search" else (dotted(held[section]), dotted(now[section]))
+            )
             keys = changed_keys(old, new, kept)
             changed += [f"{section}: {differences(keys, old, new, 'there', 'here')}"] if keys else []
     if changed:
         raise ConfigError(
             f"--resume: sweep {sweep.path} began with other values ({'; '.join(changed)}). A sweep goes on as it "
             f"began: continue it with {held.get('command', 'the command that started it, with --resume')}, or "
-            "start another sweep with another --name (or replace this one with --overwrite)")
+            "start another sweep with another --name (or replace this one with --overwrite)"
+        )
 
 
 @contextlib.contextmanager
@@ -333,11 +389,15 @@ def best_config_header(best: dict, sweep: Sweep) -> str:
     """What chose this config, as YAML comments above it."""
     metric, split = sweep.options.metrics[0], selected_on(sweep.options.metrics)
     held = sweep.config.data.validation
-    lines = [f"Chosen by okd-ray tune: trial {best['trial_id']} of sweep {sweep.path}, best by {metric} "
-             f"({sweep.options.modes[0]}) on the {split} set after {best['epochs']} epochs."]
+    lines = [
+        f"Chosen by okd-ray tune: trial {best['trial_id']} of sweep {sweep.path}, best by {metric} "
+        f"({sweep.options.modes[0]}) on the {split} set after {best['epochs']} epochs."
+    ]
     if split == "validation":
-        lines += [f"data.validation={held} keeps the validation images out of training, as in the trials. For a final",
-                  "model, retrain on every training image with a seed no trial used: data.validation=0 seed=N."]
+        lines += [
+            f"data.validation={held} keeps the validation images out of training, as in the trials. For a final",
+            "model, retrain on every training image with a seed no trial used: data.validation=0 seed=N.",
+        ]
     else:
         lines += [TEST_SELECTION_WARNING]
     return "".join(f"# {line}\n" for line in lines)
@@ -418,8 +478,12 @@ def trial_status(trial, result: dict, epochs: int, total: int) -> tuple[str, str
 
 
 def _is_metric(key: str, value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and "_" in key and (
-        key.startswith(("m", "ensemble_", "fused_", "mean_", "best_")) and not key.startswith("time_"))
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and "_" in key
+        and (key.startswith(("m", "ensemble_", "fused_", "mean_", "best_")) and not key.startswith("time_"))
+    )
 
 
 def best_row(rows: list[dict], sweep: Sweep) -> dict | None:
@@ -433,10 +497,20 @@ def show(rows: list[dict], sweep: Sweep) -> None:
     """The table of trials, best first; it is the one thing ``--quiet`` prints on stdout."""
     metrics, keys = sweep.options.metrics, sorted({k for r in rows for k in r if k.startswith("config/")})
     order = rank_trials(rows, metrics[0], sweep.options.modes[0])
-    cells = [[r["trial_id"] + (" *" if r["best"] else ""), *[_fmt(r.get(k)) for k in keys], str(r["epochs"]),
-              r["status"], *[_fmt(r.get(m)) for m in metrics]] for r in order]
+    cells = [
+        [
+            r["trial_id"] + (" *" if r["best"] else ""),
+            *[_fmt(r.get(k)) for k in keys],
+            str(r["epochs"]),
+            r["status"],
+            *[_fmt(r.get(m)) for m in metrics],
+        ]
+        for r in order
+    ]
     headers = ["trial", *short_names([k.removeprefix("config/") for k in keys]), "epochs", "status", *metrics]
-    title = f"sweep {sweep.options.name}: {len(rows)} trials (* best by {metrics[0]}, on the {selected_on(metrics)} set)"
+    title = (
+        f"sweep {sweep.options.name}: {len(rows)} trials (* best by {metrics[0]}, on the {selected_on(metrics)} set)"
+    )
     if selected_on(metrics) == "test":
         console().print(TEST_SELECTION_WARNING, style="bold red", soft_wrap=True)
     console().print(fitted_table(title, headers, cells, left=("trial", "status")))

@@ -73,8 +73,9 @@ def trial_resources(config: TrainConfig, cpus_per_trial: float) -> tune.Placemen
     """Bundle 0 for the trial itself; with the Ray engine, one per part (members, fusion, trunk)."""
     if config.engine == "local":
         return tune.PlacementGroupFactory([{"CPU": cpus_per_trial}])
-    return tune.PlacementGroupFactory([{"CPU": TRAINABLE_CPUS}] + part_bundles(config),
-                                      strategy=config.ray.placement.upper())
+    return tune.PlacementGroupFactory(
+        [{"CPU": TRAINABLE_CPUS}] + part_bundles(config), strategy=config.ray.placement.upper()
+    )
 
 
 def run_trial(params: dict[str, Any], raw_config: dict[str, Any]) -> None:

@@ -30,8 +30,9 @@ def check_validation_split():
         assert (torch.bincount(val_y, minlength=len(counts)).double() - expected).abs().max() <= 1
         # never augmented, the same in every build, whatever stream trained before
         list(augmented.train_batches(0, stream=1))
-        for (xa, ya), (xb, yb), (xc, yc) in zip(plain.eval_batches("val"), augmented.eval_batches("val"),
-                                                again.eval_batches("val"), strict=True):
+        for (xa, ya), (xb, yb), (xc, yc) in zip(
+            plain.eval_batches("val"), augmented.eval_batches("val"), again.eval_batches("val"), strict=True
+        ):
             assert torch.equal(xa, xb) and torch.equal(xa, xc) and torch.equal(ya, yb) and torch.equal(ya, yc)
         assert plain.num_eval_batches("val") == len(list(plain.eval_batches("val")))
         # each training image keeps its id every epoch, and the ids are those of the images training kept

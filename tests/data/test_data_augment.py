@@ -14,7 +14,7 @@ def test_every_output_is_a_crop_of_the_padded_image():
         assert out.shape == images.shape
         padded = F.pad(images, [2] * 4, mode=mode)
         for i in range(len(images)):
-            windows = [padded[i, :, dy:dy + 6, dx:dx + 6] for dy in range(5) for dx in range(5)]
+            windows = [padded[i, :, dy : dy + 6, dx : dx + 6] for dy in range(5) for dx in range(5)]
             windows += [w.flip(-1) for w in windows]
             assert any(torch.equal(out[i], w) for w in windows)
 

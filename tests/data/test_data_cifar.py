@@ -14,8 +14,11 @@ PER_BATCH = 20
 
 
 def random_batch(rng, n, num_classes, label_key):
-    return {b"batch_label": b"test batch", b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            label_key.encode(): rng.integers(0, num_classes, n).tolist()}
+    return {
+        b"batch_label": b"test batch",
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        label_key.encode(): rng.integers(0, num_classes, n).tolist(),
+    }
 
 
 def write_cifar10(root, seed=0):
@@ -33,9 +36,11 @@ def write_cifar10(root, seed=0):
 def write_cifar100(root, seed=0):
     rng, folder = np.random.default_rng(seed), root / "cifar-100-python"
     folder.mkdir(parents=True)
-    batches = {"train": random_batch(rng, 2 * PER_BATCH, 100, "fine_labels"),
-               "test": random_batch(rng, PER_BATCH, 100, "fine_labels"),
-               "meta": {b"fine_label_names": [f"c{i}".encode() for i in range(100)]}}
+    batches = {
+        "train": random_batch(rng, 2 * PER_BATCH, 100, "fine_labels"),
+        "test": random_batch(rng, PER_BATCH, 100, "fine_labels"),
+        "meta": {b"fine_label_names": [f"c{i}".encode() for i in range(100)]},
+    }
     for name, content in batches.items():
         (folder / name).write_bytes(pickle.dumps(content))
     return batches
@@ -49,8 +54,11 @@ def to_pixels(x, layout):
 
 
 def images_by_content(batches, files, label_key):
-    return {bytes(image): label for f in files
-            for image, label in zip(batches[f][b"data"], batches[f][label_key.encode()], strict=True)}
+    return {
+        bytes(image): label
+        for f in files
+        for image, label in zip(batches[f][b"data"], batches[f][label_key.encode()], strict=True)
+    }
 
 
 def test_cifar10_pixels_and_labels_round_trip(tmp_path):
@@ -141,5 +149,4 @@ def test_labels_out_of_range_are_refused(tmp_path):
 def test_validation_split(tmp_path, check_validation_split):
     """Held out of the five training batches; CIFAR-100 reads through the same code."""
     write_cifar10(tmp_path)
-    check_validation_split(lambda **kw: build_dataset("cifar10", root=tmp_path, validation=30, **kw),
-                           5 * PER_BATCH, 30)
+    check_validation_split(lambda **kw: build_dataset("cifar10", root=tmp_path, validation=30, **kw), 5 * PER_BATCH, 30)

@@ -72,5 +72,6 @@ def test_validation_split(check_validation_split, validation, held):
     """A share or a count of the first 256 training images."""
     data = build_dataset("digits", batch_size=64, train_limit=256, validation=validation)
     assert data.num_eval_batches("val") == 1
-    check_validation_split(lambda **kw: build_dataset("digits", train_limit=256, validation=validation, **kw),
-                           256, held)
+    check_validation_split(
+        lambda **kw: build_dataset("digits", train_limit=256, validation=validation, **kw), 256, held
+    )

@@ -25,10 +25,12 @@ def write_idx(path, array, compress):
 def write_fashion(folder, compress, n_train=12, n_test=6):
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-              "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
-              "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-              "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8)}
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
     for name, array in arrays.items():
         write_idx(folder / name, array, compress)
     return arrays
@@ -38,8 +40,10 @@ def to_pixels(x):
     return ((x * STD + MEAN) * 255).round().to(torch.uint8)
 
 
-@pytest.mark.skipif(not fashion_mnist.DEBIAN_DIR.is_dir(),
-                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not fashion_mnist.DEBIAN_DIR.is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_reads_the_debian_package(tmp_path):
     data = build_dataset("fashion-mnist", root=tmp_path, batch_size=64, train_limit=200, test_limit=100)
     assert data.info == DataInfo("fashion-mnist", in_channels=1, num_classes=10, image_size=28)
@@ -68,7 +72,11 @@ def test_augmentation_pads_with_zeros_and_is_seeded(tmp_path):
     plain = build_dataset("fashion-mnist", root=tmp_path, batch_size=40, seed=5, augment=False)
     a = build_dataset("fashion-mnist", root=tmp_path, batch_size=40, seed=5)
     b = build_dataset("fashion-mnist", root=tmp_path, batch_size=40, seed=5)
-    (xp, yp, _), (xa, ya, _), (xb, _, _) = next(plain.train_batches(0)), next(a.train_batches(0)), next(b.train_batches(0))
+    (xp, yp, _), (xa, ya, _), (xb, _, _) = (
+        next(plain.train_batches(0)),
+        next(a.train_batches(0)),
+        next(b.train_batches(0)),
+    )
     assert torch.equal(yp, ya) and not torch.equal(xp, xa) and torch.equal(xa, xb)
     assert (to_pixels(xa) == 0).sum() > (to_pixels(xp) == 0).sum()  # the zero border shows in some crops
 

@@ -14,14 +14,17 @@ from okd_ray.storage import RunStore
 
 # ONE gates branches on a shared trunk: three resnet8 branches after its first two stages. OKDDip: two peers and
 # the group leader.
-SET_UP = {"one": ["members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]", "trunk_stages=2"],
-          "okddip": ["members=[{arch: cnn16}, {arch: cnn16}, {arch: cnn32}]"]}
+SET_UP = {
+    "one": ["members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]", "trunk_stages=2"],
+    "okddip": ["members=[{arch: cnn16}, {arch: cnn16}, {arch: cnn32}]"],
+}
 
 
 @pytest.mark.parametrize("method", BUILT_IN_METHODS)  # not a test module's own plugin methods
 def test_every_method_learns_digits(tiny_config, method):
-    config = tiny_config(f"method.name={method}", "epochs=3", "data.train_limit=640", "data.test_limit=200",
-                         *SET_UP.get(method, []))
+    config = tiny_config(
+        f"method.name={method}", "epochs=3", "data.train_limit=640", "data.test_limit=200", *SET_UP.get(method, [])
+    )
     result = train(config, quiet=True)
     final = result.final()
     members = [p for p, r in final.items() if r["kind"] == "member"]
@@ -34,12 +37,18 @@ def test_every_method_learns_digits(tiny_config, method):
         assert all(final[m][column] is not None for m in members), column
 
 
-@pytest.mark.parametrize("method, precision", [("afd", "fp32"), ("afd+ffl", "fp32"), ("one", "fp32"),
-                                               ("afd+ffl", "fp16")])  # fp16: every part's loss scale is saved
+@pytest.mark.parametrize(
+    "method, precision", [("afd", "fp32"), ("afd+ffl", "fp32"), ("one", "fp32"), ("afd+ffl", "fp16")]
+)  # fp16: every part's loss scale is saved
 def test_resume_ends_with_the_same_parameters(tiny_config, tmp_path, population_state, same_state, method, precision):
     # a multistep schedule does not depend on the total epochs, so a 2-epoch run is the first 2 epochs of 3
-    config = tiny_config(f"method.name={method}", "epochs=3", "schedule={kind: multistep, milestones: [1]}",
-                         f"precision={precision}", *SET_UP.get(method, []))
+    config = tiny_config(
+        f"method.name={method}",
+        "epochs=3",
+        "schedule={kind: multistep, milestones: [1]}",
+        f"precision={precision}",
+        *SET_UP.get(method, []),
+    )
     straight = train(config, run_dir=str(tmp_path / "straight"), quiet=True)
     first = train(config.model_copy(update={"epochs": 2}), run_dir=str(tmp_path / "split"), quiet=True)
     assert max(r["epoch"] for r in first.rows) == 2
@@ -66,8 +75,9 @@ def test_divergence_names_member_term_epoch_step_and_keeps_checkpoint(tiny_confi
     assert {r["epoch"] for r in store.read_table("metrics.parquet").to_pylist()} == {1}
 
 
-def test_a_crash_between_shards_and_manifest_keeps_the_previous_checkpoint(tiny_config, tmp_path, population_state,
-                                                                          same_state, monkeypatch):
+def test_a_crash_between_shards_and_manifest_keeps_the_previous_checkpoint(
+    tiny_config, tmp_path, population_state, same_state, monkeypatch
+):
     import okd_ray.run
 
     config = tiny_config("method.name=afd+ffl", "epochs=3", "schedule={kind: multistep, milestones: [1]}")

@@ -17,9 +17,20 @@ from okd_ray.storage import RunStore
 
 # afd+ffl: two members and the fusion, one whole CPU each, one part per node (test_ray.py's kill-and-resume
 # population: one local run serves both).
-POPULATION = ["epochs=3", "data.train_limit=160", "data.validation=20", "data.batch_size=32", "data.test_limit=64",
-              "threads=1", "schedule={kind: multistep, milestones: [2]}", "method.name=afd+ffl", "engine=ray",
-              "ray.placement=strict_spread", "ray.num_cpus_per_member=1", "ray.num_cpus_fusion=1"]
+POPULATION = [
+    "epochs=3",
+    "data.train_limit=160",
+    "data.validation=20",
+    "data.batch_size=32",
+    "data.test_limit=64",
+    "threads=1",
+    "schedule={kind: multistep, milestones: [2]}",
+    "method.name=afd+ffl",
+    "engine=ray",
+    "ray.placement=strict_spread",
+    "ray.num_cpus_per_member=1",
+    "ray.num_cpus_fusion=1",
+]
 LOCAL = tuple(POPULATION)  # the uninterrupted run every test here is compared with (local_runs runs it locally)
 
 
@@ -48,23 +59,34 @@ def nodes_of(run_dir) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
-def test_parts_on_different_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state, same_state,
-                                                         local_runs, transport):
-    run = train(on_cluster(tiny_config, cluster, f"ray.transport={transport}"), run_dir=str(tmp_path / "ray"),
-                quiet=True)
+def test_parts_on_different_nodes_equal_the_local_engine(
+    cluster, tiny_config, tmp_path, population_state, same_state, local_runs, transport
+):
+    run = train(
+        on_cluster(tiny_config, cluster, f"ray.transport={transport}"), run_dir=str(tmp_path / "ray"), quiet=True
+    )
     nodes = nodes_of(tmp_path / "ray")
     assert len(set(nodes.values())) == 3  # m0, m1 and the fusion each on its own node
     assert cluster.head_node.node_id not in nodes.values()
     same_state(local_runs(LOCAL, tiny_config, population_state)[0], population_state(run.run_dir))
 
 
-def test_replicas_across_nodes_equal_the_local_engine(cluster, tiny_config, tmp_path, population_state, same_state,
-                                                     local_runs):
+def test_replicas_across_nodes_equal_the_local_engine(
+    cluster, tiny_config, tmp_path, population_state, same_state, local_runs
+):
     """DML, two replicas a member, spread over the nodes: replicas gather their gradients from node to node."""
-    replicated = ("method.name=dml", "members=[{arch: cnn16, replicas: 2}, {arch: cnn32, replicas: 2}]",
-                  "ray.placement=spread", "ray.num_cpus_per_member=0.5", "epochs=2")
-    run = train(on_cluster(tiny_config, cluster, *replicated, "ray.transport=collective"),
-                run_dir=str(tmp_path / "ray"), quiet=True)
+    replicated = (
+        "method.name=dml",
+        "members=[{arch: cnn16, replicas: 2}, {arch: cnn32, replicas: 2}]",
+        "ray.placement=spread",
+        "ray.num_cpus_per_member=0.5",
+        "epochs=2",
+    )
+    run = train(
+        on_cluster(tiny_config, cluster, *replicated, "ray.transport=collective"),
+        run_dir=str(tmp_path / "ray"),
+        quiet=True,
+    )
     placement = json.loads((tmp_path / "ray" / "placement.json").read_text())["parts"]
     nodes = {(p["part"], p.get("replica", 0)): p["node"] for p in placement}
     assert any(nodes[(part, 0)] != nodes[(part, 1)] for part in ("m0:cnn16", "m1:cnn32"))
@@ -95,27 +117,39 @@ def train_while_a_node_is_lost(cluster, config, run_dir, part: str, replace: boo
 
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
-def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(losing_a_node, tiny_config, tmp_path,
-                                                                        population_state, same_state, local_runs,
-                                                                        first_checkpoint, transport):
+def test_a_lost_node_replaced_by_a_new_one_ends_as_an_uninterrupted_run(
+    losing_a_node, tiny_config, tmp_path, population_state, same_state, local_runs, first_checkpoint, transport
+):
     cluster = losing_a_node
-    outcome, removed = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster, f"ray.transport={transport}"),
-                                                  tmp_path / "lost", "m1:cnn32", replace=True,
-                                                  first_checkpoint=first_checkpoint)
+    outcome, removed = train_while_a_node_is_lost(
+        cluster,
+        on_cluster(tiny_config, cluster, f"ray.transport={transport}"),
+        tmp_path / "lost",
+        "m1:cnn32",
+        replace=True,
+        first_checkpoint=first_checkpoint,
+    )
     result = outcome["result"]
     assert result.restarts == 1
     assert removed not in nodes_of(tmp_path / "lost").values()  # the rebuilt population found the new node
     same_state(local_runs(LOCAL, tiny_config, population_state)[0], population_state(result.run_dir))
 
 
-def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpoint(losing_a_node, tiny_config,
-                                                                                     tmp_path, first_checkpoint):
+def test_a_lost_node_without_replacement_is_a_clear_error_that_keeps_the_checkpoint(
+    losing_a_node, tiny_config, tmp_path, first_checkpoint
+):
     cluster = losing_a_node
     run_dir = tmp_path / "stranded"
     started = time.monotonic()
     try:
-        outcome, _ = train_while_a_node_is_lost(cluster, on_cluster(tiny_config, cluster, "ray.placement_timeout_s=5"),
-                                                run_dir, "fused", replace=False, first_checkpoint=first_checkpoint)
+        outcome, _ = train_while_a_node_is_lost(
+            cluster,
+            on_cluster(tiny_config, cluster, "ray.placement_timeout_s=5"),
+            run_dir,
+            "fused",
+            replace=False,
+            first_checkpoint=first_checkpoint,
+        )
     finally:
         cluster.add_node(num_cpus=1)  # as the module found it
     waited = time.monotonic() - started
@@ -149,8 +183,19 @@ def test_a_cluster_that_dies_mid_run_is_reported_at_once_with_what_was_kept(okd_
     run_dir = tmp_path / "run"
     try:
         address = head.stdout.readline().strip()
-        process = okd_ray.start("train", "engine=ray", "epochs=40", "data.train_limit=64", "data.test_limit=32",
-                                "data.batch_size=32", "--address", address, "--run-dir", run_dir, "--quiet")
+        process = okd_ray.start(
+            "train",
+            "engine=ray",
+            "epochs=40",
+            "data.train_limit=64",
+            "data.test_limit=32",
+            "data.batch_size=32",
+            "--address",
+            address,
+            "--run-dir",
+            run_dir,
+            "--quiet",
+        )
         first_checkpoint(run_dir)
         head.communicate("", timeout=60)  # its processes killed
         killed = time.monotonic()

@@ -9,21 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from okd_ray.engines.ray.collective import Collective
-from okd_ray.engines.ray.group import GROUP_TIMEOUT_S
-from okd_ray.engines.ray.direct import Direct, backend, on_one_gpu
-from okd_ray.engines.ray.transport import auto_transport
 from okd_ray.checkpoint import read_manifest
 from okd_ray.config import dump_config
-from okd_ray.run import train
+from okd_ray.engines.ray.collective import Collective
+from okd_ray.engines.ray.direct import Direct, backend, on_one_gpu
+from okd_ray.engines.ray.group import GROUP_TIMEOUT_S
+from okd_ray.engines.ray.transport import auto_transport
 from okd_ray.errors import ConfigError, OkdRayError
+from okd_ray.run import train
 from okd_ray.storage import KILL_AFTER, RunStore
 
 # CIFAR-shaped images, each member its own augmentation of them (the digits have none to draw per member; and 96
 # images of 100 classes have no stratified validation split)
 OWN_AUGMENTATIONS = ["data.name=synthetic-cifar100", "data.augment_per_member=true", "data.validation=0"]
-COMPILED = ["method.name=afd+ffl", "members=[{arch: cnn16}, {arch: resnet8}]", "data.validation=32",
-            "data.test_batch_size=32"]
+COMPILED = [
+    "method.name=afd+ffl",
+    "members=[{arch: cnn16}, {arch: resnet8}]",
+    "data.validation=32",
+    "data.test_batch_size=32",
+]
 POPULATIONS = {
     "afd-3-heterogeneous": ["method.name=afd", "members=[{arch: cnn16}, {arch: cnn32}, {arch: resnet8}]"],
     "ffl-3-heterogeneous": ["method.name=ffl", "members=[{arch: cnn16}, {arch: cnn32}, {arch: resnet8}]"],
@@ -36,15 +40,25 @@ POPULATIONS = {
     "dml": ["method.name=dml"],
     "l1": ["method.name=l1", "members=[{arch: cnn16}, {arch: resnet8}]"],
     "kdcl-own-augmentations": ["method.name=kdcl", *OWN_AUGMENTATIONS],
-    "one-on-a-trunk": ["method.name=one", "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
-                       "trunk_stages=2"],
+    "one-on-a-trunk": [
+        "method.name=one",
+        "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
+        "trunk_stages=2",
+    ],
     # two peers and the group leader on a trunk; the attention part sends gradients on maps and logits back
-    "okddip-on-a-trunk": ["method.name=okddip", "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
-                          "trunk_stages=2"],
+    "okddip-on-a-trunk": [
+        "method.name=okddip",
+        "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
+        "trunk_stages=2",
+    ],
     # the peer ensemble's part, temporal means sent to the peers and evaluated as the members; the trunk runs
     # every peer's own augmentation and keeps its own temporal mean (a trunk hook), which it sends beside
-    "pcl-on-a-trunk-own-augmentations": ["method.name=pcl", "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
-                                         "trunk_stages=2", *OWN_AUGMENTATIONS],
+    "pcl-on-a-trunk-own-augmentations": [
+        "method.name=pcl",
+        "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
+        "trunk_stages=2",
+        *OWN_AUGMENTATIONS,
+    ],
 }
 TRANSPORTS = ["compiled", "object_store", "direct", "collective"]
 DEFAULT = "collective"  # what ray.transport=auto picks on CPUs
@@ -56,8 +70,15 @@ MESSAGE_RICH = ["afd+ffl-bf16", "one-on-a-trunk", "pcl-on-a-trunk-own-augmentati
 EXACT = [(p, DEFAULT) for p in POPULATIONS] + [(p, t) for t in TRANSPORTS[::-1] if t != DEFAULT for p in MESSAGE_RICH]
 # 2 epochs of 3 steps with a learning-rate milestone between them, 20 of the 96 images held out for validation;
 # one torch thread in every part, as locally.
-STEPS = ["epochs=2", "data.train_limit=96", "data.validation=20", "data.batch_size=32", "data.test_limit=64", "threads=1",
-         "schedule={kind: multistep, milestones: [1]}"]
+STEPS = [
+    "epochs=2",
+    "data.train_limit=96",
+    "data.validation=20",
+    "data.batch_size=32",
+    "data.test_limit=64",
+    "threads=1",
+    "schedule={kind: multistep, milestones: [1]}",
+]
 TIMINGS = ("epoch_seconds", "elapsed_seconds")
 
 
@@ -70,28 +91,43 @@ def assert_same_rows(a, b):
 # afd, ffl and dml, each with 2 and 3 replicas a member (and a fusion), the transports shared out among them
 REPLICATED = [  # method, each member's replicas, transport, synchronised batch norm. The largest population first:
     # the hosts it leaves serve every population after it; compiled last (its hosts are not kept)
-    ("ffl", (3, 3), "direct", False), ("afd", (2, 2), "object_store", False), ("afd", (3, 3), "collective", True),
-    ("dml", (2, 2), "collective", False), ("dml", (3, 3), "object_store", True),
+    ("ffl", (3, 3), "direct", False),
+    ("afd", (2, 2), "object_store", False),
+    ("afd", (3, 3), "collective", True),
+    ("dml", (2, 2), "collective", False),
+    ("dml", (3, 3), "object_store", True),
     ("vanilla", (2, 1), "object_store", False),  # counts may differ where nothing is exchanged (one gathers nothing)
-    ("ffl", (2, 2), "compiled", False)]
+    ("ffl", (2, 2), "compiled", False),
+]
 
 
 def replicated(method: str, replicas: tuple[int, int], sync: bool) -> tuple[str, ...]:
     """A heterogeneous pair, the members as ``replicas`` replicas (the fusion as the first's), for one epoch."""
-    return (*STEPS, f"method.name={method}", "epochs=1",
-            f"members=[{{arch: cnn16, replicas: {replicas[0]}}}, {{arch: resnet8, replicas: {replicas[1]}}}]",
-            f"sync_batchnorm={str(sync).lower()}")
+    return (
+        *STEPS,
+        f"method.name={method}",
+        "epochs=1",
+        f"members=[{{arch: cnn16, replicas: {replicas[0]}}}, {{arch: resnet8, replicas: {replicas[1]}}}]",
+        f"sync_batchnorm={str(sync).lower()}",
+    )
 
 
-@pytest.mark.parametrize("method, replicas, transport, sync", REPLICATED,
-                         ids=[f"{m}-{'x'.join(map(str, d))}-{t}{'-sync' if s else ''}" for m, d, t, s in REPLICATED])
-def test_replicas_on_ray_equal_the_local_engine(on_ray, tiny_config, tmp_path, population_state, same_state,
-                                                local_runs, method, replicas, transport, sync):
+@pytest.mark.parametrize(
+    "method, replicas, transport, sync",
+    REPLICATED,
+    ids=[f"{m}-{'x'.join(map(str, d))}-{t}{'-sync' if s else ''}" for m, d, t, s in REPLICATED],
+)
+def test_replicas_on_ray_equal_the_local_engine(
+    on_ray, tiny_config, tmp_path, population_state, same_state, local_runs, method, replicas, transport, sync
+):
     """Each replica an actor of its own, gathering its gradients (and with sync, its batch statistics) through
     the population's process group."""
     state, rows = local_runs(replicated(method, replicas, sync), tiny_config, population_state)
-    run = train(tiny_config(*replicated(method, replicas, sync), *on_ray, f"ray.transport={transport}"),
-                run_dir=str(tmp_path / "ray"), quiet=True)
+    run = train(
+        tiny_config(*replicated(method, replicas, sync), *on_ray, f"ray.transport={transport}"),
+        run_dir=str(tmp_path / "ray"),
+        quiet=True,
+    )
     same_state(state, population_state(run.run_dir))
     assert_same_rows(rows, run.rows)
     assert {p.get("replica", 0) for p in run_placement(run.run_dir)} == set(range(max(replicas)))
@@ -102,21 +138,25 @@ def run_placement(run_dir) -> list[dict]:
 
 
 @pytest.mark.parametrize("population, transport", EXACT, ids=[f"{p}-{t}" for p, t in EXACT])
-def test_ray_engine_equals_local_engine_bit_for_bit(on_ray, tiny_config, tmp_path, population_state, same_state,
-                                                    local_runs, population, transport):
+def test_ray_engine_equals_local_engine_bit_for_bit(
+    on_ray, tiny_config, tmp_path, population_state, same_state, local_runs, population, transport
+):
     state, rows = local_runs((*STEPS, *POPULATIONS[population]), tiny_config, population_state)
     config = tiny_config(*STEPS, *POPULATIONS[population], *on_ray, f"ray.transport={transport}")
     run = train(config, run_dir=str(tmp_path / transport), quiet=True)
     same_state(state, population_state(run.run_dir))
     assert_same_rows(rows, run.rows)
-    unscored = {"trunk"} | ({"fused"} if population.startswith("okddip") else set())  # its attention part classifies nothing
+    unscored = {"trunk"} | (
+        {"fused"} if population.startswith("okddip") else set()
+    )  # its attention part classifies nothing
     scores = ["test_top1"] + ([] if "data.validation=0" in POPULATIONS[population] else ["val_top1"])
     assert all(r[score] is not None for r in run.rows if r["kind"] not in unscored for score in scores)
     assert ("teacher" in {r["part"] for r in run.rows}) == (population == "one-on-a-trunk")  # ONE's gated teacher
 
 
 def test_a_population_builds_in_the_hosts_the_one_before_left_and_nothing_of_that_one_reaches_it(
-        on_ray, tiny_config, tmp_path, population_state, same_state, local_runs):
+    on_ray, tiny_config, tmp_path, population_state, same_state, local_runs
+):
     """Run A (bf16 maps and gradients, replicas gathering through a process group, collective's SPMD walk), then run
     B, DML on the object store: B's parts are built in A's hosts, and B ends bit for bit as its local run does."""
     a = (*replicated("afd", (2, 2), sync=False), "precision=bf16")
@@ -129,7 +169,13 @@ def test_a_population_builds_in_the_hosts_the_one_before_left_and_nothing_of_tha
     assert_same_rows(rows, run.rows)
 
 
-KILLED = (*STEPS, "epochs=3", "data.train_limit=160", "method.name=afd+ffl", "schedule={kind: multistep, milestones: [2]}")
+KILLED = (
+    *STEPS,
+    "epochs=3",
+    "data.train_limit=160",
+    "method.name=afd+ffl",
+    "schedule={kind: multistep, milestones: [2]}",
+)
 
 
 def killed_population_file(tiny_config, folder) -> Path:
@@ -141,9 +187,18 @@ def killed_population_file(tiny_config, folder) -> Path:
 
 # compiled: in the test below, on one node (across nodes a lost part takes Ray's raylets down: ray#63229)
 @pytest.mark.parametrize("transport, replicas", [(t, 1) for t in TRANSPORTS if t != "compiled"] + [("object_store", 2)])
-def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, on_ray, tiny_config, tmp_path,
-                                                            population_state, same_state, local_runs,
-                                                            first_checkpoint, transport, replicas):
+def test_killed_member_actor_resumes_to_the_same_parameters(
+    ray_cluster,
+    on_ray,
+    tiny_config,
+    tmp_path,
+    population_state,
+    same_state,
+    local_runs,
+    first_checkpoint,
+    transport,
+    replicas,
+):
     """Against the uninterrupted run of the local engine, which every transport equals (above). With replicas, the
     second replica of m1 is killed: the first, waiting for it in their gather, reports a lost peer."""
     population = KILLED
@@ -156,8 +211,11 @@ def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, on_ray,
 
     def kill_member_after_first_checkpoint():
         first_checkpoint(run_dir)
-        host = next(p["host"] for p in run_placement(run_dir)
-                    if p["part"].startswith("m1:") and p.get("replica", 0) == replicas - 1)
+        host = next(
+            p["host"]
+            for p in run_placement(run_dir)
+            if p["part"].startswith("m1:") and p.get("replica", 0) == replicas - 1
+        )
         ray_cluster.kill(ray_cluster.get_actor(host))
         killed.append(host)
 
@@ -171,7 +229,8 @@ def test_killed_member_actor_resumes_to_the_same_parameters(ray_cluster, on_ray,
 
 
 def test_a_driver_killed_before_its_manifest_names_the_parts_shards_resumes_to_the_same_parameters(
-        okd_ray, cluster_address, on_ray, tiny_config, tmp_path, population_state, same_state, local_runs):
+    okd_ray, cluster_address, on_ray, tiny_config, tmp_path, population_state, same_state, local_runs
+):
     """test_kill_points.py on Ray, where it differs: the parts write their own shards, the driver the metrics and
     the manifest. The command SIGKILLs itself after its 15th file event: epoch 2's metrics in place, the parts'
     shards of epoch 2 written, the manifest's temporary file too, not yet moved into place (before: a write and a
@@ -193,8 +252,9 @@ def test_a_driver_killed_before_its_manifest_names_the_parts_shards_resumes_to_t
     same_state(state, population_state(str(run_dir)))
 
 
-def test_a_compiled_graph_on_one_node_resumes_after_losing_a_part(okd_ray, tiny_config, tmp_path, population_state,
-                                                                 same_state, local_runs, first_checkpoint):
+def test_a_compiled_graph_on_one_node_resumes_after_losing_a_part(
+    okd_ray, tiny_config, tmp_path, population_state, same_state, local_runs, first_checkpoint
+):
     """The compiled transport's recovery, on a one-node cluster of the command's own (no address): on several nodes a
     part lost mid-graph takes Ray's raylets down with it (ray#63229, open in Ray 2.60; the README says so), which the
     session's multi-node cluster would show instead. m1's host process is killed as the OOM killer would."""
@@ -216,8 +276,9 @@ def test_unmeetable_resources_are_a_clear_error(ray_cluster, tiny_config):
         train(config, quiet=True)
 
 
-def test_a_population_that_fails_to_start_gives_back_what_it_reserved(cluster_address, ray_cluster, tiny_config,
-                                                                     tmp_path):
+def test_a_population_that_fails_to_start_gives_back_what_it_reserved(
+    cluster_address, ray_cluster, tiny_config, tmp_path
+):
     """Parts that cannot start (here a plugin that fails off the driver, as missing data on a worker would):
     the actors already started and the placement group are given back, so a retry or the next run can start."""
     plugin = tmp_path / "driver_only.py"
@@ -250,21 +311,31 @@ def test_collective_on_a_shared_gpu_is_refused_with_the_fix():
 
 def test_direct_picks_its_backend_by_the_parts_devices_and_refuses_what_none_serves():
     assert [backend(bundles(*g)) for g in [(0, 0), (1, 1, 1), (0.5, 0.5), (0.3, 0.3, 0.3)]] == [
-        "gloo", "nccl", "cuda_ipc", "cuda_ipc"]
+        "gloo",
+        "nccl",
+        "cuda_ipc",
+        "cuda_ipc",
+    ]
     for fits in [(0, 0), (1, 1, 1), (0.5, 0.5), (0.3, 0.3, 0.3)]:
         Direct.check(bundles(*fits))
     with pytest.raises(ConfigError, match=r"a part on the CPU and one on a GPU share no direct transport"):
         Direct.check(bundles(0.5, 0.5, 0))
-    with pytest.raises(ConfigError, match=r"CUDA IPC, which needs all of them on one GPU, and these sum to 1\.5\. "
-                                          r"Give each part at most 1/3 of a GPU"):
+    with pytest.raises(
+        ConfigError,
+        match=r"CUDA IPC, which needs all of them on one GPU, and these sum to 1\.5\. "
+        r"Give each part at most 1/3 of a GPU",
+    ):
         Direct.check(bundles(0.5, 0.5, 0.5))
 
 
 def test_cuda_ipc_needs_every_part_on_the_gpu_the_others_have():
     """Where Ray placed the parts, as each reports it (``PartHost.ready``)."""
     on_one_gpu([{"node": "n1", "gpus": ["0"]}, {"node": "n1", "gpus": ["0"]}])
-    with pytest.raises(ConfigError, match=r"Ray gave them 2 different GPUs \(node n1 GPU 0, node n1 GPU 1\); use "
-                                          r"ray.placement=pack"):
+    with pytest.raises(
+        ConfigError,
+        match=r"Ray gave them 2 different GPUs \(node n1 GPU 0, node n1 GPU 1\); use "
+        r"ray.placement=pack",
+    ):
         on_one_gpu([{"node": "n1", "gpus": ["0"]}, {"node": "n1", "gpus": ["1"]}])
 
 
@@ -294,14 +365,15 @@ def failing_plugin(plugin_file):
 
 
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
-def test_a_part_that_fails_mid_epoch_gives_its_own_error_and_no_part_hangs(cluster_address, ray_cluster, on_ray,
-                                                                           tiny_config, tmp_path, failing_plugin,
-                                                                           transport):
+def test_a_part_that_fails_mid_epoch_gives_its_own_error_and_no_part_hangs(
+    cluster_address, ray_cluster, on_ray, tiny_config, tmp_path, failing_plugin, transport
+):
     """m1 raises in its second step while m0 goes on to wait for m1's ring message of the third; under
     ``collective`` m0 is blocked in a receive from a part that is alive but done. The driver reports m1's error,
     not a lost peer, and tears the population down at once."""
-    config = tiny_config(*STEPS, f"plugins=[{failing_plugin}]", "method.name=fails-on-m1", *on_ray,
-                         f"ray.transport={transport}")
+    config = tiny_config(
+        *STEPS, f"plugins=[{failing_plugin}]", "method.name=fails-on-m1", *on_ray, f"ray.transport={transport}"
+    )
     started = time.monotonic()
     with pytest.raises(Exception, match="a plugin's bug in m1 at its second step"):
         train(config, run_dir=str(tmp_path / "run"), quiet=True)

@@ -32,7 +32,9 @@ def test_runs_are_resumable_the_report_pairs_seeds_and_the_tuned_study_sets_them
     assert all(r["fused_kl"] is not None for r in table if r["method"] == "ffl" and r["kind"] == "member")
     m0 = next(d for d in diffs if d["comparison"] == "vs vanilla" and d["part"] == "m0")
     assert m0["seeds"] == 3
-    assert m0["mean_diff"] == pytest.approx(sum(final["ffl", "m0", s] - final["vanilla", "m0", s] for s in range(3)) / 3)
+    assert m0["mean_diff"] == pytest.approx(
+        sum(final["ffl", "m0", s] - final["vanilla", "m0", s] for s in range(3)) / 3
+    )
     assert any(d["comparison"] == "fused vs own parts" for d in diffs) and "| ffl |" in text
     for name in ("study_curves.png", "study_differences.png"):
         assert (out.parent / name).stat().st_size > 1000
@@ -96,6 +98,11 @@ def test_the_committed_retrains_are_the_runs_the_study_would_make():
     """The tuned study's kept retrains count as finished (the README's way to go on from them): a key the config
     gained since they ran takes its default, which leaves a run as it was, so it is not another config."""
     results = ROOT / "experiments" / "results"
-    rows = study.collect(study.METHODS, list(range(5)), results / "study_fashion_mnist_tuned_runs", [],
-                         results / "study_fashion_mnist_tuned_sweeps")
+    rows = study.collect(
+        study.METHODS,
+        list(range(5)),
+        results / "study_fashion_mnist_tuned_runs",
+        [],
+        results / "study_fashion_mnist_tuned_sweeps",
+    )
     assert len({(r["method"], r["seed"]) for r in rows}) == len(study.METHODS) * 5

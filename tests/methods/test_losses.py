@@ -110,8 +110,15 @@ def test_alignment_by_hand():
 
 @pytest.mark.parametrize(
     "epoch, length, expected",
-    [(0, 80, math.exp(-5)), (40, 80, math.exp(-1.25)), (60, 80, math.exp(-5 * 0.0625)), (80, 80, 1.0),
-     (200, 80, 1.0), (0, 0, 1.0), (1, 4, math.exp(-5 * 0.5625))],
+    [
+        (0, 80, math.exp(-5)),
+        (40, 80, math.exp(-1.25)),
+        (60, 80, math.exp(-5 * 0.0625)),
+        (80, 80, 1.0),
+        (200, 80, 1.0),
+        (0, 0, 1.0),
+        (1, 4, math.exp(-5 * 0.5625)),
+    ],
 )
 def test_sigmoid_rampup_by_hand(epoch, length, expected):
     assert sigmoid_rampup(epoch, length) == pytest.approx(expected)

@@ -47,12 +47,14 @@ def test_the_attention_part_matches_the_official_loss_and_gradients(eps, toleran
     maps = [torch.randn(B, D, 2, 2, dtype=torch.float64, requires_grad=True) for _ in range(PEERS + 1)]
     logits = [torch.randn(B, C, dtype=torch.float64, requires_grad=True) for _ in range(PEERS + 1)]
     out = attention.loss(maps, logits, torch.zeros(B, dtype=torch.long), 0.7)
-    ours = torch.autograd.grad(out.total, [*maps[:PEERS], *logits, *attention.query.parameters(),
-                                           *attention.key.parameters()])
+    ours = torch.autograd.grad(
+        out.total, [*maps[:PEERS], *logits, *attention.query.parameters(), *attention.key.parameters()]
+    )
     pooled = [F.adaptive_avg_pool2d(m, 1).view(B, -1) for m in maps[:PEERS]]  # the official avgpool and view
     reference = official_loss(pooled, logits[:PEERS], logits[PEERS], attention.query, attention.key, 0.7, eps)
-    theirs = torch.autograd.grad(reference, [*maps[:PEERS], *logits, *attention.query.parameters(),
-                                             *attention.key.parameters()])
+    theirs = torch.autograd.grad(
+        reference, [*maps[:PEERS], *logits, *attention.query.parameters(), *attention.key.parameters()]
+    )
     assert abs((out.total - reference).item()) < tolerance
     assert all(torch.allclose(a, b, atol=tolerance, rtol=0) for a, b in zip(ours, theirs))
     assert all(g.abs().sum() > 0 for g in theirs)  # the targets are not detached: every peer, both projections

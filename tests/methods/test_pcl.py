@@ -11,16 +11,30 @@ from okd_ray.engines.local import LocalEngine
 from okd_ray.methods import ema_decay
 from okd_ray.population import plan_population, population_step
 
-PCL = ["method.name=pcl", "members=[{arch: cnn16}, {arch: cnn32}, {arch: cnn16}]", "epochs=1", "data.train_limit=64", "data.test_limit=32",
-       "data.batch_size=16", "threads=1", "method.terms.peer_ensemble_kl.rampup_epochs=0",
-       "method.terms.peer_mean_kl.rampup_epochs=0", "method.terms.peer_ensemble_kl.fusion_optimizer.weight_decay=0",
-       *(f"members.{k}.optimizer.weight_decay=0" for k in range(3))]
+PCL = [
+    "method.name=pcl",
+    "members=[{arch: cnn16}, {arch: cnn32}, {arch: cnn16}]",
+    "epochs=1",
+    "data.train_limit=64",
+    "data.test_limit=32",
+    "data.batch_size=16",
+    "threads=1",
+    "method.terms.peer_ensemble_kl.rampup_epochs=0",
+    "method.terms.peer_mean_kl.rampup_epochs=0",
+    "method.terms.peer_ensemble_kl.fusion_optimizer.weight_decay=0",
+    *(f"members.{k}.optimizer.weight_decay=0" for k in range(3)),
+]
 
 
 def kd_loss(pred, target, temperature=3.0):
     """src/losses/kd_loss.KDLoss.forward."""
-    return nn.KLDivLoss(reduction="batchmean")(F.log_softmax(pred / temperature, dim=1),
-                                               F.softmax(target / temperature, dim=1)) * temperature * temperature
+    return (
+        nn.KLDivLoss(reduction="batchmean")(
+            F.log_softmax(pred / temperature, dim=1), F.softmax(target / temperature, dim=1)
+        )
+        * temperature
+        * temperature
+    )
 
 
 def pm_loss(pred, targets):
@@ -33,8 +47,12 @@ def loss_wrapper(outputs, means, en_output, y):
     each peer mean teacher's logits."""
     loss = F.cross_entropy(en_output, y)
     for k, (_, pred) in enumerate(outputs):
-        loss = loss + F.cross_entropy(pred, y) + kd_loss(pred, en_output.detach()) + pm_loss(
-            pred, [means[j] for j in range(len(means)) if j != k])
+        loss = (
+            loss
+            + F.cross_entropy(pred, y)
+            + kd_loss(pred, en_output.detach())
+            + pm_loss(pred, [means[j] for j in range(len(means)) if j != k])
+        )
     return loss
 
 
@@ -60,8 +78,10 @@ def test_one_pcl_step_has_the_reimplementations_gradients():
     outputs = [m.net(x) for m in members]
     means = [m.terms[2].mean(x)[1] for m in members]  # the peer mean teachers (the step's first: the nets' copies)
     loss_wrapper(outputs, means, fusion.fuser.logits([f for f, _ in outputs]), y).backward()
-    assert_same_grads([*(m.net for m in split.population.members), split.population.fusion.modules["classifier"]],
-                      [*(m.net for m in members), fusion.modules["classifier"]])
+    assert_same_grads(
+        [*(m.net for m in split.population.members), split.population.fusion.modules["classifier"]],
+        [*(m.net for m in members), fusion.modules["classifier"]],
+    )
 
 
 def test_the_temporal_mean_follows_the_network_and_is_what_is_evaluated():
@@ -79,8 +99,12 @@ def test_the_temporal_mean_follows_the_network_and_is_what_is_evaluated():
     assert member.deployed is mean and not any(p.requires_grad for p in mean.parameters())
 
 
-ON_A_TRUNK = ["members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]", "trunk_stages=2",
-              "data.name=synthetic-cifar100", "data.augment_per_member=true"]  # the digits have no augmentation
+ON_A_TRUNK = [
+    "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
+    "trunk_stages=2",
+    "data.name=synthetic-cifar100",
+    "data.augment_per_member=true",
+]  # the digits have no augmentation
 
 
 def test_one_pcl_step_on_a_trunk_has_the_reimplementations_gradients():
@@ -99,11 +123,16 @@ def test_one_pcl_step_on_a_trunk_has_the_reimplementations_gradients():
     means = [m.terms[2].mean(mean_trunk(x))[1] for m, (x, _, _) in zip(members, streams)]
     loss_wrapper(outputs, means, fusion.fuser.logits([f for f, _ in outputs]), y).backward()
     population = split.population
-    assert_same_grads([population.trunk.net, *(m.net for m in population.members), population.fusion.modules["classifier"]],
-                      [trunk.net, *(m.net for m in members), fusion.modules["classifier"]])
+    assert_same_grads(
+        [population.trunk.net, *(m.net for m in population.members), population.fusion.modules["classifier"]],
+        [trunk.net, *(m.net for m in members), fusion.modules["classifier"]],
+    )
     # the step's update: the true average of one network is the network; the mean trunk is what evaluation runs
     stepped = population.trunk
     assert all(torch.equal(m, p) for m, p in zip(stepped.modules["mean_trunk"].parameters(), stepped.net.parameters()))
     assert stepped.deployed is stepped.modules["mean_trunk"]
-    assert not any(torch.equal(m, p) for m, p in zip(stepped.modules["mean_trunk"].parameters(), trunk.net.parameters())
-                   if p.grad is not None and p.grad.abs().sum() > 0)  # it moved with the trunk's step
+    assert not any(
+        torch.equal(m, p)
+        for m, p in zip(stepped.modules["mean_trunk"].parameters(), trunk.net.parameters())
+        if p.grad is not None and p.grad.abs().sum() > 0
+    )  # it moved with the trunk's step

@@ -112,8 +112,7 @@ class Hint(Term):
 register_method("hint", [CrossEntropy, Hint])
 
 
-@pytest.mark.parametrize("mode, optimizer", [("alternating", "feature"), ("sequential", "feature"),
-                                             ("joint", "logit")])
+@pytest.mark.parametrize("mode, optimizer", [("alternating", "feature"), ("sequential", "feature"), ("joint", "logit")])
 def test_a_terms_own_parameters_learn_with_the_member_in_every_update_mode(mode, optimizer):
     local, _ = engine("method.name=hint", f"method.feature_update.mode={mode}")
     member = local.parts[0]
@@ -154,8 +153,11 @@ register_method("wants-fusion", [CrossEntropy, WantsFusion])
 
 def test_a_term_needing_the_fusion_without_a_term_that_brings_one_is_an_error_naming_it():
     config = load_config(None, [*TINY, "method.name=wants-fusion"])
-    with pytest.raises(ConfigError, match=r"terms \['wants_fusion'\] need Need.FUSION and terms \[\] bring a fusion "
-                                          r"part \(Term.fuser\); give the method exactly one term that brings it"):
+    with pytest.raises(
+        ConfigError,
+        match=r"terms \['wants_fusion'\] need Need.FUSION and terms \[\] bring a fusion "
+        r"part \(Term.fuser\); give the method exactly one term that brings it",
+    ):
         plan_population(config)
 
 

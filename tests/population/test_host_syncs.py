@@ -49,8 +49,11 @@ def test_the_earliest_step_that_diverged_is_named_and_of_it_the_first_part():
     def diverged(part, step):
         return TrainingDiverged(part, "ce", math.nan, 1, step, ("members.0.optimizer.lr",))
 
-    logs = [EpochLog([{}] * 5, diverged("m0", 4)), EpochLog([{}] * 5, diverged("m1", 2)),
-            EpochLog([{}] * 5, diverged("fused", 2))]
+    logs = [
+        EpochLog([{}] * 5, diverged("m0", 4)),
+        EpochLog([{}] * 5, diverged("m1", 2)),
+        EpochLog([{}] * 5, diverged("fused", 2)),
+    ]
     with pytest.raises(TrainingDiverged) as err:
         epoch_metrics(logs)
     assert (err.value.part, err.value.step) == ("m1", 2)

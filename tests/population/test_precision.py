@@ -11,8 +11,7 @@ from okd_ray.run import train
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_learns_digits(tiny_config, precision):
-    result = train(tiny_config("method.name=afd+ffl", "data.train_limit=384", f"precision={precision}"),
-                   quiet=True)
+    result = train(tiny_config("method.name=afd+ffl", "data.train_limit=384", f"precision={precision}"), quiet=True)
     final = result.final()
     for part in ("m0:cnn16", "m1:cnn32", "ensemble", "fused"):
         assert final[part]["test_top1"] > 50.0, (part, final[part])  # chance is 10 %

@@ -25,14 +25,21 @@ def test_a_batch_is_shared_out_and_a_mean_is_summed_in_replica_order():
 
 
 def test_replicas_metrics_are_the_whole_batchs():
-    logs = [EpochLog([{"ce": 1.0, "train_correct": 3.0, "n": 4}], None),
-            EpochLog([{"ce": 4.0, "train_correct": 1.0, "n": 2}], None)]
+    logs = [
+        EpochLog([{"ce": 1.0, "train_correct": 3.0, "n": 4}], None),
+        EpochLog([{"ce": 4.0, "train_correct": 1.0, "n": 2}], None),
+    ]
     assert merge_replicas(logs).steps == [{"ce": 2.0, "train_correct": 4.0, "n": 6}]
 
 
 def test_replicas_stay_identical_and_a_checkpoint_holds_one_copy(tiny_config, tmp_path, flat_state):
-    config = tiny_config("method.name=afd+ffl", "members=[{arch: cnn16, replicas: 3}, {arch: cnn32, replicas: 3}]",
-                         "epochs=1", "data.train_limit=100", "threads=1")  # a last batch of 4: shares 2, 1, 1
+    config = tiny_config(
+        "method.name=afd+ffl",
+        "members=[{arch: cnn16, replicas: 3}, {arch: cnn32, replicas: 3}]",
+        "epochs=1",
+        "data.train_limit=100",
+        "threads=1",
+    )  # a last batch of 4: shares 2, 1, 1
     engine = LocalEngine(config, plan_population(config))
     engine.begin_epoch(0)
     steps = engine.train_epoch(4, lambda: None)
@@ -72,8 +79,9 @@ def ddp_reference(rank: int, initial: dict, batches: list, lr: float, out: str) 
 
 
 def test_two_replicas_step_as_pytorch_ddp(tiny_config, tmp_path):
-    config = tiny_config("method.name=vanilla", "members=[{arch: cnn16, replicas: 2}]", "threads=1",
-                         "schedule={kind: constant}")
+    config = tiny_config(
+        "method.name=vanilla", "members=[{arch: cnn16, replicas: 2}]", "threads=1", "schedule={kind: constant}"
+    )
     engine = LocalEngine(config, plan_population(config))
     member = engine.parts[0]
     initial = {k: v.clone() for k, v in member.net.state_dict().items()}

@@ -8,8 +8,12 @@ from okd_ray.engines.local import LocalEngine
 from okd_ray.methods import alignment_loss, distill_kl
 from okd_ray.population import epoch_metrics, plan_population, population_step
 
-NO_DECAY = ["members.0.optimizer.weight_decay=0", "members.1.optimizer.weight_decay=0",
-            "members.2.optimizer.weight_decay=0", "method.terms.fused_kl.fusion_optimizer.weight_decay=0"]
+NO_DECAY = [
+    "members.0.optimizer.weight_decay=0",
+    "members.1.optimizer.weight_decay=0",
+    "members.2.optimizer.weight_decay=0",
+    "method.terms.fused_kl.fusion_optimizer.weight_decay=0",
+]
 FFL = ["method.name=ffl", "members=[{arch: cnn16}, {arch: cnn32}, {arch: resnet8}]", *NO_DECAY]
 
 
@@ -47,8 +51,10 @@ def test_ffl_step_equals_one_joint_backward(tiny_config):
     for z in logits:
         loss = loss + F.cross_entropy(z, y) + distill_kl(z, fused, t)
     loss.backward()
-    assert_same_grads([m.net for m in split.population.members] + [split.population.fusion.modules["module"]],
-                      [m.net for m in members] + [fusion.modules["module"]])
+    assert_same_grads(
+        [m.net for m in split.population.members] + [split.population.fusion.modules["module"]],
+        [m.net for m in members] + [fusion.modules["module"]],
+    )
 
 
 def official_kl(student, teacher, t):
@@ -60,8 +66,9 @@ def official_kl(student, teacher, t):
 def test_shared_trunk_reproduces_the_official_ffl_training_step(tiny_config):
     """FFL-pytorch's Table-1 set-up: conv1, layer1 and layer2 shared, two ResNet-32 branches, one graph:
     CE(z1) + CE(z2) + CE(zf) + w·[KL(zf → z1) + KL(zf → z2) + KL(mean(z1, z2) → zf)]."""
-    config = tiny_config("method.name=ffl", "members=[{arch: resnet32}, {arch: resnet32}]", "trunk_stages=2",
-                         *NO_DECAY[:2], NO_DECAY[3])
+    config = tiny_config(
+        "method.name=ffl", "members=[{arch: resnet32}, {arch: resnet32}]", "trunk_stages=2", *NO_DECAY[:2], NO_DECAY[3]
+    )
     split, joint = engine(config), engine(config)
     population_step(split.population)
 
@@ -72,18 +79,33 @@ def test_shared_trunk_reproduces_the_official_ffl_training_step(tiny_config):
     zf = fusion.modules["module"]([f1, f2])
     settings = config.method.settings("fused_kl")
     w, t = settings.weight_at(0), settings.temperature
-    loss = (F.cross_entropy(z1, y) + F.cross_entropy(z2, y) + F.cross_entropy(zf, y)
-            + w * (official_kl(z1, zf, t) + official_kl(z2, zf, t) + official_kl(zf, (z1 + z2) / 2, t)))
+    loss = (
+        F.cross_entropy(z1, y)
+        + F.cross_entropy(z2, y)
+        + F.cross_entropy(zf, y)
+        + w * (official_kl(z1, zf, t) + official_kl(z2, zf, t) + official_kl(zf, (z1 + z2) / 2, t))
+    )
     loss.backward()
     population = split.population
-    assert_same_grads([population.trunk.net, population.members[0].net, population.members[1].net,
-                       population.fusion.modules["module"]], [trunk.net, b1.net, b2.net, fusion.modules["module"]])
+    assert_same_grads(
+        [
+            population.trunk.net,
+            population.members[0].net,
+            population.members[1].net,
+            population.fusion.modules["module"],
+        ],
+        [trunk.net, b1.net, b2.net, fusion.modules["module"]],
+    )
 
 
 def test_one_on_a_shared_trunk_equals_one_joint_backward(tiny_config):
     """ONE (Lan et al.): Σ CE(z_k) + CE(Σ g_k z_k) + w·Σ KL(teacher, detached → z_k), the gate on the trunk."""
-    config = tiny_config("method.name=one", "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
-                         "trunk_stages=2", *NO_DECAY[:3])
+    config = tiny_config(
+        "method.name=one",
+        "members=[{arch: resnet8}, {arch: resnet8}, {arch: resnet8}]",
+        "trunk_stages=2",
+        *NO_DECAY[:3],
+    )
     split, joint = engine(config), engine(config)
     population_step(split.population)
 
@@ -92,14 +114,17 @@ def test_one_on_a_shared_trunk_equals_one_joint_backward(tiny_config):
     shared = trunk.net(x)
     gate = trunk.gate(shared)
     logits = [b.net(shared)[1] for b in branches]
-    teacher = sum(gate[:, k:k + 1] * z for k, z in enumerate(logits))
+    teacher = sum(gate[:, k : k + 1] * z for k, z in enumerate(logits))
     settings = config.method.settings("teacher_kl")
     loss = F.cross_entropy(teacher, y) + sum(
-        F.cross_entropy(z, y) + settings.weight_at(0) * official_kl(z, teacher, settings.temperature) for z in logits)
+        F.cross_entropy(z, y) + settings.weight_at(0) * official_kl(z, teacher, settings.temperature) for z in logits
+    )
     loss.backward()
     population = split.population
-    assert_same_grads([population.trunk.net, population.trunk.gate, *(b.net for b in population.members)],
-                      [trunk.net, trunk.gate, *(b.net for b in branches)])
+    assert_same_grads(
+        [population.trunk.net, population.trunk.gate, *(b.net for b in population.members)],
+        [trunk.net, trunk.gate, *(b.net for b in branches)],
+    )
 
 
 def test_fused_loss_gradient_reaches_members(tiny_config):
@@ -132,8 +157,9 @@ def test_parts_send_detached_contiguous_tensors(tiny_config):
 
 @pytest.mark.parametrize("mode", ["alternating", "sequential", "joint"])
 def test_afd_feature_update_modes(tiny_config, mode):
-    config = tiny_config("method.name=afd", f"method.feature_update.mode={mode}",
-                         "members=[{arch: cnn32}, {arch: resnet8}]")
+    config = tiny_config(
+        "method.name=afd", f"method.feature_update.mode={mode}", "members=[{arch: cnn32}, {arch: resnet8}]"
+    )
     e = engine(config)
     before = [p.detach().clone() for p in e.population.members[1].transfer.parameters()]
     step = population_step(e.population)
@@ -175,9 +201,13 @@ def test_ring_sends_each_member_its_predecessor(tiny_config):
 def moved_by_weight(tiny_config, mode: str, steps: int = 3) -> float:
     """How far member 0's network moves with the adversarial weight at 0.1, as a share of the way from its
     weight-1 parameters to its weight-0 ones, after ``steps`` steps of ``mode``."""
+
     def params(weight):
-        e = engine(tiny_config("method.name=afd", f"method.feature_update.mode={mode}",
-                               f"method.terms.adversarial.weight={weight}"))
+        e = engine(
+            tiny_config(
+                "method.name=afd", f"method.feature_update.mode={mode}", f"method.terms.adversarial.weight={weight}"
+            )
+        )
         for _ in range(steps):
             population_step(e.population)
         return torch.cat([p.detach().flatten() for p in e.population.members[0].net.parameters()])
@@ -193,8 +223,12 @@ def test_adam_ignores_a_lone_feature_terms_weight_in_the_alternating_update(tiny
     assert moved_by_weight(tiny_config, "joint") > 0.5
 
 
-L1_PAIR = ["method.name=l1", "members=[{arch: cnn16}, {arch: resnet8}]", "method.terms.align.weight=0.7",
-           "method.terms.ring_kl.weight=1.3"]  # resnet8's map meets cnn16's through a learned transfer layer
+L1_PAIR = [
+    "method.name=l1",
+    "members=[{arch: cnn16}, {arch: resnet8}]",
+    "method.terms.align.weight=0.7",
+    "method.terms.ring_kl.weight=1.3",
+]  # resnet8's map meets cnn16's through a learned transfer layer
 
 
 def step_by_hand(config, e, mode: str) -> None:
@@ -215,16 +249,23 @@ def step_by_hand(config, e, mode: str) -> None:
         network = list(m.net.parameters())
         feature_params = network + list(m.transfer.parameters())
         if mode == "alternating":
-            feature_grads = torch.autograd.grad(align.weight * alignment_loss(public, ring_map.detach(), "l1"),
-                                                feature_params, retain_graph=True, allow_unused=True)
+            feature_grads = torch.autograd.grad(
+                align.weight * alignment_loss(public, ring_map.detach(), "l1"),
+                feature_params,
+                retain_graph=True,
+                allow_unused=True,
+            )
         logit_grads = torch.autograd.grad(logit_loss, network, retain_graph=True)
         for p, g in zip(network, logit_grads):
             p.grad = g
         m.stepper.step(m.optimizers["logit"].optimizer)  # as every step (fused kernels: optim.fused_layouts)
         if mode == "sequential":
             feature, _ = m.net(x)
-            feature_grads = torch.autograd.grad(align.weight * alignment_loss(m.transfer(feature), ring_map.detach(),
-                                                                              "l1"), feature_params, allow_unused=True)
+            feature_grads = torch.autograd.grad(
+                align.weight * alignment_loss(m.transfer(feature), ring_map.detach(), "l1"),
+                feature_params,
+                allow_unused=True,
+            )
         for p, g in zip(feature_params, feature_grads):
             p.grad = g  # None for the head, which the map does not reach: Adam leaves it alone
         m.stepper.step(m.optimizers["feature"].optimizer)
@@ -243,7 +284,9 @@ def test_feature_update_modes_by_hand(tiny_config, mode):
             sa, sb = a.modules[key].state_dict(), b.modules[key].state_dict()
             assert all(torch.equal(sa[n], sb[n]) for n in sa), (a.name, key, mode)
         for key in ("logit", "feature"):
-            moments = [(v, w) for s, t in zip(a.optimizers[key].optimizer.state.values(),
-                                              b.optimizers[key].optimizer.state.values()) for v, w in
-                       zip(s.values(), t.values())]
+            moments = [
+                (v, w)
+                for s, t in zip(a.optimizers[key].optimizer.state.values(), b.optimizers[key].optimizer.state.values())
+                for v, w in zip(s.values(), t.values())
+            ]
             assert moments and all(torch.equal(v, w) for v, w in moments), (a.name, key, mode)

@@ -66,10 +66,14 @@ def test_a_member_on_replicas_learns_as_one_on_the_whole_batch(tiny_config, tmp_
     common = ("method.name=vanilla", "epochs=1", "data.train_limit=64", "threads=1")
     runs = {}
     for replicas, extra in [(1, ()), (2, ("sync_batchnorm=true",))]:
-        train(tiny_config(*common, f"members=[{{arch: cnn16, replicas: {replicas}}}]", *extra),
-              run_dir=str(tmp_path / str(replicas)), quiet=True)
-        runs[replicas] = flat_state(torch.load(tmp_path / str(replicas) / "checkpoints" / "epoch-0001" / "m0.pt",
-                                               weights_only=True)["modules"])
+        train(
+            tiny_config(*common, f"members=[{{arch: cnn16, replicas: {replicas}}}]", *extra),
+            run_dir=str(tmp_path / str(replicas)),
+            quiet=True,
+        )
+        runs[replicas] = flat_state(
+            torch.load(tmp_path / str(replicas) / "checkpoints" / "epoch-0001" / "m0.pt", weights_only=True)["modules"]
+        )
     assert runs[1].keys() == runs[2].keys()
     for key in runs[1]:
         torch.testing.assert_close(runs[2][key], runs[1][key], rtol=1e-4, atol=1e-5, msg=key)

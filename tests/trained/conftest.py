@@ -30,8 +30,14 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ffl_run(trained):
     """Two epochs, so that two checkpoints are kept, more test images, and a validation split."""
-    return trained("method.name=ffl", "members=[cnn16, resnet8]", "epochs=2", "data.test_limit=128",
-                   "data.train_limit=96", "data.validation=32")
+    return trained(
+        "method.name=ffl",
+        "members=[cnn16, resnet8]",
+        "epochs=2",
+        "data.test_limit=128",
+        "data.train_limit=96",
+        "data.validation=32",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +57,13 @@ def afd_tv_replicas_bf16_run(trained):
     replicas, autocast to bf16. On CIFAR-sized images: on the digits' 8x8, ResNet-18's third stage gets 1x1 maps,
     where the CPU's bf16 convolution backward (3x3, stride 2, padding 1) returns NaN in about a third of calls
     (torch 2.14.1; uninitialised memory, so the run diverged at random)."""
-    return trained("method.name=afd", "members=[{arch: cnn16, replicas: 2}, {arch: 'tv:resnet18', replicas: 2}]",
-                   "precision=bf16", "data.name=synthetic-cifar100", "data.validation=0")
+    return trained(
+        "method.name=afd",
+        "members=[{arch: cnn16, replicas: 2}, {arch: 'tv:resnet18', replicas: 2}]",
+        "precision=bf16",
+        "data.name=synthetic-cifar100",
+        "data.validation=0",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -74,4 +85,3 @@ def evaluation():
         return [x for x, _ in plan.dataset.eval_batches("test")], batches
 
     return run
-

@@ -35,8 +35,11 @@ def test_train_then_eval_prints_the_runs_accuracies_and_export_runs_in_torch_exp
         got = torch.export.load(out / "model.pt2").module()(x)
     assert (got - want).abs().max() <= 1e-6 * want.abs().max()  # the README's tolerance for pt2
     missing = okd_ray.run("export", run, "--part", "teacher", "--format", "pt2", "--out", out)
-    okd_ray.assert_error(missing, 2, "part 'teacher': a run of 2 members, method ffl, has no such part; its parts: "
-                                     "m0, m1, fused, ensemble")
+    okd_ray.assert_error(
+        missing,
+        2,
+        "part 'teacher': a run of 2 members, method ffl, has no such part; its parts: m0, m1, fused, ensemble",
+    )
 
 
 def run_cli(capsys, *args):
@@ -49,8 +52,10 @@ def test_bad_input_is_one_message_with_exit_code_2(ffl_run, afd_tv_replicas_bf16
         (["eval", tmp_path], f"{tmp_path}: no config.yaml there; give the folder of an okd-ray run"),
         (["eval", ffl_run, "--checkpoint", "5"], "checkpoint 5: "),
         (["eval", ffl_run, "seed=3"], "override 'seed=3': okd-ray eval changes only"),
-        (["export", afd_tv_replicas_bf16_run, "--part", "fused", "--out", tmp_path / "x"],
-         "part 'fused': a run of 2 members, method afd, has no such part; its parts: m0, m1, ensemble"),
+        (
+            ["export", afd_tv_replicas_bf16_run, "--part", "fused", "--out", tmp_path / "x"],
+            "part 'fused': a run of 2 members, method afd, has no such part; its parts: m0, m1, ensemble",
+        ),
         (["export", ffl_run, "--format", "tflite", "--out", tmp_path / "x"], "--format tflite: choose one of"),
     ]:
         code, err = run_cli(capsys, *args)

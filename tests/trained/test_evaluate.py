@@ -44,8 +44,10 @@ def test_a_difference_from_the_run_is_told(ffl_run, tmp_path, capsys):
     copy = shutil.copytree(ffl_run, tmp_path / "run")
     table = pq.read_table(copy / "metrics.parquet")
     changed = [v + 1 if p == "fused" else v for p, v in zip(table["part"].to_pylist(), table["test_top1"].to_pylist())]
-    pq.write_table(table.set_column(table.schema.get_field_index("test_top1"), "test_top1", pa.array(changed)),
-                   copy / "metrics.parquet")
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("test_top1"), "test_top1", pa.array(changed)),
+        copy / "metrics.parquet",
+    )
     evaluate_run(str(copy), quiet=True)
     err = " ".join(capsys.readouterr().err.split())
     assert "warning: fused test_top1" in err and "differ from" in err and "epoch 2" in err
@@ -60,13 +62,21 @@ def test_other_data(ffl_run, tmp_path, capsys):
     assert "checkpoint of epoch 2 on digits" in " ".join(out.out.split()) and "test@1" in out.out and not out.err
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["epochs=3"], "override 'epochs=3': okd-ray eval changes only what it evaluates on and how (data.*, threads, "
-                   "device), never the trained population"),
-    (["data.name=synthetic-cifar100", "data.validation=0"],
-     "data.name=synthetic-cifar100: the run's networks take 1×8×8 images of 10 classes, that data set has 3×32×32 "
-     "images of 100 classes"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["epochs=3"],
+            "override 'epochs=3': okd-ray eval changes only what it evaluates on and how (data.*, threads, "
+            "device), never the trained population",
+        ),
+        (
+            ["data.name=synthetic-cifar100", "data.validation=0"],
+            "data.name=synthetic-cifar100: the run's networks take 1×8×8 images of 10 classes, that data set has "
+            "3×32×32 images of 100 classes",
+        ),
+    ],
+)
 def test_overrides_that_cannot_be(ffl_run, overrides, message):
     with pytest.raises(ConfigError) as error:
         evaluate_run(ffl_run, overrides, quiet=True)
@@ -75,7 +85,18 @@ def test_overrides_that_cannot_be(ffl_run, overrides, message):
 
 def test_a_ray_runs_checkpoint(on_ray, tmp_path):
     """The parts wrote their shards in their actors (one torch thread each, as threads=1 makes the eval)."""
-    config = load_config(None, ["method.name=ffl", "members=[cnn16, resnet8]", "epochs=1", "data.train_limit=64",
-                                "data.test_limit=64", "data.batch_size=32", "threads=1", *on_ray])
+    config = load_config(
+        None,
+        [
+            "method.name=ffl",
+            "members=[cnn16, resnet8]",
+            "epochs=1",
+            "data.train_limit=64",
+            "data.test_limit=64",
+            "data.batch_size=32",
+            "threads=1",
+            *on_ray,
+        ],
+    )
     run_dir = train(config, run_dir=str(tmp_path / "ray"), quiet=True).run_dir
     assert_as_the_run(run_dir, evaluate_run(run_dir, quiet=True), 1)

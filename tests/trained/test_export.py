@@ -48,11 +48,17 @@ def test_every_format_of_ffl_parts(ffl_run, tmp_path, part, format):
     assert_reloads(ffl_run, part, format, tmp_path)
 
 
-@pytest.mark.parametrize("run, part, format", [
-    ("one_run", "teacher", "pt2"), ("one_run", "m1", "onnx"), ("pcl_run", "m0", "safetensors"),
-    ("pcl_run", "fused", "torchscript"), ("afd_tv_replicas_bf16_run", "m1", "pt2"),
-    ("afd_tv_replicas_bf16_run", "m1", "onnx"),
-])
+@pytest.mark.parametrize(
+    "run, part, format",
+    [
+        ("one_run", "teacher", "pt2"),
+        ("one_run", "m1", "onnx"),
+        ("pcl_run", "m0", "safetensors"),
+        ("pcl_run", "fused", "torchscript"),
+        ("afd_tv_replicas_bf16_run", "m1", "pt2"),
+        ("afd_tv_replicas_bf16_run", "m1", "onnx"),
+    ],
+)
 def test_trunks_temporal_means_and_torchvision(request, tmp_path, run, part, format):
     assert_reloads(request.getfixturevalue(run), part, format, tmp_path)
 
@@ -63,13 +69,27 @@ def test_the_model_card_and_model_json(ffl_run, tmp_path):
     assert json.loads((tmp_path / "model.json").read_text()) == meta
     assert (meta["part"], meta["epoch"], meta["config"]["method"]["name"]) == ("fused", 1, "ffl")
     card = " ".join((tmp_path / "MODEL_CARD.md").read_text().split())
-    row = next(r for r in pq.read_table(f"{ffl_run}/metrics.parquet").to_pylist()
-               if r["epoch"] == 1 and r["part"] == "fused")
-    for text in ["# digits-ffl: fused", "The fused classifier", "m0:cnn16, m1:resnet8",
-                 "trained by okd-ray 0.1.0 (ffl)", "epoch 1", "N×1×8×8", "(pixels / 16 − mean) / std", "N×10 logits",
-                 "torch.export.load('model.pt2')", "Data: digits, 10 classes;", "validation: 32",
-                 "Method ffl, 2 epochs", "seed 0", "fused_kl:", "okd-ray train config.yaml",
-                 " | ".join(f"{row[c]:.2f}" for c in ("val_top1", "val_top5", "test_top1", "test_top5"))]:
+    row = next(
+        r for r in pq.read_table(f"{ffl_run}/metrics.parquet").to_pylist() if r["epoch"] == 1 and r["part"] == "fused"
+    )
+    for text in [
+        "# digits-ffl: fused",
+        "The fused classifier",
+        "m0:cnn16, m1:resnet8",
+        "trained by okd-ray 0.1.0 (ffl)",
+        "epoch 1",
+        "N×1×8×8",
+        "(pixels / 16 − mean) / std",
+        "N×10 logits",
+        "torch.export.load('model.pt2')",
+        "Data: digits, 10 classes;",
+        "validation: 32",
+        "Method ffl, 2 epochs",
+        "seed 0",
+        "fused_kl:",
+        "okd-ray train config.yaml",
+        " | ".join(f"{row[c]:.2f}" for c in ("val_top1", "val_top5", "test_top1", "test_top5")),
+    ]:
         assert text in card, text
 
 
@@ -78,8 +98,11 @@ def test_what_cannot_be_exported(ffl_run, tmp_path, monkeypatch):
         export_model(ffl_run, "m0", "tflite", str(tmp_path))
     real = importlib.util.find_spec
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
-    with pytest.raises(MissingExtra, match=r"--format onnx needs onnxscript, which is not installed: pip install "
-                                           r"'okd-ray\[onnx\]'"):
+    with pytest.raises(
+        MissingExtra,
+        match=r"--format onnx needs onnxscript, which is not installed: pip install "
+        r"'okd-ray\[onnx\]'",
+    ):
         export_model(ffl_run, "m0", "onnx", str(tmp_path))
     assert not list(tmp_path.iterdir())
 

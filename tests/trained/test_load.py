@@ -32,20 +32,21 @@ def teacher(batch):
     return teacher_logits(batch[3], batch[1])
 
 
-def assert_as_evaluated(run_dir, evaluation, parts, autocast=contextlib.nullcontext()):
+def assert_as_evaluated(run_dir, evaluation, parts, autocast=None):
     """Each of ``parts`` (name -> its logits in an evaluation batch) loaded and run on the test images."""
     images, batches = evaluation(run_dir)
     for part, logits_of in parts.items():
         model = okd_ray.load_model(run_dir, part)
         assert not model.training
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast or contextlib.nullcontext():
             for x, batch in zip(images, batches, strict=True):
                 assert torch.equal(model(x), logits_of(batch)), part
 
 
 def test_ffl_members_ensemble_and_fused_classifier(ffl_run, evaluation):
-    assert_as_evaluated(ffl_run, evaluation, {"m0": member(0), "m1:resnet8": member(1), "ensemble": ensemble,
-                                              "fused": fused})
+    assert_as_evaluated(
+        ffl_run, evaluation, {"m0": member(0), "m1:resnet8": member(1), "ensemble": ensemble, "fused": fused}
+    )
     model = okd_ray.load_model(ffl_run, "fused")  # one module: both members' networks and the fusion module
     assert {name for name, _ in model.named_children()} == {"members", "head"}
 
@@ -68,8 +69,12 @@ def test_torchvision_and_replicated_members_of_a_bf16_run(afd_tv_replicas_bf16_r
     """float32 weights (one copy of the replicas); under the run's autocast, its evaluation's logits exactly. The
     networks alone: AFD's transfer layers and discriminators stay behind."""
     run = afd_tv_replicas_bf16_run
-    assert_as_evaluated(run, evaluation, {"m0": member(0), "m1:tv:resnet18": member(1), "ensemble": ensemble},
-                        torch.autocast("cpu", dtype=torch.bfloat16))
+    assert_as_evaluated(
+        run,
+        evaluation,
+        {"m0": member(0), "m1:tv:resnet18": member(1), "ensemble": ensemble},
+        torch.autocast("cpu", dtype=torch.bfloat16),
+    )
     held = load_shards(RunStore(run))["m0"]["modules"]
     assert {"net", "transfer", "discriminator"} <= held.keys()
     state = okd_ray.load_model(run, "m0").members[0].state_dict()
@@ -113,12 +118,18 @@ def test_a_run_folder_from_before_the_inputs_record(ffl_run, tmp_path, monkeypat
         okd_ray.load_model(str(old))
 
 
-@pytest.mark.parametrize("part, message", [
-    ("m0:cnn32", "part 'm0:cnn32': a run of 2 members, method afd, has no such part; did you mean m0:cnn16? its "
-                 "parts: m0, m1, ensemble"),
-    ("fused", "part 'fused': a run of 2 members, method afd, has no such part"),
-    ("teacher", "its parts: m0, m1, ensemble"),
-])
+@pytest.mark.parametrize(
+    "part, message",
+    [
+        (
+            "m0:cnn32",
+            "part 'm0:cnn32': a run of 2 members, method afd, has no such part; did you mean m0:cnn16? its "
+            "parts: m0, m1, ensemble",
+        ),
+        ("fused", "part 'fused': a run of 2 members, method afd, has no such part"),
+        ("teacher", "its parts: m0, m1, ensemble"),
+    ],
+)
 def test_a_part_the_run_has_not(afd_tv_replicas_bf16_run, part, message):
     with pytest.raises(ConfigError) as error:
         okd_ray.load_model(afd_tv_replicas_bf16_run, part)

@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 
 from okd_ray.cli import main
 from okd_ray.config import load_config
-from okd_ray.tune import SweepOptions, load_sweep_files, prepare
 from okd_ray.errors import Terminated
 from okd_ray.report import make_report
+from okd_ray.tune import SweepOptions, load_sweep_files, prepare
 from okd_ray.tune.sweep import schedulers, sigterm_as_ctrl_c
 
 SWEEP = Path(__file__).parents[2] / "experiments" / "configs" / "tune-digits.yaml"
@@ -38,12 +38,30 @@ def okd_ray_here(capsys, *args) -> subprocess.CompletedProcess:
 
 def test_asha_sweep_writes_every_trial_and_a_best_config_that_trains(ray_cluster, capsys, tmp_path):
     code, err = tune_cli(
-        capsys, "logging=[mlflow]", "--num-samples", "5", "--max-concurrent", "1", "--scheduler", "asha",
-        "--storage-path", str(tmp_path), "--name", "asha",
+        capsys,
+        "logging=[mlflow]",
+        "--num-samples",
+        "5",
+        "--max-concurrent",
+        "1",
+        "--scheduler",
+        "asha",
+        "--storage-path",
+        str(tmp_path),
+        "--name",
+        "asha",
         # a wide learning-rate range makes some trials clearly worse, so ASHA has something to stop
-        "--space", str(write_space(tmp_path, {"members.0.optimizer.lr": {"loguniform": [1e-4, 0.3]},
-                                              "members.1.optimizer.lr": {"loguniform": [1e-4, 0.3]},
-                                              "method.terms.ring_kl.weight": {"uniform": [0.0, 2.0]}})),
+        "--space",
+        str(
+            write_space(
+                tmp_path,
+                {
+                    "members.0.optimizer.lr": {"loguniform": [1e-4, 0.3]},
+                    "members.1.optimizer.lr": {"loguniform": [1e-4, 0.3]},
+                    "method.terms.ring_kl.weight": {"uniform": [0.0, 2.0]},
+                },
+            )
+        ),
     )
     assert code == 0, err
     trials = pq.read_table(tmp_path / "asha" / "trials.parquet").to_pylist()
@@ -58,8 +76,10 @@ def test_asha_sweep_writes_every_trial_and_a_best_config_that_trains(ray_cluster
     assert config.method.settings("ring_kl").weight == pytest.approx(best["config/method.terms.ring_kl.weight"])
     # it keeps the trials' validation split out of training, and says what chose it
     assert config.data.validation == 0.1
-    assert best_yaml.read_text().startswith(f"# Chosen by okd-ray tune: trial {best['trial_id']} of sweep "
-                                            f"{tmp_path}/asha, best by mean_val_top1 (max) on the validation set")
+    assert best_yaml.read_text().startswith(
+        f"# Chosen by okd-ray tune: trial {best['trial_id']} of sweep "
+        f"{tmp_path}/asha, best by mean_val_top1 (max) on the validation set"
+    )
     assert main(["train", str(best_yaml), f"output_dir={tmp_path / 'rerun'}", "--quiet"]) == 0
     # Tune's epoch and the trial run's metrics.parquet count the same way, from 1
     run = Path(best["path"]) / "run"
@@ -83,14 +103,29 @@ def write_space(folder, space):
     return path
 
 
-def test_trials_host_ray_engine_populations_in_their_placement_group(on_ray, capsys, tmp_path, population_state,
-                                                                    same_state):
+def test_trials_host_ray_engine_populations_in_their_placement_group(
+    on_ray, capsys, tmp_path, population_state, same_state
+):
     """engine=ray in a trial: member and fusion actors go into the trial's bundles 1..K+1. The second trial runs in
     the first one's process (Tune's reuse_actors) and so its placement group, and builds its parts in the hosts the
     first one left: and it ends bit for bit as its own config does on the local engine."""
-    code, err = tune_cli(capsys, "epochs=1", "method.name=afd+ffl", *on_ray, "threads=1", "--num-samples", "2",
-                         "--max-concurrent", "1", "--scheduler", "none", "--storage-path", str(tmp_path),
-                         "--name", "ray")
+    code, err = tune_cli(
+        capsys,
+        "epochs=1",
+        "method.name=afd+ffl",
+        *on_ray,
+        "threads=1",
+        "--num-samples",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--scheduler",
+        "none",
+        "--storage-path",
+        str(tmp_path),
+        "--name",
+        "ray",
+    )
     assert code == 0, err
     trials = pq.read_table(tmp_path / "ray" / "trials.parquet").to_pylist()
     assert [t["status"] for t in trials] == ["done", "done"] and all(t["fused_test_top1"] > 0 for t in trials)
@@ -102,23 +137,43 @@ def test_trials_host_ray_engine_populations_in_their_placement_group(on_ray, cap
         assert [p["part"] for p in parts] == ["m0:cnn16", "m1:cnn32", "fused"]
         assert [p["bundle"] for p in parts] == [1, 2, 3]
         assert placement["driver_placement_group"] and all(
-            p["placement_group"] == placement["driver_placement_group"] for p in parts)
+            p["placement_group"] == placement["driver_placement_group"] for p in parts
+        )
     assert [p["host"] for p in second["parts"]] == [p["host"] for p in first["parts"]]
     run = Path(trials[1]["path"]) / "run"
     local = main(["train", str(run / "config.yaml"), "engine=local", "--run-dir", str(tmp_path / "local"), "--quiet"])
     assert local == 0
     same_state(population_state(str(run)), population_state(str(tmp_path / "local")))
     timings = ["epoch_seconds", "elapsed_seconds"]
-    assert pq.read_table(run / "metrics.parquet").drop(timings).equals(
-        pq.read_table(tmp_path / "local" / "metrics.parquet").drop(timings))
+    assert (
+        pq.read_table(run / "metrics.parquet")
+        .drop(timings)
+        .equals(pq.read_table(tmp_path / "local" / "metrics.parquet").drop(timings))
+    )
 
 
 def test_pbt_exploits_through_checkpoints(ray_cluster, capsys, tmp_path):
     code, err = tune_cli(
-        capsys, "epochs=3", "--num-samples", "2", "--scheduler", "pbt", "--storage-path", str(tmp_path),
-        "--name", "pbt",
-        "--space", str(write_space(tmp_path, {"method.terms.ring_kl.weight": {"uniform": [0.0, 2.0]},
-                                              "members.0.optimizer.lr": {"loguniform": [1e-4, 0.2]}})),
+        capsys,
+        "epochs=3",
+        "--num-samples",
+        "2",
+        "--scheduler",
+        "pbt",
+        "--storage-path",
+        str(tmp_path),
+        "--name",
+        "pbt",
+        "--space",
+        str(
+            write_space(
+                tmp_path,
+                {
+                    "method.terms.ring_kl.weight": {"uniform": [0.0, 2.0]},
+                    "members.0.optimizer.lr": {"loguniform": [1e-4, 0.2]},
+                },
+            )
+        ),
     )
     assert code == 0, err
     assert len(pq.read_table(tmp_path / "pbt" / "trials.parquet")) == 2
@@ -130,21 +185,43 @@ def test_pbt_exploits_through_checkpoints(ray_cluster, capsys, tmp_path):
 
 
 def test_sweep_stopped_by_sigterm_exits_143_with_its_resume_command_and_resumes_without_rerunning(
-        cluster_address, tmp_path, okd_ray):
+    cluster_address, tmp_path, okd_ray
+):
     """SIGTERM (a scheduler's stop) goes through Tune's graceful Ctrl-C stop (sigterm_as_ctrl_c below): the same
     saved state, only the exit code differs."""
     address = cluster_address
     # three trials of 3 full-digits epochs, one at a time: once the first has finished, the interrupt lands mid-sweep
-    args = ["tune", SWEEP, *SMALL, "epochs=3", "data.train_limit=1437", "--num-samples", "3", "--max-concurrent", "1",
-            "--scheduler", "none", "--storage-path", tmp_path, "--name", "resume", "--address", address]
+    args = [
+        "tune",
+        SWEEP,
+        *SMALL,
+        "epochs=3",
+        "data.train_limit=1437",
+        "--num-samples",
+        "3",
+        "--max-concurrent",
+        "1",
+        "--scheduler",
+        "none",
+        "--storage-path",
+        tmp_path,
+        "--name",
+        "resume",
+        "--address",
+        address,
+    ]
     sweep = tmp_path / "resume"
     process = okd_ray.start(*args)
     finished = wait_for_finished_trial(sweep, epochs=3, process=process)
     process.send_signal(signal.SIGTERM)  # handed to Tune's Ctrl-C handler: it saves the sweep's state and stops
     out, err = process.communicate(timeout=120)
     command = shlex.join(["okd-ray", *map(str, args), "--resume"])
-    okd_ray.assert_error(subprocess.CompletedProcess(args, process.returncode, out, err), 143,
-                         "sweep interrupted: ", f"continue with: {command}")
+    okd_ray.assert_error(
+        subprocess.CompletedProcess(args, process.returncode, out, err),
+        143,
+        "sweep interrupted: ",
+        f"continue with: {command}",
+    )
     assert "Tuner.restore" not in out + err
     assert not (sweep / "best_config.yaml").exists(), "a best config from a partial sweep"
     assert "unfinished" in {t["status"] for t in pq.read_table(sweep / "trials.parquet").to_pylist()}
@@ -164,17 +241,43 @@ def test_sweep_stopped_by_sigterm_exits_143_with_its_resume_command_and_resumes_
 
 
 def test_a_sweep_killed_hard_resumes_from_its_own_files_and_never_trains_a_finished_trial_again(
-        cluster_address, tmp_path, okd_ray):
+    cluster_address, tmp_path, okd_ray
+):
     """kill -9 of the sweep's process, with Tune's saved state as far behind as it gets (TUNE_GLOBAL_CHECKPOINT_S:
     saved once, at the start): search.yaml was written before the first trial, so --resume goes on as the sweep
     began, refuses other values, and the trial that finished is reported again from its run folder, not trained."""
     address = cluster_address
     space = write_space(tmp_path, {"members.0.optimizer.lr": {"loguniform": [1e-3, 0.1]}})
-    args = ["tune", SWEEP, *SMALL, "epochs=1", "--space", space, "--num-samples", "2", "--max-concurrent", "1",
-            "--scheduler", "none", "--storage-path", tmp_path, "--name", "k", "--address", address, "--quiet"]
+    args = [
+        "tune",
+        SWEEP,
+        *SMALL,
+        "epochs=1",
+        "--space",
+        space,
+        "--num-samples",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--scheduler",
+        "none",
+        "--storage-path",
+        tmp_path,
+        "--name",
+        "k",
+        "--address",
+        address,
+        "--quiet",
+    ]
     sweep = tmp_path / "k"
-    process = subprocess.Popen(okd_ray.argv(*args), cwd=tmp_path, env={**okd_ray.env, "TUNE_GLOBAL_CHECKPOINT_S": "1000"},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        okd_ray.argv(*args),
+        cwd=tmp_path,
+        env={**okd_ray.env, "TUNE_GLOBAL_CHECKPOINT_S": "1000"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run = wait_for_finished_run(sweep, process)
     process.kill()
     process.communicate()
@@ -183,14 +286,19 @@ def test_a_sweep_killed_hard_resumes_from_its_own_files_and_never_trains_a_finis
     assert yaml.safe_load((sweep / "search.yaml").read_text())["command"] == command
 
     other = okd_ray.run(*shlex.split(command)[1:], "epochs=2", "--num-samples", "3")
-    okd_ray.assert_error(other, 2, f"--resume: sweep {sweep} began with other values (--num-samples is 2 there, 3 "
-                         "here; config: epochs is 1 there, 2 here). A sweep goes on as it began: continue it with "
-                         f"{command}, or start another sweep")
+    okd_ray.assert_error(
+        other,
+        2,
+        f"--resume: sweep {sweep} began with other values (--num-samples is 2 there, 3 "
+        "here; config: epochs is 1 there, 2 here). A sweep goes on as it began: continue it with "
+        f"{command}, or start another sweep",
+    )
 
     resumed = okd_ray.run(*shlex.split(command)[1:])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == kept, \
+    assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == kept, (
         "the finished trial was trained again"
+    )
     trials = pq.read_table(sweep / "trials.parquet").to_pylist()
     assert len(trials) == 2 and {t["status"] for t in trials} == {"done"}
     assert (sweep / "best_config.yaml").exists()
@@ -204,16 +312,34 @@ def test_a_sweep_prints_a_line_per_trial_event_not_tunes_tables(ray_cluster, tmp
     """Without --quiet, Tune printed a box of every trial every 30 s and pointed TensorBoard into a folder of Ray's
     session; now a line per event, and TensorBoard at the sweep folder, where each trial's events are."""
     address = ray_cluster.get_runtime_context().gcs_address
-    result = okd_ray.run("tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
-                         "--storage-path", tmp_path, "--name", "p", "--address", address)
+    result = okd_ray.run(
+        "tune",
+        SWEEP,
+        *SMALL,
+        "epochs=1",
+        "--num-samples",
+        "1",
+        "--scheduler",
+        "none",
+        "--storage-path",
+        tmp_path,
+        "--name",
+        "p",
+        "--address",
+        address,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (trial,) = pq.read_table(tmp_path / "p" / "trials.parquet").to_pylist()
     lines = result.stdout.splitlines()
-    assert lines[0] == (f"sweep p: 1 trials of 1 epochs into {tmp_path}/p, selecting on mean_val_top1; every trial's "
-                        f"curves: tensorboard --logdir {tmp_path}/p")
+    assert lines[0] == (
+        f"sweep p: 1 trials of 1 epochs into {tmp_path}/p, selecting on mean_val_top1; every trial's "
+        f"curves: tensorboard --logdir {tmp_path}/p"
+    )
     assert lines[1].startswith(f"trial {trial['trial_id']} started: weight=")
-    assert lines[2:4] == [f"trial {trial['trial_id']} epoch 1/1: mean_val_top1 {trial['mean_val_top1']:.4g}",
-                          f"trial {trial['trial_id']} finished"]
+    assert lines[2:4] == [
+        f"trial {trial['trial_id']} epoch 1/1: mean_val_top1 {trial['mean_val_top1']:.4g}",
+        f"trial {trial['trial_id']} finished",
+    ]
     assert not any(c in result.stdout for c in "╭│") and "/tmp/ray/session" not in result.stdout + result.stderr
     assert list((tmp_path / "p").glob("*/events.out.tfevents.*")), "no TensorBoard events where the line points"
 
@@ -233,10 +359,30 @@ def test_sigterm_during_a_sweep_goes_to_the_ctrl_c_handler_in_place_and_is_remem
 
 
 def test_diverging_trials_are_not_retried_and_a_sweep_without_result_fails(ray_cluster, tmp_path, okd_ray, capsys):
-    result = okd_ray_here(capsys, "tune", SWEEP, *SMALL, "epochs=1", "members.0.optimizer.lr=1e30", "--num-samples",
-                          "2", "--scheduler", "none", "--storage-path", tmp_path, "--name", "nan", "--quiet")
-    okd_ray.assert_error(result, 1, f"no trial of sweep {tmp_path}/nan finished", "diverged: m0:cnn16",
-                         "make the diverging values less extreme")
+    result = okd_ray_here(
+        capsys,
+        "tune",
+        SWEEP,
+        *SMALL,
+        "epochs=1",
+        "members.0.optimizer.lr=1e30",
+        "--num-samples",
+        "2",
+        "--scheduler",
+        "none",
+        "--storage-path",
+        tmp_path,
+        "--name",
+        "nan",
+        "--quiet",
+    )
+    okd_ray.assert_error(
+        result,
+        1,
+        f"no trial of sweep {tmp_path}/nan finished",
+        "diverged: m0:cnn16",
+        "make the diverging values less extreme",
+    )
     assert "best_config.yaml" not in result.stdout and not (tmp_path / "nan" / "best_config.yaml").exists()
     trials = pq.read_table(tmp_path / "nan" / "trials.parquet").to_pylist()
     assert [t["status"] for t in trials] == ["diverged", "diverged"]
@@ -267,19 +413,54 @@ def test_a_failed_trial_reports_its_okd_ray_error_as_it_was_raised(ray_cluster, 
     plugin = tmp_path / "failing.py"
     plugin.write_text(FAILING_TERM)
     space = write_space(tmp_path, {"method.terms.ce.weight": {"uniform": [0.5, 1.0]}})
-    result = okd_ray_here(capsys, "tune", SWEEP, *SMALL, "epochs=1", f"plugins=[{plugin}]",
-                          "method.name=fails-in-trial", "--space", space, "--num-samples", "1", "--scheduler", "none",
-                          "--storage-path", tmp_path, "--name", "data", "--quiet")
+    result = okd_ray_here(
+        capsys,
+        "tune",
+        SWEEP,
+        *SMALL,
+        "epochs=1",
+        f"plugins=[{plugin}]",
+        "method.name=fails-in-trial",
+        "--space",
+        space,
+        "--num-samples",
+        "1",
+        "--scheduler",
+        "none",
+        "--storage-path",
+        tmp_path,
+        "--name",
+        "data",
+        "--quiet",
+    )
     message = "plugin data: shard 3 vanished; put it back under data.root"
-    okd_ray.assert_error(result, 1, f"no trial of sweep {tmp_path}/data finished", f"error: {message})",
-                         "retry the failed trials with: okd-ray tune")
+    okd_ray.assert_error(
+        result,
+        1,
+        f"no trial of sweep {tmp_path}/data finished",
+        f"error: {message})",
+        "retry the failed trials with: okd-ray tune",
+    )
     (trial,) = pq.read_table(tmp_path / "data" / "trials.parquet").to_pylist()
     assert (trial["status"], trial["message"]) == ("error", message)
 
 
 def test_a_sweep_name_is_used_once_unless_resumed_or_overwritten(ray_cluster, tmp_path, okd_ray, capsys):
-    args = ["tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
-            "--storage-path", tmp_path, "--name", "once", "--quiet"]
+    args = [
+        "tune",
+        SWEEP,
+        *SMALL,
+        "epochs=1",
+        "--num-samples",
+        "1",
+        "--scheduler",
+        "none",
+        "--storage-path",
+        tmp_path,
+        "--name",
+        "once",
+        "--quiet",
+    ]
     first = okd_ray_here(capsys, *args)
     assert first.returncode == 0 and first.stderr == "", first.stderr[-3000:]
     # --quiet: the final table is all there is
@@ -289,8 +470,12 @@ def test_a_sweep_name_is_used_once_unless_resumed_or_overwritten(ray_cluster, tm
     before = snapshot(tmp_path / "once")
 
     again = okd_ray_here(capsys, *args)
-    okd_ray.assert_error(again, 2, f"sweep folder {tmp_path}/once exists: continue that sweep with --resume, "
-                         "replace it with --overwrite, or give another --name")
+    okd_ray.assert_error(
+        again,
+        2,
+        f"sweep folder {tmp_path}/once exists: continue that sweep with --resume, "
+        "replace it with --overwrite, or give another --name",
+    )
     assert snapshot(tmp_path / "once") == before
 
     replaced = okd_ray_here(capsys, *args, "--overwrite")
@@ -343,19 +528,26 @@ def wait_for_finished_trial(sweep: Path, epochs: int, process, timeout: float = 
         (["--space", "{space}"], "search.method.terms.ring_kl.wieght: the value 0.1 is not valid here"),
         (["--metric", "m7_test_top1"], "--metric m7_test_top1: no run of this config reports it; choose from"),
         (["--metric", "m0_val_top1,m1_val_top1"], "add --scheduler none"),
-        (["--metric", "m0_test_top1"], "--metric m0_test_top1: selecting on the test set makes every tuned number "
-         "optimistic. Select on the validation split held out of the training images instead: --metric m0_val_top1"),
+        (
+            ["--metric", "m0_test_top1"],
+            "--metric m0_test_top1: selecting on the test set makes every tuned number "
+            "optimistic. Select on the validation split held out of the training images instead: --metric m0_val_top1",
+        ),
         (["data.validation=0"], "--metric mean_val_top1: data.validation=0 holds no images out of training"),
-        (["--space", "{inert}"], "search.method.terms.adversarial.weight: in the 'alternating' feature update, "
-         "adversarial is the only loss that method.feature_update.optimizer (adam) steps on"),
+        (
+            ["--space", "{inert}"],
+            "search.method.terms.adversarial.weight: in the 'alternating' feature update, "
+            "adversarial is the only loss that method.feature_update.optimizer (adam) steps on",
+        ),
     ],
 )
 def test_bad_sweeps_fail_before_any_trial(capsys, tmp_path, args, expected):
     space = write_space(tmp_path, {"method.terms.ring_kl.wieght": {"loguniform": [0.1, 10]}})
     inert = tmp_path / "inert.yaml"
     inert.write_text(yaml.safe_dump({"search": {"method.terms.adversarial.weight": {"uniform": [0.0, 2.0]}}}))
-    code, err = tune_cli(capsys, *[a.format(space=space, inert=inert) for a in args],
-                         "--storage-path", str(tmp_path / "s"))
+    code, err = tune_cli(
+        capsys, *[a.format(space=space, inert=inert) for a in args], "--storage-path", str(tmp_path / "s")
+    )
     assert code == 2 and expected in err, err
     assert not (tmp_path / "s").exists()
 
@@ -365,7 +557,10 @@ def test_bad_sweeps_fail_before_any_trial(capsys, tmp_path, args, expected):
     [
         ({"method.terms.ring_kl.weight": {"uniform": [2.0, 1.0]}}, "uniform needs low < high"),
         ({"method.terms.ring_kl.weight": {"loguniform": [0.0, 1.0]}}, "loguniform needs low > 0"),
-        ({"method.terms.ring_kl.weight": {"uniform": [-1.0, 1.0]}}, "search.method.terms.ring_kl.weight: the value -1.0 is not valid"),
+        (
+            {"method.terms.ring_kl.weight": {"uniform": [-1.0, 1.0]}},
+            "search.method.terms.ring_kl.weight: the value -1.0 is not valid",
+        ),
         ({"method.terms.fused_kl.rampup_epochs": {"int": [3, 1]}}, "int needs integer bounds with low <= high"),
         ({"method.terms.ring_kl.temperature": {"choice": []}}, "choice needs a non-empty list"),
         ({"method.terms.ring_kl.temperature": {"normal": [0, 1]}}, "give one of uniform, loguniform, choice, int"),
@@ -397,9 +592,25 @@ def prepare_sweep(overrides, space, **options):
 
 
 def test_selection_on_the_test_set_only_when_asked_and_then_said_first(ray_cluster, tmp_path, capsys):
-    result = okd_ray_here(capsys, "tune", SWEEP, *SMALL, "epochs=1", "--num-samples", "1", "--scheduler", "none",
-                          "--metric", "m0_test_top1", "--select-on-test", "--storage-path", tmp_path, "--name", "t",
-                          "--quiet")
+    result = okd_ray_here(
+        capsys,
+        "tune",
+        SWEEP,
+        *SMALL,
+        "epochs=1",
+        "--num-samples",
+        "1",
+        "--scheduler",
+        "none",
+        "--metric",
+        "m0_test_top1",
+        "--select-on-test",
+        "--storage-path",
+        tmp_path,
+        "--name",
+        "t",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     warning = "Selection was on the test set (--select-on-test)"
     assert result.stdout.startswith(warning)

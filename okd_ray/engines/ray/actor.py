@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import gc
+import os
 import time
 from typing import Any
 
@@ -37,8 +37,9 @@ class PartHost:
         self.collective: collective.CollectiveSteps | None = None
         self.outbox: tuple = ()
 
-    def build(self, plugins: list[str], spec: bytes, data: bytes | None, threads: int, silent_s: float,
-              profile: bool) -> dict:
+    def build(
+        self, plugins: list[str], spec: bytes, data: bytes | None, threads: int, silent_s: float, profile: bool
+    ) -> dict:
         """Build the part of ``spec`` (a PartSpec) with ``data`` (the plan's data set, None where the part reads
         none), each pickled: opened once the plugins that define its terms, model and data set are imported here
         too. Returns where it runs (``ready``)."""
@@ -103,8 +104,12 @@ class PartHost:
     def ready(self) -> dict:
         """Where this host runs: its node, process, placement group and GPUs (a liveness probe too)."""
         context = ray.get_runtime_context()
-        return {"node": context.get_node_id(), "pid": os.getpid(), "placement_group": context.get_placement_group_id(),
-                "gpus": [str(g) for g in ray.get_gpu_ids()]}
+        return {
+            "node": context.get_node_id(),
+            "pid": os.getpid(),
+            "placement_group": context.get_placement_group_id(),
+            "gpus": [str(g) for g in ray.get_gpu_ids()],
+        }
 
     def free_address(self) -> str:
         return group.free_address()

@@ -66,14 +66,15 @@ class Exchange:
         receiver, and on a busy CPU each costs a scheduling slice (measured: a message per tensor was slower)."""
         leaves, spec = tree_flatten(value)
         tensors = [t.detach().contiguous() for t in leaves if isinstance(t, torch.Tensor)]
-        skeleton = [TensorSlot(tuple(t.shape), t.dtype, t.requires_grad) if isinstance(t, torch.Tensor) else t
-                    for t in leaves]
+        skeleton = [
+            TensorSlot(tuple(t.shape), t.dtype, t.requires_grad) if isinstance(t, torch.Tensor) else t for t in leaves
+        ]
         header = torch.frombuffer(bytearray(pickle.dumps((spec, skeleton))), dtype=torch.uint8).to(self.device)
         pieces = [header] + [t.view(-1).view(torch.uint8) for t in tensors]
         data = torch.zeros(sum(aligned(b.numel()) for b in pieces), dtype=torch.uint8, device=self.device)
         offset = 0
         for piece in pieces:  # each copied once, into its aligned place
-            data[offset:offset + piece.numel()] = piece
+            data[offset : offset + piece.numel()] = piece
             offset += aligned(piece.numel())
         size = torch.tensor([data.numel(), header.numel()], dtype=torch.int64, device=self.device)
         with peer_errors():
@@ -92,7 +93,7 @@ class Exchange:
         for leaf in skeleton:
             if isinstance(leaf, TensorSlot):
                 count = math.prod(leaf.shape) * leaf.dtype.itemsize
-                tensor = data[offset:offset + count].view(leaf.dtype).view(leaf.shape).clone()
+                tensor = data[offset : offset + count].view(leaf.dtype).view(leaf.shape).clone()
                 leaf, offset = tensor.requires_grad_(leaf.requires_grad), offset + aligned(count)
             leaves.append(leaf)
         return tree_unflatten(leaves, spec)
@@ -134,8 +135,7 @@ class CollectiveSteps:
         before: ``join_group``) are ``ranks``."""
         self.part, self.rank, self.ranks, self.members = part, position, ranks, part.spec.members
         self.exchange = Exchange(part.device if dist.get_backend() == "nccl" else torch.device("cpu"))
-        self.population = Population.of(ids, [RankPart(self, r, part_class(pid)) for r, pid in enumerate(ids)],
-                                        needs)
+        self.population = Population.of(ids, [RankPart(self, r, part_class(pid)) for r, pid in enumerate(ids)], needs)
         # where each result goes: (call, index) -> [(part, tag)], learned by one walk that computes nothing
         self.consumers: dict[tuple[int, int], list[tuple[int, int]]] = collections.defaultdict(list)
         self.recording = True
@@ -193,11 +193,17 @@ class Collective:
             raise ConfigError(
                 f"ray.transport=collective: the parts' GPU shares are {gpus}; NCCL needs one whole GPU per part, "
                 "members and fusion alike. Set ray.num_gpus_per_member=1 and ray.num_gpus_fusion=1 on a cluster with "
-                "that many GPUs, or use ray.transport=direct (CUDA IPC between parts on one GPU)")
+                "that many GPUs, or use ray.transport=direct (CUDA IPC between parts on one GPU)"
+            )
 
     def __init__(self, shards: list[ShardParts], members: int, needs: frozenset[Need], bundles: Bundles):
-        ray.get([actor.join_collective.remote(position, shard.ranks, shard.ids, needs)
-                 for shard in shards for position, actor in enumerate(shard.actors)])
+        ray.get(
+            [
+                actor.join_collective.remote(position, shard.ranks, shard.ids, needs)
+                for shard in shards
+                for position, actor in enumerate(shard.actors)
+            ]
+        )
         self.actors = [actor for shard in shards for actor in shard.actors]
 
     def run(self, count: int) -> Iterator[list]:

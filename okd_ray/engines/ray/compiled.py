@@ -32,7 +32,9 @@ class Compiled(DriverSteps):
         with InputNode() as tick:
             parts, done = [], []
             for shard in shards:  # one graph over every shard
-                recording = [RecordingPart(a, part_class(pid), members, tick) for a, pid in zip(shard.actors, shard.ids)]
+                recording = [
+                    RecordingPart(a, part_class(pid), members, tick) for a, pid in zip(shard.actors, shard.ids)
+                ]
                 done += population_step(Population.of(shard.ids, recording, needs)).in_part_order()
                 parts += recording
             # A compiled graph may have no dangling nodes: outputs no part consumes (say, a None message)

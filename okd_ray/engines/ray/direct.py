@@ -32,12 +32,14 @@ class Direct(ObjectStore):
         if min(gpus) == 0:
             raise ConfigError(
                 f"ray.transport=direct: the parts' GPU shares are {gpus}; a part on the CPU and one on a GPU share "
-                "no direct transport. Give every part a GPU share (ray.num_gpus_fusion too), or use object_store")
+                "no direct transport. Give every part a GPU share (ray.num_gpus_fusion too), or use object_store"
+            )
         if sum(gpus) > 1:
             raise ConfigError(
                 f"ray.transport=direct: the parts' GPU shares are {gpus}; parts that share a GPU exchange by CUDA IPC, "
                 f"which needs all of them on one GPU, and these sum to {sum(gpus):g}. Give each part at most "
-                f"1/{len(gpus)} of a GPU, or a whole GPU each (NCCL)")
+                f"1/{len(gpus)} of a GPU, or a whole GPU each (NCCL)"
+            )
 
     def __init__(self, shards: list[ShardParts], members: int, needs: frozenset[Need], bundles: Bundles):
         transport = backend(bundles)
@@ -63,4 +65,5 @@ def on_one_gpu(where: list[dict]) -> None:
         raise ConfigError(
             f"ray.transport=direct: parts that share a GPU exchange by CUDA IPC, but Ray gave them {len(places)} "
             f"different GPUs ({listed}); use ray.placement=pack on a node with one GPU free for all of them, or "
-            "ray.transport=object_store")
+            "ray.transport=object_store"
+        )

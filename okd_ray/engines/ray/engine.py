@@ -33,8 +33,12 @@ from .hosts import POOL, Host
 from .object_store import ObjectStore, calls
 from .transport import ShardParts, Transport, auto_transport, gpu_shares
 
-TRANSPORTS: dict[str, type[Transport]] = {"object_store": ObjectStore, "compiled": Compiled, "direct": Direct,
-                                          "collective": Collective}
+TRANSPORTS: dict[str, type[Transport]] = {
+    "object_store": ObjectStore,
+    "compiled": Compiled,
+    "direct": Direct,
+    "collective": Collective,
+}
 
 
 def translated(fn: Callable[[], Any]) -> Any:
@@ -45,7 +49,9 @@ def translated(fn: Callable[[], Any]) -> Any:
         cause = e.cause
         if isinstance(cause, (RayActorError, RayChannelError)):
             raise PopulationLost(f"an actor of the population died: {cause}") from None
-        raise cause if isinstance(cause, OkdRayError) else e
+        if isinstance(cause, OkdRayError):
+            raise cause  # noqa: B904 - the actor's own error, as the local engine raises it (its chain is Ray's)
+        raise
     except RayActorError as e:
         if e.actor_init_failed:  # a host that could not start (say, a worker without the Python it needs)
             raise OkdRayError(f"a population actor failed to start: {e}") from None
@@ -59,9 +65,11 @@ def check_replicas(bundles: list[dict[str, float]]) -> None:
     the parts have GPUs."""
     gpus = gpu_shares(bundles)
     if any(gpus) and min(gpus) < 1:
-        raise ConfigError(f"members.N.replicas: the replicas' GPU shares are {gpus}; replicas average their gradients "
-                          "over NCCL, which needs a whole GPU each (members and fusion alike). Set "
-                          "ray.num_gpus_per_member=1 and ray.num_gpus_fusion=1, or use fewer replicas")
+        raise ConfigError(
+            f"members.N.replicas: the replicas' GPU shares are {gpus}; replicas average their gradients "
+            "over NCCL, which needs a whole GPU each (members and fusion alike). Set "
+            "ray.num_gpus_per_member=1 and ray.num_gpus_fusion=1, or use fewer replicas"
+        )
 
 
 def built(builds: list) -> list[dict]:
@@ -106,18 +114,32 @@ class RayEngine:
         builds = []
         for i, spec in enumerate(self.specs):
             _, threads = self.resources.options(i)
-            builds.append(self.hosts[i].actor.build.remote(
-                plugins, cloudpickle.dumps(spec), data if spec.reads_data else None, threads,
-                self.config.silent_part_s, profile))
+            builds.append(
+                self.hosts[i].actor.build.remote(
+                    plugins,
+                    cloudpickle.dumps(spec),
+                    data if spec.reads_data else None,
+                    threads,
+                    self.config.silent_part_s,
+                    profile,
+                )
+            )
         where = self._guard(lambda: built(builds))
         for host in self.hosts:
             host.plugins |= set(plugins)
         self.actors = [host.actor for host in self.hosts]
         self.where = {
             "driver_placement_group": ray.get_runtime_context().get_placement_group_id(),  # a Tune trial's
-            "parts": [{"part": spec.pid.name, **({"replica": spec.replica} if spec.replicas > 1 else {}),
-                       "bundle": self.resources.bundle(i), "host": host.name, **w}
-                      for i, (spec, host, w) in enumerate(zip(self.specs, self.hosts, where))],
+            "parts": [
+                {
+                    "part": spec.pid.name,
+                    **({"replica": spec.replica} if spec.replicas > 1 else {}),
+                    "bundle": self.resources.bundle(i),
+                    "host": host.name,
+                    **w,
+                }
+                for i, (spec, host, w) in enumerate(zip(self.specs, self.hosts, where))
+            ],
         }
         self._guard(self._join)
         self.steps = self._guard(self._make_steps)
@@ -131,19 +153,25 @@ class RayEngine:
         address = ray.get(self.actors[0].free_address.remote())
         ray.get([a.join_group.remote(rank, len(self.actors), backend, address) for rank, a in enumerate(self.actors)])
         if replicated:
-            groups = [[rank for rank, s in enumerate(self.specs) if s.pid == part.pid] for part in self.plan.specs
-                      if part.replicas > 1]
+            groups = [
+                [rank for rank, s in enumerate(self.specs) if s.pid == part.pid]
+                for part in self.plan.specs
+                if part.replicas > 1
+            ]
             ray.get([a.join_replicas.remote(groups, rank) for rank, a in enumerate(self.actors)])
 
     def shards(self) -> list[ShardParts]:
         """Shard r: replica r of every part that has one, in ``parts_of`` order."""
-        return [ShardParts([self.actors[i] for i in ranks], [self.specs[i].pid for i in ranks], ranks)
-                for r in range(max(s.replicas for s in self.specs))
-                for ranks in [[i for i, s in enumerate(self.specs) if s.replica == r]]]
+        return [
+            ShardParts([self.actors[i] for i in ranks], [self.specs[i].pid for i in ranks], ranks)
+            for r in range(max(s.replicas for s in self.specs))
+            for ranks in [[i for i, s in enumerate(self.specs) if s.replica == r]]
+        ]
 
     def _make_steps(self) -> Transport:
-        return TRANSPORTS[self.transport](self.shards(), len(self.config.members), self.config.method.method.needs,
-                                          self.resources.bundles)
+        return TRANSPORTS[self.transport](
+            self.shards(), len(self.config.members), self.config.method.method.needs, self.resources.bundles
+        )
 
     def _guard(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn``; a dead actor becomes PopulationLost, an error inside an actor its original error. Whatever
@@ -166,8 +194,9 @@ class RayEngine:
         while self._guard(lambda: next(each_step, None)) is not None:
             on_step()
         logs = self._call_all("end_epoch")
-        return epoch_metrics([merge_replicas([log for spec, log in zip(self.specs, logs) if spec.pid == pid])
-                              for pid in self.ids])
+        return epoch_metrics(
+            [merge_replicas([log for spec, log in zip(self.specs, logs) if spec.pid == pid]) for pid in self.ids]
+        )
 
     def evaluate(self, split: Split) -> dict[str, dict[str, float]]:
         """Evaluation batches by plain calls whatever the transport, on every part's first replica (the replicas
@@ -177,10 +206,12 @@ class RayEngine:
         self._guard(lambda: ray.get([a.call.remote("begin_eval", split) for a in first.actors]))  # a part that
         # cannot start testing says so here
         batches = population_eval(population, self.plan.num_eval_batches[split])
-        resolved = self._guard(lambda: [
-            (ray.get(labels), ray.get(logits), *(ray.get(x) if x is not None else None for x in (fused, gate)))
-            for labels, logits, fused, gate in batches
-        ])
+        resolved = self._guard(
+            lambda: [
+                (ray.get(labels), ray.get(logits), *(ray.get(x) if x is not None else None for x in (fused, gate)))
+                for labels, logits, fused, gate in batches
+            ]
+        )
         return accuracy(resolved, [pid.name for pid in self.ids if pid.kind == "member"], split)
 
     def placement(self) -> dict:

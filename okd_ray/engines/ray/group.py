@@ -43,8 +43,9 @@ def free_address() -> str:
 
 def join_group(rank: int, world: int, backend: str, address: str) -> None:
     """Join the population's process group: every actor, as ``rank`` of ``world``, with the group's timeout."""
-    dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=GROUP_TIMEOUT_S))
+    dist.init_process_group(
+        backend, init_method=f"tcp://{address}", rank=rank, world_size=world, timeout=timedelta(seconds=GROUP_TIMEOUT_S)
+    )
 
 
 def replica_gather(groups: list[list[int]], rank: int) -> Gather | None:

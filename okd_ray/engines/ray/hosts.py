@@ -61,9 +61,10 @@ class Pool:
                 self._drop(lambda gid: gid != trial.group.id.hex() and gid not in self.groups)
                 return trial
             bundles = part_bundles(config)
-            for gid, held in self.groups.items():
-                indices = matched(held.bundles, bundles) if not held.busy and held.placement == config.ray.placement \
-                    else None
+            for held in self.groups.values():
+                indices = (
+                    matched(held.bundles, bundles) if not held.busy and held.placement == config.ray.placement else None
+                )
                 if indices is not None:
                     held.busy = True
                     return PartResources(held.group, bundles, indices, owned=True, threads=config.threads)

@@ -13,8 +13,9 @@ from .handles import RemotePart
 from .transport import Bundles, DriverSteps, ShardParts
 
 
-def calls(actors: list, ids: list[PartId], members: int, needs: frozenset[Need],
-          tensor_transport: str | None = None) -> Population:
+def calls(
+    actors: list, ids: list[PartId], members: int, needs: frozenset[Need], tensor_transport: str | None = None
+) -> Population:
     """The population as handles whose every method is an actor call (returning futures)."""
     parts = [RemotePart(a, part_class(pid), members, tensor_transport=tensor_transport) for a, pid in zip(actors, ids)]
     return Population.of(ids, parts, needs)
