@@ -15,9 +15,15 @@ def register(table: dict[str, Any], kind: str, name: str, value: T) -> T:
     again (a plugin imported twice, in a new process or under another module name) is harmless."""
     known = table.get(name)
     if known is not None and origin(known) != origin(value):
-        raise ConfigError(f"{kind} {name!r} is already registered by {origin(known)}; choose another name")
+        raise ConfigError(taken(kind, name, origin(known), origin(known).startswith("okd_ray.")))
     table[name] = value
     return value
+
+
+def taken(kind: str, name: str, owner: str, built_in: bool) -> str:
+    """What to say of a name another registration holds: a built-in's (a plugin older than it) or a plugin's."""
+    who = f"okd-ray's built-in {kind} ({owner})" if built_in else f"registered by {owner}"
+    return f"{kind} {name!r} is {who}; give yours another name (e.g. 'my_{name}') and use that name in the config"
 
 
 def origin(value: Any) -> str:

@@ -88,10 +88,18 @@ def plugin(plugin_file):
     return plugin_file("my_method.py", PLUGIN)
 
 
-def test_a_plugin_method_model_and_data_set_run_under_both_engines_with_the_same_result(on_ray, plugin, tmp_path,
-                                                                                       population_state):
-    overrides = [f"plugins=[{plugin}]", "method.name=mse-peers", "method.terms.peer_mse.weight=2",
-                 "data.name=digit-pairs", "members.1.arch=two-conv", *TINY, f"output_dir={tmp_path}"]
+def test_a_plugin_method_model_and_data_set_run_under_both_engines_with_the_same_result(
+    on_ray, plugin, tmp_path, population_state
+):
+    overrides = [
+        f"plugins=[{plugin}]",
+        "method.name=mse-peers",
+        "method.terms.peer_mse.weight=2",
+        "data.name=digit-pairs",
+        "members.1.arch=two-conv",
+        *TINY,
+        f"output_dir={tmp_path}",
+    ]
     config = load_config(None, overrides)
     assert config.method.settings("peer_mse").scale == 0.25  # the row's default
     local = train(config, run_dir=str(tmp_path / "local"), quiet=True)
@@ -113,40 +121,82 @@ def test_a_plugin_method_model_and_data_set_run_under_both_engines_with_the_same
 SHIPPED = Path(__file__).parents[1] / "experiments" / "plugins"  # the README's worked plugins
 
 
-@pytest.mark.parametrize("file, method", [("cosine_alignment.py", "cosine"),
-                                          ("peer_mean_teacher.py", "peer-mean-teacher")])
-def test_the_shipped_plugins_run_under_both_engines_with_the_same_result(on_ray, tmp_path, population_state, file,
-                                                                        method):
-    overrides = [f"plugins=[{SHIPPED / file}]", f"method.name={method}", "members=[cnn16, cnn32, cnn16]", *TINY,
-                 *(["method.terms.peer_mean_teacher.decay=0.9"] * (method == "peer-mean-teacher")),
-                 f"output_dir={tmp_path}"]
+@pytest.mark.parametrize(
+    "file, method", [("cosine_alignment.py", "cosine"), ("peer_mean_teacher.py", "peer-mean-teacher")]
+)
+def test_the_shipped_plugins_run_under_both_engines_with_the_same_result(
+    on_ray, tmp_path, population_state, file, method
+):
+    overrides = [
+        f"plugins=[{SHIPPED / file}]",
+        f"method.name={method}",
+        "members=[cnn16, cnn32, cnn16]",
+        *TINY,
+        *(["method.terms.peer_mean_teacher.decay=0.9"] * (method == "peer-mean-teacher")),
+        f"output_dir={tmp_path}",
+    ]
     local = train(load_config(None, overrides), run_dir=str(tmp_path / "local"), quiet=True)
     remote = train(load_config(None, [*overrides, *on_ray]), run_dir=str(tmp_path / "ray"), quiet=True)
     a, b = population_state(local.run_dir), population_state(remote.run_dir)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-    assert all(r[c] > 0 for r in local.rows if r["kind"] == "member" for c in ("cosine_align", "peer_mean_teacher")
-               if c in r)
+    assert all(
+        r[c] > 0 for r in local.rows if r["kind"] == "member" for c in ("cosine_align", "peer_mean_teacher") if c in r
+    )
     if method == "peer-mean-teacher":  # the EMA copy is in the checkpoint, moved toward the network, not equal to it
-        teacher, net = ({k.removeprefix(f"m0.modules.{m}."): v for k, v in a.items() if k.startswith(f"m0.modules.{m}.")}
-                        for m in ("mean_teacher", "net"))
+        teacher, net = (
+            {k.removeprefix(f"m0.modules.{m}."): v for k, v in a.items() if k.startswith(f"m0.modules.{m}.")}
+            for m in ("mean_teacher", "net")
+        )
         assert teacher.keys() == net.keys() and not all(torch.equal(teacher[k], net[k]) for k in teacher)
 
 
-@pytest.mark.parametrize("file, method, space, metric", [
-    ("cosine_alignment.py", "cosine", "method.feature_update.optimizer.lr: {loguniform: [1.0e-5, 1.0e-3]}",
-     "m0_cosine_align"),
-    ("peer_mean_teacher.py", "peer-mean-teacher", "method.terms.peer_mean_teacher.decay: {uniform: [0.5, 0.99]}",
-     "m0_peer_mean_teacher"),
-])
-def test_the_shipped_plugins_are_searched_by_okd_ray_tune(ray_cluster, tmp_path, capsys, monkeypatch, file, method,
-                                                          space, metric):
+@pytest.mark.parametrize(
+    "file, method, space, metric",
+    [
+        (
+            "cosine_alignment.py",
+            "cosine",
+            "method.feature_update.optimizer.lr: {loguniform: [1.0e-5, 1.0e-3]}",
+            "m0_cosine_align",
+        ),
+        (
+            "peer_mean_teacher.py",
+            "peer-mean-teacher",
+            "method.terms.peer_mean_teacher.decay: {uniform: [0.5, 0.99]}",
+            "m0_peer_mean_teacher",
+        ),
+    ],
+)
+def test_the_shipped_plugins_are_searched_by_okd_ray_tune(
+    ray_cluster, tmp_path, capsys, monkeypatch, file, method, space, metric
+):
     """The plugin given by a path relative to where okd-ray tune runs: every trial runs in a folder of its own."""
     path = tmp_path / "space.yaml"
     path.write_text(space + "\n")
     monkeypatch.chdir(SHIPPED)
-    code = main(["tune", f"plugins=[{file}]", f"method.name={method}", *TINY, "data.validation=20",
-                 "--num-samples", "2", "--scheduler", "none", "--metric", metric, "--mode", "min", "--storage-path",
-                 str(tmp_path), "--name", "plugin-sweep", "--space", str(path)])
+    code = main(
+        [
+            "tune",
+            f"plugins=[{file}]",
+            f"method.name={method}",
+            *TINY,
+            "data.validation=20",
+            "--num-samples",
+            "2",
+            "--scheduler",
+            "none",
+            "--metric",
+            metric,
+            "--mode",
+            "min",
+            "--storage-path",
+            str(tmp_path),
+            "--name",
+            "plugin-sweep",
+            "--space",
+            str(path),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     trials = pq.read_table(tmp_path / "plugin-sweep" / "trials.parquet").to_pylist()
     assert len(trials) == 2 and all(t[metric] > 0 for t in trials)
@@ -235,13 +285,19 @@ def clashing(plugin_file):
     return plugin_file("clashing.py", CLASHING)
 
 
-@pytest.mark.parametrize("method, expected", [
-    ("shadow", "method shadow: term shadow's module 'net' is the member's own name; rename it in shadow.modules()"),
-    ("shadow-optimizer", "method shadow-optimizer: term shadow_optimizer's optimizer 'logit' is the member's own "
-                         "name; rename it in shadow_optimizer.optimizers()"),
-    ("needs-three", "method needs-three: give at least 3 members, got 2"),
-    ("refuses-when-built", "method refuses-when-built: give at least 3 members, got 2"),
-])
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ("shadow", "method shadow: term shadow's module 'net' is the member's own name; rename it in shadow.modules()"),
+        (
+            "shadow-optimizer",
+            "method shadow-optimizer: term shadow_optimizer's optimizer 'logit' is the member's own "
+            "name; rename it in shadow_optimizer.optimizers()",
+        ),
+        ("needs-three", "method needs-three: give at least 3 members, got 2"),
+        ("refuses-when-built", "method refuses-when-built: give at least 3 members, got 2"),
+    ],
+)
 def test_a_terms_clash_or_refusal_is_found_while_the_run_is_planned(clashing, method, expected):
     """A term module named ``net`` once replaced the network in ``m0.pt``; now no part is built."""
     with pytest.raises(ConfigError) as error:
@@ -251,13 +307,19 @@ def test_a_terms_clash_or_refusal_is_found_while_the_run_is_planned(clashing, me
 
 def test_a_terms_refusal_on_ray_is_one_message_before_any_actor_starts(clashing, tmp_path, okd_ray):
     """It was an actor traceback and a 'Fatal Python error' dump (79 lines)."""
-    result = okd_ray.run("train", f"plugins=[{clashing}]", "method.name=needs-three", "engine=ray", *TINY,
-                         f"output_dir={tmp_path / 'runs'}")
+    result = okd_ray.run(
+        "train",
+        f"plugins=[{clashing}]",
+        "method.name=needs-three",
+        "engine=ray",
+        *TINY,
+        f"output_dir={tmp_path / 'runs'}",
+    )
     okd_ray.assert_error(result, 2, "method needs-three: give at least 3 members, got 2")
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
-FAILING_TERMS = '''
+FAILING_TERMS = """
 import torch.nn.functional as F
 
 from okd_ray.methods import CrossEntropy, Term, register_method
@@ -279,23 +341,71 @@ class PerSample(Term):
 
 register_method("raises", [CrossEntropy, WrongShapes])
 register_method("per-sample", [CrossEntropy, PerSample])
-'''
+"""
 
 
-RAISES = ("raises", "the loss of term 'wrong_shapes' raised RuntimeError: mat1 and mat2 shapes cannot be multiplied "
-                    "(32x10 and 32x10) at epoch 1, step 1; fix it in {plugin}:11")
-PER_SAMPLE = ("per-sample", "the loss of term 'per_sample' returned a tensor of shape (32,), not one number (a 0-d "
-                            "tensor: reduce it, e.g. with .mean()) at epoch 1, step 1; fix it in {plugin}")
+RAISES = (
+    "raises",
+    "the loss of term 'wrong_shapes' raised RuntimeError: mat1 and mat2 shapes cannot be multiplied "
+    "(32x10 and 32x10) at epoch 1, step 1; fix it in {plugin}:11",
+)
+PER_SAMPLE = (
+    "per-sample",
+    "the loss of term 'per_sample' returned a tensor of shape (32,), not one number (a 0-d "
+    "tensor: reduce it, e.g. with .mean()) at epoch 1, step 1; fix it in {plugin}",
+)
 
 
 @pytest.mark.parametrize("engine, method, problem", [("local", *RAISES), ("local", *PER_SAMPLE), ("ray", *RAISES)])
-def test_a_plugin_term_that_fails_is_one_error_naming_the_term_the_part_and_its_line(plugin_file, okd_ray, tmp_path,
-                                                                                     engine, method, problem):
+def test_a_plugin_term_that_fails_is_one_error_naming_the_term_the_part_and_its_line(
+    plugin_file, okd_ray, tmp_path, engine, method, problem
+):
     """Before: a raw traceback (82 lines with ANSI codes on Ray) naming neither the term nor the part."""
     plugin = plugin_file("failing_terms.py", FAILING_TERMS)
-    result = okd_ray.run("train", f"plugins=[{plugin}]", f"method.name={method}", f"engine={engine}", "epochs=1",
-                         "data.train_limit=64", "data.batch_size=32", f"output_dir={tmp_path / 'runs'}", "--quiet")
+    result = okd_ray.run(
+        "train",
+        f"plugins=[{plugin}]",
+        f"method.name={method}",
+        f"engine={engine}",
+        "epochs=1",
+        "data.train_limit=64",
+        "data.batch_size=32",
+        f"output_dir={tmp_path / 'runs'}",
+        "--quiet",
+    )
     err = okd_ray.assert_error(result, 2, problem.format(plugin=plugin))
     first = r"m0:cnn16" if engine == "local" else r"(m0:cnn16|m1:cnn32)"  # on Ray both raise, one is heard first
     assert re.search(f"error: {first}: the loss of term", err), err
     assert not (tmp_path / "runs").exists(), "a run that failed in its first step leaves no folder"
+
+
+def test_a_term_knows_every_members_feature_map_shape(tiny_config):
+    """A term sized to a peer's map (a FitNets hint from the ring predecessor: a 1x1 regressor from its own channels
+    to the predecessor's) reads the shapes from MemberInfo.feature_shapes, in member order, its own among them."""
+    from dataclasses import replace
+
+    from torch import nn
+
+    from okd_ray.methods import Term
+    from okd_ray.optim import Stepper
+    from okd_ray.population.plan import build_terms, member_network
+    from okd_ray.precision import Precision
+
+    class Hint(Term):
+        name = "hint"
+
+        def __init__(self, settings, member):
+            super().__init__(settings, member)
+            own, predecessor = member.feature_shape, member.feature_shapes[member.index - 1]
+            self.regressor = nn.Conv2d(own[0], predecessor[0], 1)
+            self.shapes = member.feature_shapes
+
+    config = tiny_config("method.name=dml", "members=[cnn16, cnn32, cnn64]")
+    plan = plan_population(config)
+    members = [spec for spec in plan.specs if spec.pid.kind == "member"]
+    assert len({spec.shape for spec in members}) == 3  # three different maps
+    for spec in members:
+        spec = replace(spec, terms=((Hint, Hint.Settings()),))
+        (hint,) = build_terms(spec, member_network(spec), Stepper(Precision("fp32", torch.device("cpu"))))
+        assert hint.shapes == tuple(s.shape for s in members) and hint.shapes[spec.index] == spec.shape
+        assert hint.regressor.out_channels == members[spec.index - 1].shape[0]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import reduce
 
 from okd_ray.errors import ConfigError
-from okd_ray.registry import origin, register
+from okd_ray.registry import origin, register, taken
 
 from .term import Need, Term, TermSpec
 
@@ -61,7 +61,9 @@ def register_method(name: str, terms: Iterable[type[Term] | TermSpec]) -> Method
     method = Method(name, specs)
     known = METHODS.get(name)
     if known is not None and [(origin(s.term), s.defaults) for s in known.terms] != [
-            (origin(s.term), s.defaults) for s in specs]:
-        raise ConfigError(f"method {name!r} is already registered with other terms; choose another name")
+        (origin(s.term), s.defaults) for s in specs
+    ]:
+        built_in = all(origin(s.term).startswith("okd_ray.") for s in known.terms)  # registered before plugins
+        raise ConfigError(taken("method", name, f"terms {', '.join(s.name for s in known.terms)}", built_in))
     METHODS[name] = method
     return method

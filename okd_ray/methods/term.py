@@ -85,8 +85,9 @@ class Batch:
 
     def all_logits(self) -> list[torch.Tensor]:
         """Every member's logits in member order: the others' as received, this member's detached."""
-        return [self.logits.detach() if k == self.index else self.peer_logits[k]
-                for k in range(len(self.peer_logits) + 1)]
+        return [
+            self.logits.detach() if k == self.index else self.peer_logits[k] for k in range(len(self.peer_logits) + 1)
+        ]
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,9 @@ class MemberInfo:
     # How the member steps an optimizer: a term with an optimizer of its own steps it with stepper.backward(loss)
     # and stepper.step(optimizer) (fp16's loss scaling, the replicas' averaged gradients; else a plain step)
     stepper: Stepper = field(default_factory=lambda: Stepper(Precision("fp32", torch.device("cpu"))), compare=False)
+    # Every member's last feature map, in member order (``feature_shapes[index]`` is this member's): a term that
+    # meets its peers' maps (a hint from the ring predecessor) sizes its layers from theirs
+    feature_shapes: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass
@@ -145,8 +149,9 @@ class Fuser:
     def modules(self) -> dict[str, nn.Module]:
         return {}
 
-    def loss(self, maps: list[torch.Tensor], logits: list[torch.Tensor], labels: torch.Tensor,
-             weight: float) -> FuserStep:
+    def loss(
+        self, maps: list[torch.Tensor], logits: list[torch.Tensor], labels: torch.Tensor, weight: float
+    ) -> FuserStep:
         raise NotImplementedError
 
     def eval(self, maps: list[torch.Tensor]) -> torch.Tensor | None:
@@ -242,8 +247,9 @@ class Term:
 
     def lr_keys(self) -> list[str]:
         """The config keys of this term's own learning rates: what to lower when its update diverges."""
-        return [f"method.terms.{self.name}.{key}.lr" for key, value in self.settings
-                if isinstance(value, OptimizerConfig)]
+        return [
+            f"method.terms.{self.name}.{key}.lr" for key, value in self.settings if isinstance(value, OptimizerConfig)
+        ]
 
 
 @dataclass(frozen=True)

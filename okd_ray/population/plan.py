@@ -60,8 +60,9 @@ def plan_population(config: TrainConfig) -> PopulationPlan:
     return PopulationPlan(dataset.info, shapes, common, dataset.num_train_batches(), num_eval, specs, dataset)
 
 
-def plan_parts(config: TrainConfig, info: DataInfo, steps_per_epoch: int
-               ) -> tuple[list[Shape], Shape | None, tuple[PartSpec, ...]]:
+def plan_parts(
+    config: TrainConfig, info: DataInfo, steps_per_epoch: int
+) -> tuple[list[Shape], Shape | None, tuple[PartSpec, ...]]:
     """Each member's feature map, the ring's public map and every part's spec, from the data set's facts alone (a
     trained run's parts are built from them without its data). Builds each model once (on the CPU, RNG untouched)
     to learn its feature map, and checks the ring fits."""
@@ -117,16 +118,20 @@ def check_replica_shares(config: TrainConfig, dataset: Dataset) -> None:
             raise ConfigError(
                 f"members.{k}.replicas={member.replicas}: each replica takes a share of every batch, and "
                 f"data.batch_size={batch} has only {batch} images to share; give members.{k}.replicas={batch} or "
-                f"fewer, or a data.batch_size of {member.replicas} or more")
+                f"fewer, or a data.batch_size of {member.replicas} or more"
+            )
         if member.replicas > last:
-            fits = next((b for b in range(batch, member.replicas - 1, -1)
-                         if images % b == 0 or images % b >= member.replicas), None)
+            fits = next(
+                (b for b in range(batch, member.replicas - 1, -1) if images % b == 0 or images % b >= member.replicas),
+                None,
+            )
             raise ConfigError(
                 f"members.{k}.replicas={member.replicas}: the last batch of every epoch holds {last} image(s) "
                 f"({images} training images in batches of data.batch_size={batch}), too few for a share per "
                 f"replica: a replica's share would be empty. Give a data.batch_size that leaves at least "
                 f"{member.replicas}" + (f" (data.batch_size={fits})" if fits else "") + ", or another "
-                "data.train_limit")
+                "data.train_limit"
+            )
 
 
 def check_fusion(method: Method) -> None:
@@ -136,7 +141,8 @@ def check_fusion(method: Method) -> None:
     if needers and len(bringers) != 1 or not needers and bringers:
         raise ConfigError(
             f"method {method.name}: terms {needers} need Need.FUSION and terms {bringers} bring a fusion part "
-            "(Term.fuser); give the method exactly one term that brings it, e.g. FFL's FusedKL, and Need.FUSION with it")
+            "(Term.fuser); give the method exactly one term that brings it, e.g. FFL's FusedKL, and Need.FUSION with it"
+        )
 
 
 MEMBER_OWNS = {"module": ("net", "transfer"), "optimizer": ("logit", "feature")}  # see Member: its checkpoint keys
@@ -154,8 +160,19 @@ def branch(net: torch.nn.Module, trunk_stages: int) -> torch.nn.Module:
 
 def build_terms(spec: MemberSpec, network: torch.nn.Module, stepper: Stepper) -> list[Term]:
     """The member's terms, built from their validated settings (under the member's RNG, after its network)."""
-    info = MemberInfo(spec.index, spec.members, spec.common, stepper.precision.device, spec.info.num_classes,
-                      spec.shape, derive_seed(spec.seed, "terms", spec.index), spec.steps_per_epoch, network, stepper)
+    info = MemberInfo(
+        spec.index,
+        spec.members,
+        spec.common,
+        stepper.precision.device,
+        spec.info.num_classes,
+        spec.shape,
+        derive_seed(spec.seed, "terms", spec.index),
+        spec.steps_per_epoch,
+        network,
+        stepper,
+        spec.shapes,
+    )
     return [term(settings, info) for term, settings in spec.terms]
 
 
@@ -183,16 +200,19 @@ def check_names(method: str, part: str, kind: str, part_owns: tuple[str, ...], t
         for name in owned:
             if name in owner:
                 whose = f"{part}'s own name" if owner[name] == part else f"also term {owner[name]}'s"
-                raise ConfigError(f"method {method}: term {term}'s {kind} {name!r} is {whose}; rename it in "
-                                  f"{term}.{kind}s()")
+                raise ConfigError(
+                    f"method {method}: term {term}'s {kind} {name!r} is {whose}; rename it in {term}.{kind}s()"
+                )
             owner[name] = term
 
 
 def _trunk_shape(net, stages: int, info) -> Shape:
     """The shape of the shared features of ``net`` split after ``stages`` stages, by a dry run."""
     if not isinstance(net, PooledHeadNet):
-        raise ConfigError(f"trunk_stages: {type(net).__name__} cannot be split into a trunk and branches; use an "
-                          "in-house model (resnet*, wrn-*, cnn*) or trunk_stages=0")
+        raise ConfigError(
+            f"trunk_stages: {type(net).__name__} cannot be split into a trunk and branches; use an "
+            "in-house model (resnet*, wrn-*, cnn*) or trunk_stages=0"
+        )
     try:
         trunk, _ = net.split(stages)
     except ModelError as e:

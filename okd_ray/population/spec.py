@@ -7,11 +7,11 @@ from dataclasses import dataclass, replace
 
 from okd_ray.config import FeatureUpdateConfig, TrainConfig
 from okd_ray.data import DataInfo
+from okd_ray.execution import CompileConfig, MemoryFormat
 from okd_ray.methods import Fuser, Method, Need, Term, TermSettings, TrunkHook
 from okd_ray.optim import OptimizerConfig, ScheduleConfig
-
-from okd_ray.execution import CompileConfig, MemoryFormat
 from okd_ray.precision import PrecisionName
+
 from .protocol import PartId, parts_of
 
 Shape = tuple[int, int, int]
@@ -51,6 +51,7 @@ class MemberSpec(PartSpec):
     stream: int | None  # the member's own augmentation stream (data.augment_per_member), else the shared one
     shape: Shape  # its last feature map's
     common: Shape | None  # the ring's public map's, when feature maps are exchanged
+    shapes: tuple[Shape, ...] = ()  # every member's last feature map, in member order (its terms' MemberInfo)
 
     @property
     def index(self) -> int:
@@ -82,43 +83,96 @@ def fusion_term(method: Method) -> type[Term]:
     return next(spec.term for spec in method.terms if spec.term.fuser is not None)
 
 
-def part_specs(config: TrainConfig, info: DataInfo, shapes: list[Shape], common: Shape | None,
-               trunk_shape: Shape | None, steps_per_epoch: int) -> list[PartSpec]:
+def part_specs(
+    config: TrainConfig,
+    info: DataInfo,
+    shapes: list[Shape],
+    common: Shape | None,
+    trunk_shape: Shape | None,
+    steps_per_epoch: int,
+) -> list[PartSpec]:
     """Every part's spec, in ``parts_of`` order."""
     method = config.method
-    common_fields = dict(seed=config.seed, epochs=config.epochs, schedule=config.schedule, members=len(config.members),
-                         info=info, steps_per_epoch=steps_per_epoch, precision=config.precision,
-                         compile=config.compile, memory_format=config.memory_format, sync_batchnorm=config.sync_batchnorm)
+    common_fields = dict(
+        seed=config.seed,
+        epochs=config.epochs,
+        schedule=config.schedule,
+        members=len(config.members),
+        info=info,
+        steps_per_epoch=steps_per_epoch,
+        precision=config.precision,
+        compile=config.compile,
+        memory_format=config.memory_format,
+        sync_batchnorm=config.sync_batchnorm,
+    )
     terms = tuple((spec.term, method.settings(spec.name)) for spec in method.method.terms)
     specs: list[PartSpec] = []
     for pid in parts_of(config):
         if pid.kind == "member":
-            specs.append(MemberSpec(
-                pid=pid, **common_fields, replicas=config.members[pid.index].replicas, reads_data=not config.trunk_stages,
-                arch=pid.arch, optimizer=config.members[pid.index].optimizer, terms=terms, needs=method.method.needs,
-                feature_update=method.feature_update if method.method.has_feature_terms else None,
-                trunk_stages=config.trunk_stages, stream=pid.index if config.data.augment_per_member else None,
-                shape=shapes[pid.index], common=common))
+            specs.append(
+                MemberSpec(
+                    pid=pid,
+                    **common_fields,
+                    replicas=config.members[pid.index].replicas,
+                    reads_data=not config.trunk_stages,
+                    arch=pid.arch,
+                    optimizer=config.members[pid.index].optimizer,
+                    terms=terms,
+                    needs=method.method.needs,
+                    feature_update=method.feature_update if method.method.has_feature_terms else None,
+                    trunk_stages=config.trunk_stages,
+                    stream=pid.index if config.data.augment_per_member else None,
+                    shape=shapes[pid.index],
+                    common=common,
+                    shapes=tuple(shapes),
+                )
+            )
         elif pid.kind == "fused":
             term = fusion_term(method.method)
             settings = method.settings(term.name)
             optimizer = settings.fusion_optimizer
             if optimizer.lr is None:  # the members' base learning rate, as in FFL's code
                 optimizer = optimizer.model_copy(update={"lr": config.members[0].optimizer.lr})
-            specs.append(FusionSpec(pid=pid, **common_fields, replicas=config.members[0].replicas, reads_data=False, term=term.name, fuser=term.fuser,
-                                    settings=settings, optimizer=optimizer, shapes=tuple(shapes)))
+            specs.append(
+                FusionSpec(
+                    pid=pid,
+                    **common_fields,
+                    replicas=config.members[0].replicas,
+                    reads_data=False,
+                    term=term.name,
+                    fuser=term.fuser,
+                    settings=settings,
+                    optimizer=optimizer,
+                    shapes=tuple(shapes),
+                )
+            )
         else:
-            specs.append(TrunkSpec(pid=pid, **common_fields, replicas=config.members[0].replicas, reads_data=True, arch=config.members[0].arch,
-                                   optimizer=config.members[0].optimizer, trunk_stages=config.trunk_stages,
-                                   shape=trunk_shape, gate=Need.GATE in method.method.needs,
-                                   streams=len(config.members) if config.data.augment_per_member else 1,
-                                   hooks=tuple((term.name, term.trunk_hook, settings) for term, settings in terms
-                                               if term.trunk_hook is not None)))
+            specs.append(
+                TrunkSpec(
+                    pid=pid,
+                    **common_fields,
+                    replicas=config.members[0].replicas,
+                    reads_data=True,
+                    arch=config.members[0].arch,
+                    optimizer=config.members[0].optimizer,
+                    trunk_stages=config.trunk_stages,
+                    shape=trunk_shape,
+                    gate=Need.GATE in method.method.needs,
+                    streams=len(config.members) if config.data.augment_per_member else 1,
+                    hooks=tuple(
+                        (term.name, term.trunk_hook, settings)
+                        for term, settings in terms
+                        if term.trunk_hook is not None
+                    ),
+                )
+            )
     return specs
 
 
 def replica_specs(specs: tuple[PartSpec, ...] | list[PartSpec]) -> list[list[PartSpec]]:
     """The parts of each shard: shard r holds replica r of every part that has more than r replicas (every part,
     where replicas are equal), in ``parts_of`` order."""
-    return [[replace(spec, replica=r) for spec in specs if spec.replicas > r]
-            for r in range(max(spec.replicas for spec in specs))]
+    return [
+        [replace(spec, replica=r) for spec in specs if spec.replicas > r]
+        for r in range(max(spec.replicas for spec in specs))
+    ]

@@ -13,7 +13,9 @@ def test_registry_names():
 
 def test_a_name_stands_for_one_builder():
     register_dataset("digits", digits.build)  # the same builder again: a plugin imported twice
-    with pytest.raises(ConfigError, match="data set 'digits' is already registered by okd_ray.data.digits.build"):
+    with pytest.raises(
+        ConfigError, match=r"data set 'digits' is okd-ray's built-in data set \(okd_ray.data.digits.build\)"
+    ):
         register_dataset("digits", lambda config, seed: None)
 
 
@@ -25,8 +27,10 @@ def test_unknown_name_lists_the_valid_ones():
         assert name in str(error.value)
 
 
-@pytest.mark.parametrize("key, value", [("batch_size", 0), ("test_batch_size", -1), ("train_limit", 0),
-                                        ("test_limit", 1.5), ("num_workers", -1)])
+@pytest.mark.parametrize(
+    "key, value",
+    [("batch_size", 0), ("test_batch_size", -1), ("train_limit", 0), ("test_limit", 1.5), ("num_workers", -1)],
+)
 def test_bad_sizes_name_the_key(key, value):
     with pytest.raises(DataError, match=f"data.{key}"):
         build_dataset("digits", **{key: value})

@@ -66,14 +66,14 @@ def test_bad_options_are_model_errors():
         build_model("cnn16", in_channels=1.5, num_classes=10)
 
 
-PLUGIN = '''
+PLUGIN = """
 from functools import partial
 
 from okd_ray.models import register_model
 from okd_ray.models.cnn import SmallCNN
 
 register_model("tinycnn", partial(SmallCNN, width=8))
-'''
+"""
 
 
 def test_a_plugin_model_joins_a_population_and_names_are_checked_with_it(tmp_path, okd_ray):
@@ -85,8 +85,12 @@ def test_a_plugin_model_joins_a_population_and_names_are_checked_with_it(tmp_pat
     result = okd_ray.run("train", *tiny, "members.1.arch=tinycnn", "--run-dir", tmp_path / "run", "--quiet")
     assert result.returncode == 0, result.stderr
     assert {r["arch"] for r in pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()} >= {"cnn16", "tinycnn"}
-    okd_ray.assert_error(okd_ray.run("train", *tiny, "members.1.arch=tinycn", "--quiet"), 2,
-                         "members.1.arch: unknown model 'tinycn'; did you mean tinycnn?", "tinycnn, or any torchvision")
+    okd_ray.assert_error(
+        okd_ray.run("train", *tiny, "members.1.arch=tinycn", "--quiet"),
+        2,
+        "members.1.arch: unknown model 'tinycn'; did you mean tinycnn?",
+        "tinycnn, or any torchvision",
+    )
 
 
 def test_a_model_name_stands_for_one_builder():
@@ -97,8 +101,11 @@ def test_a_model_name_stands_for_one_builder():
     from okd_ray.models.resnet import CifarResNet
 
     register_model("resnet8", partial(CifarResNet, depth=8))  # the same builder again (a plugin imported twice)
-    with pytest.raises(ConfigError, match=r"model 'resnet8' is already registered by "
-                                          r"okd_ray\.models\.resnet\.CifarResNet\(\*\(\), \*\*\{'depth': 8\}\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model 'resnet8' is okd-ray's built-in model "
+        r"\(okd_ray\.models\.resnet\.CifarResNet\(\*\(\), \*\*\{'depth': 8\}\)\)",
+    ):
         register_model("resnet8", partial(CifarResNet, depth=14))
     with pytest.raises(ConfigError, match="model 'tv:mine': the prefix tv: names torchvision's models"):
         register_model("tv:mine", partial(CifarResNet, depth=8))
