@@ -24,7 +24,7 @@ from okd_ray.storage import KILL_AFTER, RunStore
 OWN_AUGMENTATIONS = ["data.name=synthetic-cifar100", "data.augment_per_member=true", "data.validation=0"]
 COMPILED = [
     "method.name=afd+ffl",
-    "members=[{arch: cnn16}, {arch: resnet8}]",
+    "members=[{arch: cnn16}, {arch: cnn32}]",
     "data.validation=32",
     "data.test_batch_size=32",
 ]
@@ -34,8 +34,9 @@ POPULATIONS = {
     "afd+ffl": ["method.name=afd+ffl", "members=[{arch: cnn16}, {arch: resnet8}]"],
     # autocast to bf16 in every part: maps, logits and gradients cross in bf16
     "afd+ffl-bf16": ["method.name=afd+ffl", "members=[{arch: cnn16}, {arch: resnet8}]", "precision=bf16"],
-    # torch.compile'd members, transfer layers, discriminators and fusion, in channels_last: the Ray parts compile
-    # apart, the local engine's one process compiles them all. Every batch of 32 images: one shape to compile.
+    # torch.compile'd members, a transfer layer (cnn16's map to cnn32's channels; cnn32's own is an nn.Identity, left
+    # uncompiled), discriminators and fusion, in channels_last: the Ray parts compile apart, the local engine's one
+    # process compiles them all. Every batch of 32 images: one shape to compile.
     "afd+ffl-compiled-channels-last": [*COMPILED, "memory_format=channels_last", "compile=true"],
     "dml": ["method.name=dml"],
     "l1": ["method.name=l1", "members=[{arch: cnn16}, {arch: resnet8}]"],
