@@ -27,7 +27,7 @@ from okd_ray.config import load_config
 from okd_ray.engines import release_hosts
 from okd_ray.run import train
 
-POPULATION = ["method.name=afd+ffl", "members=[{arch: cnn16}, {arch: resnet8}]"]
+METHOD = "method.name=afd+ffl"  # on a cnn16 and a resnet8 member, each as many replicas as a case says
 STEPS = [
     "data.name=synthetic-cifar100",
     "data.train_limit=192",
@@ -69,7 +69,7 @@ def overrides(case: dict, device: str) -> list[str]:
     replicas = case["replicas"]
     return [
         *STEPS,
-        *POPULATION,
+        METHOD,
         f"device={device}",
         f"precision={case['precision']}",
         {"eager": "compile=false", "compiled": "compile=true"}.get(case["mode"], f"compile={{mode: {case['mode']}}}"),
@@ -91,7 +91,7 @@ def main() -> None:
     out = Path(args.out or Path(__file__).parent / "results" / f"gpu_exact_{args.device}.parquet")
     ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     gpus = ray.cluster_resources().get("GPU", 0)
-    local: dict[str, tuple[list[dict], float] | Exception] = {}
+    local: dict[str, tuple[list[dict], float]] = {}  # each case's local run, by its overrides
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for i, case in enumerate(cases(args.smoke)):

@@ -168,20 +168,16 @@ def test_every_module_computes_as_eager_contiguous_up_to_rounding(memory_format,
     gradient gives (0.2 and more, test_optim.py). The compiled modules keep the plain state dict's keys."""
     import copy
 
-    from okd_ray.execution import CompileConfig, compile_modules, to_format
+    from okd_ray.execution import CompileConfig, as_input, compile_modules, to_format
+    from okd_ray.population.outgoing import map_tensors
 
     for module, inputs in modules_and_inputs():
         reference = outputs_and_gradients(module, inputs())
         variant = copy.deepcopy(module)
         to_format([variant], memory_format)
         compile_modules([variant], CompileConfig() if compiled else None)
-        computed = outputs_and_gradients(variant, [to_channels_last(x) for x in inputs()])
+        images = map_tensors(inputs(), lambda x: as_input(x, torch.device("cpu"), memory_format))  # as a part does
+        computed = outputs_and_gradients(variant, images)
         assert variant.state_dict().keys() == module.state_dict().keys()
         errors = [((a - b).norm() / a.norm()).item() for a, b in zip(reference, computed, strict=True)]
         assert max(errors) < 5e-5, (type(module).__name__, errors)
-
-
-def to_channels_last(x):
-    if isinstance(x, list):
-        return [to_channels_last(t) for t in x]
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
